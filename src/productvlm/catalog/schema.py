@@ -1,0 +1,72 @@
+"""Catalog schemas: the Burberry source schema, our canonical record, and column presets.
+
+The reference catalog is the Hugging Face dataset ``DBQ/Burberry.Product.prices.United.States``
+(3,040 rows). ``productvlm synth`` writes exactly its schema; ``productvlm prepare`` maps any
+catalog's columns onto :data:`CANONICAL_FIELDS` with a preset or ``--map`` flags.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+BURBERRY_DATASET_ID = "DBQ/Burberry.Product.prices.United.States"
+
+#: Column names and types of the Burberry catalog, in its order.
+BURBERRY_SCHEMA = pa.schema(
+    [
+        ("website_name", pa.string()),
+        ("competence_date", pa.string()),
+        ("country_code", pa.string()),
+        ("currency_code", pa.string()),
+        ("brand", pa.string()),
+        ("category1_code", pa.string()),
+        ("category2_code", pa.string()),
+        ("category3_code", pa.string()),
+        ("product_code", pa.int64()),
+        ("title", pa.string()),
+        ("itemurl", pa.string()),
+        ("imageurl", pa.string()),
+        ("full_price", pa.float64()),
+        ("price", pa.float64()),
+        ("full_price_eur", pa.float64()),
+        ("price_eur", pa.float64()),
+        ("flg_discount", pa.int64()),
+    ]
+)
+
+#: Fields of a prepared record. ``image`` is required on input (a URL or a path);
+#: ``category`` is the one the answer carries; category1/2 are kept when the source has them.
+CANONICAL_FIELDS = (
+    "product_code",
+    "title",
+    "category",
+    "category1",
+    "category2",
+    "price",
+    "currency",
+    "image",
+)
+REQUIRED_FIELDS = ("title", "category", "price", "image")
+
+#: Column presets: canonical field -> source column.
+PRESETS: dict[str, dict[str, str]] = {
+    # The cookbook's recipe answers with category3_code and full_price.
+    "burberry": {
+        "product_code": "product_code",
+        "title": "title",
+        "category": "category3_code",
+        "category1": "category1_code",
+        "category2": "category2_code",
+        "price": "full_price",
+        "currency": "currency_code",
+        "image": "imageurl",
+    },
+    # Our own flat layout (what a user's JSONL/CSV most likely looks like).
+    "simple": {
+        "product_code": "product_code",
+        "title": "title",
+        "category": "category",
+        "price": "price",
+        "image": "image",
+    },
+}

@@ -1,0 +1,96 @@
+"""The `productvlm` command line: each command is a thin call into a library function.
+
+Usage: productvlm --help; productvlm COMMAND --help
+
+Commands are registered by the stage modules' ``register(app)`` functions below, so a
+command's options sit beside the code they drive. Every user-facing failure is a
+``ProductVLMError``: ``main`` prints it as one line and exits with status 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from productvlm.errors import ProductVLMError
+
+app = typer.Typer(
+    name="productvlm",
+    help="Fine-tune a vision-language model to read product photos: title, category, price.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err_console = Console(stderr=True)
+
+
+def parse_pairs(pairs: list[str] | None, flag: str) -> dict[str, str]:
+    """Turn ``["title=name", "price=list_price"]`` into a dict, naming the flag on bad input.
+
+    >>> parse_pairs(["title=name"], "--map")
+    {'title': 'name'}
+    """
+    out: dict[str, str] = {}
+    for item in pairs or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise ProductVLMError(f"{flag} {item!r}: expected KEY=VALUE, e.g. title=name")
+        out[key.strip()] = value.strip()
+    return out
+
+
+@app.callback()
+def _root() -> None:
+    """productvlm: synth -> prepare -> train -> evaluate -> predict / serve."""
+
+
+@app.command()
+def version() -> None:
+    """Print the productvlm version."""
+    from productvlm import __version__
+
+    print(__version__)
+
+
+def _register_commands() -> None:
+    # Imported here so `productvlm --help` stays quick: each module imports its heavy
+    # dependencies (torch, transformers) inside its command functions.
+    import importlib
+
+    for mod in (
+        "productvlm.catalog.synth",
+        "productvlm.catalog.prepare",
+        "productvlm.training.trainer",
+        "productvlm.evaluation.evaluate",
+        "productvlm.inference",
+        "productvlm.serving.app",
+        "productvlm.demo",
+    ):
+        try:
+            module = importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name == mod:  # stage not built yet
+                continue
+            raise
+        module.register(app)
+
+
+_register_commands()
+
+
+def main() -> None:
+    """Entry point of the `productvlm` script."""
+    try:
+        app()  # standalone: click prints usage errors itself, with exit status 2
+    except ProductVLMError as e:
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
