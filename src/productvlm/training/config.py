@@ -1,0 +1,68 @@
+"""The typed config of `productvlm train`, one docstring per field (litgpt style)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from productvlm.config import StageConfig
+from productvlm.prompts import QUESTION, TargetFormat
+
+PHI3V_HUB_ID = "microsoft/Phi-3-vision-128k-instruct"
+
+# Keys a resumed run may change without invalidating its checkpoints.
+RESUMABLE_CHANGES = frozenset(
+    {"resume", "report_to", "wandb_project", "run_name", "log_model", "num_workers", "epochs",
+     "max_steps", "eval_steps", "save_steps", "logging_steps", "save_total_limit", "eval_samples"}
+)
+
+
+class TrainConfig(StageConfig):
+    """Everything `productvlm train` needs; saved as config.yaml in the run directory."""
+
+    model: str = Field(PHI3V_HUB_ID, description="Hub id or folder of a Phi-3-vision model")
+    data: Path = Field(Path("runs/prepared"), description="output folder of `productvlm prepare`")
+    out: Path = Field(Path("runs/train"), description="run directory")
+    num_crops: int = Field(16, ge=1, description="max 336-px crops per image (HD transform)")
+    max_length: int = Field(4096, ge=16, description="max tokens per example, image included")
+    target_format: TargetFormat = Field("seed", description="'seed' (cookbook) or 'json'")
+    question: str = Field(QUESTION, description="the user turn after the image tag")
+
+    mode: Literal["lora", "qlora", "full"] = Field("lora", description="what is trained")
+    lora_r: int = Field(64, ge=1, description="LoRA rank")
+    lora_alpha: int = Field(128, ge=1, description="LoRA scaling numerator")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="dropout on LoRA inputs")
+    lora_vision: bool = Field(False, description="also put LoRA on the vision tower/projection")
+    freeze_vision: bool = Field(True, description="keep the CLIP tower frozen (lora/full)")
+    gradient_checkpointing: bool = Field(True, description="recompute activations to save memory")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="auto: bf16 where the GPU has it, else fp32"
+    )
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+
+    learning_rate: float = Field(2e-4, gt=0)
+    epochs: float = Field(3.0, gt=0)
+    max_steps: int = Field(-1, description="stop after this many optimizer steps (-1: epochs)")
+    batch_size: int = Field(4, ge=1, description="per device")
+    grad_accum: int = Field(1, ge=1, description="gradient accumulation steps")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    lr_scheduler: str = Field("cosine", description="any transformers scheduler name")
+    max_grad_norm: float = Field(1.0, gt=0)
+    seed: int = 42
+
+    logging_steps: int = Field(10, ge=1)
+    eval_steps: int = Field(100, ge=1, description="validation loss + generation sample")
+    save_steps: int = Field(100, ge=1, description="checkpoint every N steps")
+    save_total_limit: int = Field(3, ge=1, description="checkpoints kept (the best is kept too)")
+    eval_samples: int = Field(32, ge=0, description="validation rows answered at each eval")
+    num_workers: int = Field(0, ge=0, description="dataloader worker processes")
+
+    report_to: Literal["wandb", "tensorboard", "mlflow", "none"] = "wandb"
+    wandb_project: str = "productvlm"
+    run_name: str | None = None
+    log_model: bool = Field(False, description="upload the final adapter/model as a W&B artifact")
+    merge: bool = Field(True, description="also save a merged Hub-format model (LoRA modes)")
+    resume: bool = Field(False, description="continue from the last checkpoint in out/")

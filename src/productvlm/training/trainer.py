@@ -1,0 +1,271 @@
+"""`productvlm train`: fine-tune Phi-3-vision on a prepared catalog with transformers' Trainer.
+
+Usage:
+    productvlm train --config configs/burberry-phi3v-lora.yaml
+    accelerate launch --config_file configs/accelerate/ddp.yaml -m productvlm.cli train ...
+
+The run directory gets: checkpoints/ (resumable with --resume), adapter/ (LoRA modes),
+merged/ (Hub format), processor/, config.yaml, labels.json, train_log.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from productvlm.config import load_saved_config, resolve_config, save_config
+from productvlm.errors import ProductVLMError
+from productvlm.training.config import RESUMABLE_CHANGES, TrainConfig
+
+SPLITS = ("train", "validation")
+COLUMNS = ("title", "category", "price", "image")
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    global_step: int
+    train_loss: float | None
+    best_checkpoint: str | None
+
+
+def load_prepared(data: Path) -> Any:
+    """Open a `productvlm prepare` output (or a DatasetDict folder) and check what training needs.
+
+    >>> ds = load_prepared(Path("runs/demo/prepared"))  # doctest: +SKIP
+    """
+    import datasets
+
+    folder = data / "dataset" if (data / "dataset").is_dir() else data
+    if not folder.is_dir():
+        raise ProductVLMError(f"{data}: prepared dataset not found; run `productvlm prepare` first")
+    try:
+        ds = datasets.load_from_disk(str(folder))
+    except FileNotFoundError as e:
+        raise ProductVLMError(f"{folder}: not a saved dataset ({e})") from None
+    if not isinstance(ds, datasets.DatasetDict):
+        raise ProductVLMError(f"{folder}: expected a dataset with splits {SPLITS}, found one table")
+    for split in SPLITS:
+        if split not in ds:
+            raise ProductVLMError(f"{folder}: split '{split}' is missing; found {list(ds)}")
+        missing = [c for c in COLUMNS if c not in ds[split].column_names]
+        if missing:
+            raise ProductVLMError(
+                f"{folder}: split '{split}' lacks column(s) {missing}; "
+                f"present: {ds[split].column_names}"
+            )
+    if len(ds["train"]) == 0:
+        raise ProductVLMError(f"{folder}: the train split is empty")
+    return ds
+
+
+def _check_resume(cfg: TrainConfig) -> None:
+    saved_path = cfg.out / "config.yaml"
+    if not saved_path.is_file():
+        raise ProductVLMError(f"{cfg.out}: nothing to resume (no config.yaml); drop --resume")
+    saved = load_saved_config(TrainConfig, cfg.out)
+    new, old = cfg.model_dump(), saved.model_dump()
+    changed = sorted(k for k in new if new[k] != old[k] and k not in RESUMABLE_CHANGES)
+    if changed:
+        diff = ", ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in changed)
+        raise ProductVLMError(
+            f"{saved_path}: --resume with a changed config ({diff}); "
+            "restore those values or train into a new --out"
+        )
+
+
+def _report_to(cfg: TrainConfig) -> list[str]:
+    if cfg.report_to != "wandb":
+        return [] if cfg.report_to == "none" else [cfg.report_to]
+    os.environ.setdefault("WANDB_PROJECT", cfg.wandb_project)
+    os.environ.setdefault("WANDB_DIR", str(cfg.out))
+    if cfg.log_model:
+        os.environ.setdefault("WANDB_LOG_MODEL", "end")
+    if "WANDB_MODE" not in os.environ and not _wandb_logged_in():
+        # offline runs are kept on disk and uploaded later with `wandb sync`
+        os.environ["WANDB_MODE"] = "offline"
+    return ["wandb"]
+
+
+def _wandb_logged_in() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    import netrc
+
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def _precision(cfg: TrainConfig) -> tuple[bool, bool]:
+    import torch
+
+    if cfg.precision == "auto":
+        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return bf16, False
+    return cfg.precision == "bf16", cfg.precision == "fp16"
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Fine-tune per ``cfg`` and write the run directory; returns where and how far.
+
+    >>> train(resolve_config(TrainConfig, "configs/demo.yaml", section="train"))  # doctest: +SKIP
+    """
+    from transformers import Trainer, TrainingArguments, set_seed
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from productvlm.models.loading import load_model, load_processor
+    from productvlm.training.callbacks import (
+        GenerationEvalCallback,
+        InterruptCallback,
+        ThroughputCallback,
+    )
+    from productvlm.training.collate import Phi3VCollator
+
+    if cfg.resume:
+        _check_resume(cfg)
+    ds = load_prepared(cfg.data)
+    set_seed(cfg.seed)
+    bf16, fp16 = _precision(cfg)
+    report_to = _report_to(cfg)
+
+    processor = load_processor(cfg.model, num_crops=cfg.num_crops)
+    model = load_model(cfg.model, cfg=cfg, bf16=bf16)
+    collator = Phi3VCollator(processor, cfg.target_format, cfg.question, cfg.max_length)
+
+    ckpt_dir = cfg.out / "checkpoints"
+    args = TrainingArguments(
+        output_dir=str(ckpt_dir),
+        run_name=cfg.run_name or cfg.out.name,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        warmup_ratio=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay,
+        lr_scheduler_type=cfg.lr_scheduler,
+        max_grad_norm=cfg.max_grad_norm,
+        bf16=bf16,
+        fp16=fp16,
+        logging_steps=cfg.logging_steps,
+        eval_strategy="steps",
+        eval_steps=cfg.eval_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        remove_unused_columns=False,  # the collator needs the raw rows (image, price, ...)
+        dataloader_num_workers=cfg.num_workers,
+        report_to=report_to,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        save_only_model=False,  # optimizer, scheduler and RNG states make --resume exact
+        disable_tqdm=False,
+        ddp_find_unused_parameters=False,
+    )
+    interrupt = InterruptCallback()
+    throughput = ThroughputCallback(cfg.batch_size * cfg.grad_accum)
+    callbacks: list[Any] = [interrupt]
+    if cfg.eval_samples:
+        callbacks.append(GenerationEvalCallback(processor, ds["validation"], cfg))
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=ds["train"],
+        eval_dataset=ds["validation"],
+        data_collator=collator,
+        processing_class=processor,
+        callbacks=callbacks,
+    )
+    # first in line, so the reporting callbacks (W&B, TensorBoard) log the figure it adds
+    trainer.callback_handler.callbacks.insert(0, throughput)
+    if trainer.is_world_process_zero():
+        save_config(cfg, cfg.out)
+        labels = {"categories": sorted(set(ds["train"]["category"])),
+                  "currency": _currency(ds["train"])}
+        (cfg.out / "labels.json").write_text(json.dumps(labels, indent=1))
+
+    last = get_last_checkpoint(str(ckpt_dir)) if cfg.resume and ckpt_dir.is_dir() else None
+    if cfg.resume and last is None:
+        raise ProductVLMError(f"{ckpt_dir}: no checkpoint to resume from; drop --resume")
+    with interrupt.installed():
+        output = trainer.train(resume_from_checkpoint=last)
+    if interrupt.fired:
+        raise ProductVLMError(
+            f"interrupted at step {trainer.state.global_step}; checkpoint saved in {ckpt_dir}; "
+            "continue with --resume"
+        )
+    if trainer.is_world_process_zero():
+        _write_outputs(trainer, processor, cfg)
+    return TrainResult(cfg.out, trainer.state.global_step, output.training_loss,
+                       trainer.state.best_model_checkpoint)
+
+
+def _currency(train_split: Any) -> str:
+    if "currency" not in train_split.column_names:
+        return "USD"
+    values = [c for c in train_split["currency"] if c]
+    return max(set(values), key=values.count) if values else "USD"
+
+
+def _write_outputs(trainer: Any, processor: Any, cfg: TrainConfig) -> None:
+    model = trainer.model
+    processor.save_pretrained(cfg.out / "processor")
+    with open(cfg.out / "train_log.jsonl", "w") as f:
+        for entry in trainer.state.log_history:
+            f.write(json.dumps(entry) + "\n")
+    if cfg.mode == "full":
+        model.save_pretrained(cfg.out / "merged")
+        processor.save_pretrained(cfg.out / "merged")
+        return
+    model.save_pretrained(cfg.out / "adapter")
+    if cfg.merge and cfg.mode == "lora":
+        # QLoRA weights are 4-bit: merging needs a bf16 reload of the base, left to the user
+        merged = model.merge_and_unload()
+        merged.save_pretrained(cfg.out / "merged")
+        processor.save_pretrained(cfg.out / "merged")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `train` command."""
+
+    @app.command("train")
+    def train_command(
+        config: Path | None = typer.Option(None, "--config", "-c", help="YAML run config"),
+        model: str | None = typer.Option(None, help="Hub id or model folder"),
+        data: Path | None = typer.Option(None, help="prepared dataset folder"),
+        out: Path | None = typer.Option(None, help="run directory"),
+        mode: str | None = typer.Option(None, help="lora | qlora | full"),
+        num_crops: int | None = typer.Option(None, help="max crops per image"),
+        epochs: float | None = typer.Option(None),
+        max_steps: int | None = typer.Option(None),
+        batch_size: int | None = typer.Option(None, help="per device"),
+        learning_rate: float | None = typer.Option(None, "--lr"),
+        report_to: str | None = typer.Option(None, help="wandb | tensorboard | mlflow | none"),
+        resume: bool = typer.Option(False, "--resume", help="continue from the last checkpoint"),
+        set_: list[str] | None = typer.Option(None, "--set", help="any other field: KEY=VALUE"),
+    ) -> None:
+        """Fine-tune on a prepared catalog; writes checkpoints, adapter and merged model."""
+        from productvlm.cli import parse_pairs
+
+        flags: dict[str, Any] = dict(
+            model=model, data=data, out=out, mode=mode, num_crops=num_crops, epochs=epochs,
+            max_steps=max_steps, batch_size=batch_size, learning_rate=learning_rate,
+            report_to=report_to, resume=resume or None,
+        )
+        flags.update(parse_pairs(set_, "--set"))
+        cfg = resolve_config(TrainConfig, config, flags, section="train")
+        result = train(cfg)
+        typer.echo(f"trained {result.global_step} steps; run directory: {result.out}")
