@@ -7,7 +7,11 @@ catalog's columns onto :data:`CANONICAL_FIELDS` with a preset or ``--map`` flags
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import pyarrow as pa
+
+from productvlm.errors import ProductVLMError
 
 BURBERRY_DATASET_ID = "DBQ/Burberry.Product.prices.United.States"
 
@@ -70,3 +74,50 @@ PRESETS: dict[str, dict[str, str]] = {
         "image": "image",
     },
 }
+
+
+def resolve_column_map(
+    columns: Sequence[str],
+    preset: str | None = "burberry",
+    overrides: Mapping[str, str] | None = None,
+    source: str = "catalog",
+) -> dict[str, str]:
+    """Decide which source column feeds each canonical field, or say clearly why not.
+
+    A preset's optional fields (product_code, category1/2, currency) are skipped when the
+    source lacks their column; a column named in ``overrides`` (``--map``) must exist.
+
+    >>> resolve_column_map(["name", "cat", "cost", "url"], None,
+    ...                    {"title": "name", "category": "cat", "price": "cost", "image": "url"})
+    {'title': 'name', 'category': 'cat', 'price': 'cost', 'image': 'url'}
+    """
+    overrides = dict(overrides or {})
+    if preset is not None and preset not in PRESETS:
+        raise ProductVLMError(
+            f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}, or 'none' and --map"
+        )
+    for field in overrides:
+        if field not in CANONICAL_FIELDS:
+            raise ProductVLMError(
+                f"--map {field}=...: unknown field {field!r}; fields: {', '.join(CANONICAL_FIELDS)}"
+            )
+    present = list(columns)
+    mapping: dict[str, str] = {}
+    for field, column in (PRESETS[preset] if preset else {}).items():
+        if column in present or field in REQUIRED_FIELDS:
+            mapping[field] = column
+    mapping.update(overrides)
+    shown = ", ".join(present) if present else "(none)"
+    for field in REQUIRED_FIELDS:
+        if field not in mapping:
+            raise ProductVLMError(
+                f"{source}: no column mapped for {field!r}; pass --map {field}=COLUMN "
+                f"(columns present: {shown})"
+            )
+    for field, column in mapping.items():
+        if column not in present:
+            raise ProductVLMError(
+                f"{source}: column {column!r} (for {field}) is missing; columns present: {shown}. "
+                f"Pass --map {field}=COLUMN or pick another --preset"
+            )
+    return mapping
