@@ -108,16 +108,16 @@ def resolve_column_map(
             mapping[field] = column
     mapping.update(overrides)
     shown = ", ".join(present) if present else "(none)"
-    for field in REQUIRED_FIELDS:
-        if field not in mapping:
-            raise ProductVLMError(
-                f"{source}: no column mapped for {field!r}; pass --map {field}=COLUMN "
-                f"(columns present: {shown})"
-            )
     for field, column in mapping.items():
         if column not in present:
             raise ProductVLMError(
                 f"{source}: column {column!r} (for {field}) is missing; columns present: {shown}. "
                 f"Pass --map {field}=COLUMN or pick another --preset"
+            )
+    for field in REQUIRED_FIELDS:
+        if field not in mapping:
+            raise ProductVLMError(
+                f"{source}: no column mapped for {field!r}; pass --map {field}=COLUMN "
+                f"(columns present: {shown})"
             )
     return mapping
