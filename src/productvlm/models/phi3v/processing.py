@@ -74,8 +74,8 @@ class Phi3VProcessor(ProcessorMixin):
         try:
             image_processor = Phi3VImageProcessor.from_pretrained(path, **hub, **overrides)
         except OSError:
-            if os.path.isdir(path) and os.path.isfile(os.path.join(path, "preprocessor_config.json")):
-                raise
+            if os.path.isfile(os.path.join(path, "preprocessor_config.json")):
+                raise  # present but unreadable: say so rather than use defaults
             image_processor = Phi3VImageProcessor(**overrides)
         return cls(image_processor, tokenizer)
 
