@@ -35,8 +35,8 @@ from productvlm.prompts import ParsedAnswer, ProductFields
 
 #: Display names of the baselines, in report order.
 BASELINE_NAMES = {
-    "constant": "train median / most frequent",
-    "category_oracle": "true-category oracle",
+    "constant": "Train median / majority",
+    "category_oracle": "True-category oracle",
 }
 
 
