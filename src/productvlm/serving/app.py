@@ -1,0 +1,158 @@
+"""`productvlm serve`: an HTTP API and a web page over the one prediction path.
+
+Usage:
+    productvlm serve --model runs/demo                       # http://127.0.0.1:8000
+    curl -F files=@bag.jpg -F files=@coat.png http://127.0.0.1:8000/v1/predict
+    productvlm serve --model runs/burberry --host 0.0.0.0 --api-key "$KEY"
+
+Routes: ``POST /v1/predict`` (multipart photos, field ``files``; one JSON result per photo,
+in order, a refused photo's error in its own slot), ``GET /healthz``, ``GET /v1/model``,
+``/openapi.json`` and the web page at ``/``. Concurrent requests' photos are micro-batched
+(serving/batcher.py); generation runs in a worker thread so the event loop stays free.
+
+FastAPI and uvicorn are the ``[serve]`` extra: they are imported inside functions, so
+``productvlm --help`` works without them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any
+
+import typer
+from pydantic import Field
+
+from productvlm.config import StageConfig, resolve_config
+from productvlm.errors import ProductVLMError
+
+STATIC_DIR = Path(__file__).parent / "static"
+LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
+
+
+class ServeConfig(StageConfig):
+    """Settings of `productvlm serve`; every limit names itself in the errors it causes."""
+
+    model: str = Field("", description="run directory or model folder to serve")
+    host: str = Field("127.0.0.1", description="address to bind")
+    port: int = Field(8000, ge=0, le=65535)
+    api_key: str | None = Field(None, description="required in X-API-Key when set; "
+                                "mandatory when binding a non-loopback address")
+    max_batch: int = Field(8, ge=1, le=256, description="photos per batched generation; "
+                           "1 turns micro-batching off")
+    max_wait_ms: float = Field(10.0, ge=0, le=1000, description="how long a batch waits for "
+                               "more photos")
+    max_queue: int = Field(64, ge=1, description="photos waiting beyond this get 503")
+    max_images: int = Field(8, ge=1, le=64, description="photos per request")
+    max_upload_mb: float = Field(10.0, gt=0, description="size limit of one photo")
+    max_pixels: int = Field(40_000_000, ge=1, description="width x height limit of one photo "
+                            "(decompression bombs)")
+    request_timeout_s: float = Field(120.0, gt=0, description="whole-request time limit")
+    allow_urls: bool = Field(False, description="accept image URLs in field 'urls'; never "
+                             "fetched from loopback, private or link-local addresses")
+    url_timeout_s: float = Field(10.0, gt=0)
+    max_new_tokens: int | None = Field(None, ge=1, description="override the run's setting")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1_000_000)
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and localhost: addresses only this machine can reach."""
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(cfg: ServeConfig) -> None:
+    """Refuse to serve a model to the network without an API key."""
+    if not is_loopback(cfg.host) and not cfg.api_key:
+        raise ProductVLMError(
+            f"--host {cfg.host}: binding beyond this machine needs --api-key (or the "
+            "PRODUCTVLM_API_KEY environment variable); clients send it as X-API-Key"
+        )
+
+
+def create_app(predictor: Any, settings: ServeConfig | None = None) -> Any:
+    """The FastAPI app serving ``predictor`` (an :class:`productvlm.inference.Predictor`).
+
+    >>> from fastapi.testclient import TestClient  # doctest: +SKIP
+    >>> with TestClient(create_app(predictor, ServeConfig(max_batch=4))) as client:
+    ...     client.post("/v1/predict", files={"files": open("bag.jpg", "rb")}).json()
+    """
+    try:
+        from productvlm.serving.routes import build_app
+    except ModuleNotFoundError as e:
+        if e.name in ("fastapi", "starlette", "multipart", "python_multipart"):
+            raise ProductVLMError(
+                f"serving needs the [serve] extra ({e.name} is missing): "
+                "pip install 'productvlm[serve]'"
+            ) from None
+        raise
+    return build_app(predictor, settings or ServeConfig())
+
+
+def load_predictor(cfg: ServeConfig) -> Any:
+    """Load the run's model through the one prediction path, batched to ``max_batch``."""
+    from productvlm.inference import Predictor
+
+    kwargs: dict[str, Any] = {"batch_size": cfg.max_batch}
+    if cfg.max_new_tokens is not None:
+        kwargs["max_new_tokens"] = cfg.max_new_tokens
+    return Predictor.load(cfg.model, **kwargs)
+
+
+def serve(cfg: ServeConfig) -> None:
+    """Load the model and run uvicorn until interrupted."""
+    if not cfg.model:
+        raise ProductVLMError("--model: name the run directory or model folder to serve")
+    check_exposure(cfg)
+    try:
+        import uvicorn
+    except ModuleNotFoundError:
+        raise ProductVLMError(
+            "serving needs the [serve] extra (uvicorn is missing): pip install 'productvlm[serve]'"
+        ) from None
+    app = create_app(load_predictor(cfg), cfg)
+    shown = "localhost" if is_loopback(cfg.host) else cfg.host
+    typer.echo(f"serving {cfg.model} on http://{shown}:{cfg.port}/ (Ctrl+C to stop)")
+    # keep-alive short and a bounded backlog: idle or slow clients cannot pin connections
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning",
+                timeout_keep_alive=5, backlog=256, limit_concurrency=1024)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `serve` command."""
+
+    @app.command("serve")
+    def serve_command(
+        model: str | None = typer.Option(None, "--model", "-m", help="run directory or model"),
+        config: Path | None = typer.Option(None, "--config", "-c", help="YAML (section serve:)"),
+        host: str | None = typer.Option(None, help="address to bind [127.0.0.1]"),
+        port: int | None = typer.Option(None, help="port [8000]"),
+        api_key: str | None = typer.Option(None, envvar="PRODUCTVLM_API_KEY",
+                                           help="clients must send it as X-API-Key"),
+        max_batch: int | None = typer.Option(None, help="photos per batch; 1 = no batching [8]"),
+        max_wait_ms: float | None = typer.Option(None, help="batch gathering window [10]"),
+        max_queue: int | None = typer.Option(None, help="waiting photos before 503 [64]"),
+        max_images: int | None = typer.Option(None, help="photos per request [8]"),
+        max_upload_mb: float | None = typer.Option(None, help="size limit per photo [10]"),
+        max_pixels: int | None = typer.Option(None, help="pixel limit per photo [40e6]"),
+        request_timeout_s: float | None = typer.Option(None, help="request time limit [120]"),
+        allow_urls: bool = typer.Option(False, "--allow-urls",
+                                        help="accept public image URLs in field 'urls'"),
+        max_new_tokens: int | None = typer.Option(None, help="override the run's setting"),
+    ) -> None:
+        """Serve the model: HTTP API (POST /v1/predict) and a web page at /."""
+        flags = dict(
+            model=model, host=host, port=port, api_key=api_key, max_batch=max_batch,
+            max_wait_ms=max_wait_ms, max_queue=max_queue, max_images=max_images,
+            max_upload_mb=max_upload_mb, max_pixels=max_pixels,
+            request_timeout_s=request_timeout_s, allow_urls=allow_urls or None,
+            max_new_tokens=max_new_tokens,
+        )
+        serve(resolve_config(ServeConfig, config, flags, section="serve"))
