@@ -75,42 +75,21 @@ class Phi3VCollator:
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         tok = self.processor.tokenizer
         examples = [row_to_example(r, tok, self.target_format, self.question) for r in rows]
-        enc = self.processor(
+        batch = self.processor(
             text=[e.prompt for e in examples],
             images=[[e.image] for e in examples],
+            targets=[e.target for e in examples],
             return_tensors="pt",
             padding_side="right",
         )
-        targets = tok([e.target for e in examples], add_special_tokens=False)["input_ids"]
-        pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-
-        seqs: list[torch.Tensor] = []
-        labels: list[torch.Tensor] = []
-        for i, target in enumerate(targets):
-            n_prompt = int(enc["attention_mask"][i].sum())
-            prompt = enc["input_ids"][i, :n_prompt]
-            answer = torch.tensor(target, dtype=prompt.dtype)
-            if n_prompt >= self.max_length:
+        if batch["input_ids"].shape[1] > self.max_length:
+            # right padding: cutting columns shortens answers, never the start of a prompt
+            for key in ("input_ids", "attention_mask", "labels"):
+                batch[key] = batch[key][:, : self.max_length]
+            lost = (batch["labels"] != IGNORE_INDEX).sum(dim=1) == 0
+            if lost.any():
                 raise ProductVLMError(
-                    f"max_length {self.max_length} is shorter than the prompt with its image "
-                    f"({n_prompt} tokens); raise max_length or lower num_crops"
+                    f"max_length {self.max_length} leaves no answer token after the prompt and "
+                    "its image; raise max_length or lower num_crops"
                 )
-            answer = answer[: self.max_length - n_prompt]  # truncation keeps the prompt whole
-            seqs.append(torch.cat([prompt, answer]))
-            labels.append(torch.cat([torch.full_like(prompt, IGNORE_INDEX), answer]))
-
-        width = max(len(s) for s in seqs)
-        input_ids = torch.full((len(seqs), width), pad_id, dtype=seqs[0].dtype)
-        label_ids = torch.full((len(seqs), width), IGNORE_INDEX, dtype=torch.long)
-        attention = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, (s, lab) in enumerate(zip(seqs, labels, strict=True)):
-            input_ids[i, : len(s)] = s
-            label_ids[i, : len(s)] = lab
-            attention[i, : len(s)] = 1
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention,
-            "pixel_values": enc["pixel_values"],
-            "image_sizes": enc["image_sizes"],
-            "labels": label_ids,
-        }
+        return dict(batch)

@@ -1,0 +1,66 @@
+"""The collator: exact labels (answer + end tokens only), any batch size, mixed image sizes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from productvlm.errors import ProductVLMError
+from productvlm.training.collate import IGNORE_INDEX, Phi3VCollator, row_to_example
+
+ROWS = [
+    {"title": "Medium Lola Bag", "category": "BAGS", "price": 2290.0,
+     "image": Image.new("RGB", (300, 400), "white")},
+    {"title": "Check Cotton Trench Coat", "category": "COATS", "price": 1890.0,
+     "image": Image.new("RGB", (500, 180), "beige")},
+    {"title": "Small Beige Check Scarf", "category": "SCARVES", "price": 450.0,
+     "image": Image.new("L", (90, 120), 200)},
+]
+
+
+def test_labels_are_exactly_the_answer_and_its_end_tokens(tiny_processor) -> None:
+    tok = tiny_processor.tokenizer
+    batch = Phi3VCollator(tiny_processor)(ROWS)
+    assert batch["pixel_values"].shape[:2] == (3, 3)  # 3 images x (num_crops 2 + 1)
+    assert batch["image_sizes"].shape == (3, 2)
+    for i, row in enumerate(ROWS):
+        ex = row_to_example(row, tok)
+        labels = batch["labels"][i]
+        trained = labels[labels != IGNORE_INDEX]
+        assert trained.tolist() == tok(ex.target, add_special_tokens=False)["input_ids"]
+        assert tok.decode(trained).endswith("<|end|>\n<|endoftext|>")
+        mask = batch["attention_mask"][i].bool()
+        ids = batch["input_ids"][i]
+        # everything the model reads before the answer is masked: prompt, image, padding
+        first = int((labels != IGNORE_INDEX).nonzero()[0])
+        assert (labels[:first] == IGNORE_INDEX).all()
+        assert (ids[:first] < 0).sum() == tiny_processor.num_image_tokens(row["image"])
+        assert (labels[~mask] == IGNORE_INDEX).all()
+        assert mask[: int(mask.sum())].all()  # right padded
+    assert batch["labels"].dtype == torch.long
+
+
+def test_batch_of_one_matches_row_in_batch(tiny_processor) -> None:
+    collate = Phi3VCollator(tiny_processor)
+    whole = collate(ROWS)
+    single = collate([ROWS[1]])
+    n = int(single["attention_mask"][0].sum())
+    assert torch.equal(whole["input_ids"][1, :n], single["input_ids"][0])
+    assert torch.equal(whole["labels"][1, :n], single["labels"][0])
+    assert torch.allclose(whole["pixel_values"][1], single["pixel_values"][0])
+
+
+def test_json_target_format(tiny_processor) -> None:
+    ex = row_to_example(ROWS[0], tiny_processor.tokenizer, fmt="json")
+    assert ex.target.startswith('{"title": "Medium Lola Bag", "category": "BAGS"')
+
+
+def test_max_length_truncates_answer_not_prompt(tiny_processor) -> None:
+    full = Phi3VCollator(tiny_processor)([ROWS[0]])
+    n = int(full["attention_mask"][0].sum())
+    cut = Phi3VCollator(tiny_processor, max_length=n - 3)([ROWS[0]])
+    assert cut["input_ids"].shape[1] == n - 3
+    assert torch.equal(cut["input_ids"][0], full["input_ids"][0, : n - 3])
+    with pytest.raises(ProductVLMError, match="max_length"):
+        Phi3VCollator(tiny_processor, max_length=20)([ROWS[0]])
