@@ -64,9 +64,9 @@ function newCard(file) {
   const img = card.querySelector("img");
   img.src = URL.createObjectURL(file);
   img.alt = file.name;
-  img.onerror = () => { img.removeAttribute("src"); };
+  img.onerror = () => img.parentElement.classList.add("none");
   card.querySelector(".filename").textContent = file.name;
-  cards.prepend(card);
+  cards.append(card);
   return card;
 }
 
