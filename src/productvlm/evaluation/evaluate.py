@@ -1,0 +1,230 @@
+"""`productvlm evaluate`: answer unseen photos, score them beside baselines, write a report.
+
+Usage:
+    productvlm evaluate --model runs/demo/train --data runs/demo/prepared --split test
+
+Writes into ``--out`` (default ``<model>/eval-<split>``): predictions.jsonl, metrics.json,
+report.html and config.yaml; prints every metric beside the baselines; logs to W&B.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import typer
+from pydantic import Field
+
+from productvlm.config import StageConfig, resolve_config, save_config
+from productvlm.errors import ProductVLMError
+
+
+class EvalConfig(StageConfig):
+    """What `productvlm evaluate` ran with; saved as config.yaml beside the report."""
+
+    model: str = Field(..., description="run directory, Hub-format folder or Hub id")
+    data: Path = Field(..., description="output folder of `productvlm prepare`")
+    split: str = "test"
+    out: Path | None = Field(None, description="default: <model>/eval-<split>")
+    batch_size: int = Field(16, ge=1)
+    max_new_tokens: int = Field(64, ge=1)
+    constrained: bool = Field(True, description="force answers into the target format")
+    limit: int | None = Field(None, ge=1, description="evaluate the first N rows only")
+    report_to: Literal["wandb", "none"] = "wandb"
+    wandb_project: str = "productvlm"
+
+
+@dataclass
+class EvalResult:
+    out: Path
+    metrics: dict[str, Any]
+    baselines: dict[str, dict[str, Any]]
+
+
+def _thumb(image: Any, size: int = 256) -> Any:
+    small = image.copy()
+    small.thumbnail((size, size))
+    return small
+
+
+def evaluate(cfg: EvalConfig) -> EvalResult:
+    """Generate answers for ``cfg.split`` and score them; returns metrics and baselines.
+
+    >>> evaluate(EvalConfig(model="runs/demo/train", data="runs/demo/prepared"))  # doctest: +SKIP
+    """
+    from rich.console import Console
+
+    from productvlm.evaluation.baselines import compute_baselines, fields_from_records, median_price
+    from productvlm.evaluation.metrics import all_metrics
+    from productvlm.evaluation.report import (
+        PredictionRow,
+        console_table,
+        log_to_wandb,
+        write_predictions_jsonl,
+        write_report,
+    )
+    from productvlm.inference import Predictor
+    from productvlm.prompts import ParsedAnswer, ProductFields
+
+    ds = _load_split(cfg)
+    split = ds[cfg.split]
+    if cfg.limit:
+        split = split.select(range(min(cfg.limit, len(split))))
+    if len(split) == 0:
+        raise ProductVLMError(f"{cfg.data}: split '{cfg.split}' is empty; nothing to evaluate")
+    out = cfg.out or _default_out(cfg)
+    predictor = Predictor.load(
+        cfg.model,
+        batch_size=cfg.batch_size,
+        max_new_tokens=cfg.max_new_tokens,
+        constrained=cfg.constrained,
+    )
+
+    rows: list[PredictionRow] = []
+    # image decoding is lazy per chunk, so a big split never sits in memory at once
+    meta_cols = [c for c in split.column_names if c != "image"]
+    for start in _progress(range(0, len(split), cfg.batch_size), len(split), cfg.batch_size):
+        chunk = split.select(range(start, min(start + cfg.batch_size, len(split))))
+        metas = chunk.select_columns(meta_cols).to_list()
+        images: list[Any] = []
+        for i in range(len(chunk)):
+            try:
+                images.append(chunk[i]["image"].convert("RGB"))
+            except Exception as e:  # one broken image is that row's error, not the run's
+                images.append(e)
+        good = [im for im in images if not isinstance(im, Exception)]
+        preds = iter(predictor.predict(good)) if good else iter(())
+        for meta, image in zip(metas, images, strict=True):
+            truth = ProductFields(meta["title"], meta["category"], float(meta["price"]))
+            row_id = str(meta.get("product_code") or meta.get("source_row") or len(rows))
+            if isinstance(image, Exception):
+                parsed = ParsedAnswer(error=f"image failed to decode: {image}")
+                rows.append(PredictionRow(row_id, truth, "", parsed, None))
+                continue
+            pred = next(preds)
+            rows.append(PredictionRow(row_id, truth, pred.raw, pred.parsed, _thumb(image)))
+
+    train = fields_from_records(ds["train"].select_columns(["title", "category", "price"]))
+    fallback = median_price(train)
+    targets = [r.truth for r in rows]
+    metrics = all_metrics(targets, [r.parsed for r in rows], fallback_price=fallback)
+    baselines = {
+        name: all_metrics(targets, preds, fallback_price=fallback)
+        for name, preds in compute_baselines(train, targets).items()
+    }
+
+    save_config(cfg, out)
+    write_predictions_jsonl(out / "predictions.jsonl", rows, fallback_price=fallback)
+    meta = {
+        "model": cfg.model,
+        "data": str(cfg.data),
+        "split": cfg.split,
+        "rows": len(rows),
+        "constrained": cfg.constrained,
+    }
+    report = write_report(out, rows, metrics, baselines, fallback_price=fallback, meta=meta)
+    Console().print(console_table(metrics, baselines))
+    Console().print(f"report: {report}")
+    if cfg.report_to == "wandb":
+        _log_wandb(cfg, out, rows, metrics, baselines, log_to_wandb)
+    return EvalResult(out, metrics, baselines)
+
+
+def _load_split(cfg: EvalConfig) -> Any:
+    from productvlm.training.trainer import load_prepared
+
+    ds = load_prepared(cfg.data)
+    if cfg.split not in ds:
+        raise ProductVLMError(
+            f"{cfg.data}: split '{cfg.split}' does not exist; choose one of {list(ds)}"
+        )
+    return ds
+
+
+def _default_out(cfg: EvalConfig) -> Path:
+    base = Path(cfg.model)
+    return (base if base.is_dir() else Path("runs")) / f"eval-{cfg.split}"
+
+
+def _progress(chunks: range, total: int, batch: int) -> Any:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(
+        TextColumn("answering"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[rate]} answers/s"),
+        TimeElapsedColumn(),
+    )
+    with progress:
+        task = progress.add_task("answering", total=total, rate="-")
+        for start in chunks:
+            yield start
+            done = min(start + batch, total)
+            elapsed = progress.tasks[task].elapsed or 1e-9
+            progress.update(task, completed=done, rate=f"{done / elapsed:.1f}")
+
+
+def _log_wandb(
+    cfg: EvalConfig,
+    out: Path,
+    rows: list[Any],
+    metrics: dict[str, Any],
+    baselines: dict[str, dict[str, Any]],
+    log_fn: Any,
+) -> None:
+    import wandb
+
+    from productvlm.training.trainer import _wandb_logged_in
+
+    mode = os.environ.get("WANDB_MODE") or ("online" if _wandb_logged_in() else "offline")
+    run = wandb.init(
+        project=cfg.wandb_project,
+        job_type="evaluate",
+        dir=str(out),
+        mode=mode,
+        config=cfg.model_dump(mode="json"),
+        reinit="finish_previous",
+    )
+    try:
+        log_fn(run, rows, metrics, baselines)
+    finally:
+        run.finish()
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `evaluate` command."""
+
+    @app.command("evaluate")
+    def evaluate_command(
+        model: str = typer.Option(..., help="run directory, model folder or Hub id"),
+        data: Path = typer.Option(..., help="prepared dataset folder"),
+        split: str = typer.Option("test", help="split to evaluate"),
+        out: Path | None = typer.Option(None, help="report folder"),
+        config: Path | None = typer.Option(None, "--config", "-c", help="YAML config"),
+        batch_size: int | None = typer.Option(None),
+        max_new_tokens: int | None = typer.Option(None),
+        constrained: bool | None = typer.Option(None, "--constrained/--no-constrained"),
+        limit: int | None = typer.Option(None, help="first N rows only"),
+        report_to: str | None = typer.Option(None, help="wandb | none"),
+    ) -> None:
+        """Answer the split's photos, score them beside baselines, write report.html."""
+        cfg = resolve_config(
+            EvalConfig,
+            config,
+            dict(
+                model=model,
+                data=data,
+                split=split,
+                out=out,
+                batch_size=batch_size,
+                max_new_tokens=max_new_tokens,
+                constrained=constrained,
+                limit=limit,
+                report_to=report_to,
+            ),
+            section="evaluate",
+        )
+        evaluate(cfg)
