@@ -263,3 +263,17 @@ def test_log_to_wandb_offline_reads_back(tmp_path, rows, monkeypatch):
     for cell in cells[:3]:
         assert cell["_type"] == "image-file"
         assert Image.open(staged[cell["path"]]).format == "PNG"
+
+
+def test_console_table_shows_deeper_category_levels():
+    metrics = {"category_accuracy": 0.5, "category1_accuracy": 0.75, "category1_macro_f1": 0.6}
+    console = Console(record=True, width=120)
+    console.print(console_table(metrics, {"constant": {"category1_accuracy": 0.25}}))
+    rows = [
+        [c.strip() for c in line.split("│") if c.strip()]
+        for line in console.export_text().splitlines()
+        if "│" in line
+    ]
+    assert ["Category1 accuracy", "75.0%", "25.0%"] in rows
+    assert ["Category1 macro-F1", "60.0%", "–"] in rows
+    assert not any(r[0] == "Price MAE" for r in rows)  # absent metrics are not shown

@@ -19,8 +19,9 @@ import base64
 import io
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,12 @@ from productvlm.prompts import ParsedAnswer, ProductFields, format_price
 
 @dataclass
 class PredictionRow:
-    """One evaluated example. ``image``: a PIL image, a file path, encoded bytes or None."""
+    """One evaluated example.
+
+    ``image``: a PIL image, a file path, encoded bytes or None. A row whose image could not
+    be read keeps its place with ``answer=""`` and ``parsed=ParsedAnswer(error="image ...")``,
+    so it is reported and scored as unparsed rather than dropped.
+    """
 
     id: str
     truth: ProductFields
@@ -63,19 +69,16 @@ METRICS: list[tuple[str, str, str, bool]] = [
 ]
 
 
+_LEVEL = re.compile(r"(category\d+)_(accuracy|macro_f1)")
+
+
 def _metric_specs(metrics: Mapping[str, Any]) -> list[tuple[str, str, str, bool]]:
-    """METRICS plus deeper category levels (category1_accuracy, ...) found in ``metrics``."""
-    specs = list(METRICS)
-    for key in metrics:
-        level = key.removesuffix("_accuracy").removesuffix("_macro_f1")
-        if (
-            level.startswith("category")
-            and level != "category"
-            and key not in dict.fromkeys(s[0] for s in specs)
-        ):
-            label = f"{level.capitalize()} {'accuracy' if key.endswith('accuracy') else 'macro-F1'}"
-            specs.append((key, label, "pct", True))
-    return specs
+    """METRICS plus deeper category levels (``category1_accuracy``, ...) found in ``metrics``."""
+    levels = [(k, m[1].capitalize(), m[2]) for k in metrics if (m := _LEVEL.fullmatch(k))]
+    return METRICS + [
+        (k, f"{level} {'accuracy' if what == 'accuracy' else 'macro-F1'}", "pct", True)
+        for k, level, what in levels
+    ]
 
 
 def format_metric(value: Any, kind: str) -> str:
@@ -120,13 +123,9 @@ def write_predictions_jsonl(
             parsed = r.parsed.to_dict()
             record = {
                 "id": r.id,
-                "truth": {
-                    "title": r.truth.title,
-                    "category": r.truth.category,
-                    "price": r.truth.price,
-                },
+                "truth": asdict(r.truth),
                 "answer": r.answer,
-                "parsed": {k: parsed[k] for k in ("title", "category", "price")},
+                "parsed": {k: v for k, v in parsed.items() if k != "error"},
                 "ok": r.parsed.ok,
                 "error": r.parsed.error,
                 "scores": row_scores(r.truth, r.parsed, fallback_price=fallback_price),
