@@ -15,6 +15,8 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 venv: $(BIN)/.installed
+	@# Debian chromium for the browser test (never `playwright install`); it skips without one
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) || echo "chromium not installed: tests/serving/test_browser.py will skip"
 
 demo: venv
 	$(BIN)/productvlm demo --out runs/demo
