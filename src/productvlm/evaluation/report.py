@@ -253,7 +253,8 @@ def best_and_worst(
     """The ``n`` best and ``n`` worst rows by :func:`_badness`; the two lists never overlap."""
     order = sorted(range(len(rows)), key=lambda i: (_badness(rows[i], fallback_price), i))
     best = order[: min(n, len(order) // 2 + len(order) % 2)]
-    worst = [i for i in reversed(order) if i not in set(best)][:n]
+    taken = set(best)
+    worst = [i for i in reversed(order) if i not in taken][:n]
     return [rows[i] for i in best], [rows[i] for i in worst]
 
 
@@ -269,7 +270,7 @@ def _card(r: PredictionRow) -> str:
     if p.price is not None and p.price >= 0:
         ape = (p.price - t.price) / t.price
         price += f' <span class="{"ok" if abs(ape) <= 0.25 else "bad"}">({100 * ape:+.0f}%)</span>'
-    cat_cls = "ok" if (p.category or "").casefold() == t.category.casefold() else "bad"
+    cat_cls = "ok" if row_scores(t, p)["category_correct"] else "bad"
     err = ""
     if p.error:  # show what the model actually said, so the failure can be read
         raw = r.answer if len(r.answer) <= 120 else r.answer[:117] + "..."
@@ -344,7 +345,7 @@ def _headline(metrics: Mapping[str, Any], baselines: Mapping[str, Mapping[str, A
     )
 
 
-def _confusion(rows: Sequence[PredictionRow], field: str, top: int = 15) -> str:
+def _confusion(rows: Sequence[PredictionRow], field: str, top: int = 12) -> str:
     """Confusion matrix as an HTML table, cells shaded by their share of the true class."""
     names, cols, matrix = confusion_matrix(
         [r.truth for r in rows], [r.parsed for r in rows], field=field
@@ -365,13 +366,21 @@ def _confusion(rows: Sequence[PredictionRow], field: str, top: int = 15) -> str:
         cells = []
         for j, col in enumerate(col_keep):
             n = int(folded[i, j])
-            hue = "42,157,143" if col == name and name != "(other)" else "231,111,81"
+            # green on the diagonal, red off it, grey where "(other)" mixes both
+            hue = "42,157,143" if col == name else "231,111,81"
+            hue = "120,130,140" if "(other)" in (col, name) else hue
             style = f' style="background:rgba({hue},{0.85 * n / total:.2f})"' if n else ""
             cells.append(f"<td{style}>{n or ''}</td>")
         body.append(f"<tr><th>{escape(name)}</th>{''.join(cells)}<td>{folded[i].sum()}</td></tr>")
+    note = (
+        f'<div class="note">The {top} largest categories; the other {len(names) - top} '
+        "are folded into (other).</div>"
+        if len(names) > top
+        else ""
+    )
     return (
         f'<table class="cm"><thead><tr><th>true \\ predicted</th>{head}<th>n</th></tr>'
-        f"</thead><tbody>{''.join(body)}</tbody></table>"
+        f"</thead><tbody>{''.join(body)}</tbody></table>{note}"
     )
 
 
