@@ -159,3 +159,14 @@ def test_submit_before_start_and_bad_settings_are_clear_errors():
     b = MicroBatcher(lambda xs: xs)
     with pytest.raises(RuntimeError, match="start"):
         asyncio.run(b.submit([1]))
+
+
+def test_a_batcher_started_on_a_finished_loop_restarts_on_the_next():
+    b = MicroBatcher(lambda xs: [x + 1 for x in xs], max_batch=2, max_wait_ms=0)
+
+    async def once(x):
+        await b.start()  # lazily, as a request handler does; no stop()
+        return await b.submit([x])
+
+    assert asyncio.run(once(1)) == [2]
+    assert asyncio.run(once(2)) == [3]  # a fresh loop: the old worker is gone

@@ -96,9 +96,20 @@ class MicroBatcher:
         return len(self._waiting)
 
     async def start(self) -> None:
-        """Start the worker on the running event loop (call once, e.g. in the app lifespan)."""
-        if self._worker is not None:
-            return
+        """Start the worker on the running event loop (e.g. in the app lifespan); idempotent.
+
+        A worker left on another, finished event loop (test clients that run each request
+        on a fresh loop) is replaced, so a lazily started batcher never hangs.
+        """
+        loop = asyncio.get_running_loop()
+        if self._worker is not None and not self._worker.done():
+            if self._worker.get_loop() is loop:
+                return
+            if self._worker.get_loop().is_running():
+                raise RuntimeError("MicroBatcher is already running on another event loop")
+        self._waiting.clear()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
         self._arrived, self._full = asyncio.Event(), asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict")
         self._worker = asyncio.create_task(self._run(), name="micro-batcher")

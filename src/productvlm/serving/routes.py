@@ -294,6 +294,7 @@ async def _predict_all(items: list[tuple[str, bytes | str]], cfg: ServeConfig,
         if isinstance(d, BaseException) and not isinstance(d, ApiError):
             raise d
     good = [i for i, d in enumerate(decoded) if not isinstance(d, ApiError)]
+    await batcher.start()  # no-op once the lifespan started it; ASGI hosts without lifespan
     try:
         preds = await batcher.submit([decoded[i] for i in good]) if good else []
     except QueueFullError as e:
