@@ -1,0 +1,323 @@
+"""Fetch catalog images: concurrent, polite, validated, cached, resumable.
+
+``fetch_images(sources, cfg)`` turns a stream of image URLs or paths into ``FetchResult``s
+in input order. An asyncio loop in a background thread downloads (httpx2, bounded overall and
+per host, retries with backoff on timeouts/429/5xx honouring Retry-After, streamed with a size
+cap), a thread pool sized to the cores validates and normalises the bytes (Pillow releases the
+GIL while decoding), and the caller's thread reorders results and draws the progress bar.
+At most ``window`` sources are between admission and being yielded, so a 20,000-image
+catalog streams through in bounded memory. With ``cache_dir`` every outcome worth keeping is
+written atomically as soon as it is known, so a rerun, or a run resumed after ``kill -9``,
+downloads nothing twice.
+
+We use ``httpx2`` (the maintained fork of httpx, same API, already required by
+huggingface_hub): httpx 0.28's connection pool costs ~10 ms of CPU per request at 64
+connections, which alone would cap a fetch at ~100 images/s; httpx2's costs ~1 ms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import os
+import queue
+import threading
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+
+from productvlm.catalog.fetch_cache import FetchCache
+from productvlm.catalog.fetch_http import Fail, classify_source, download
+from productvlm.catalog.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageRejected,
+    normalize_image_bytes,
+    open_image,
+)
+from productvlm.config import StageConfig
+
+__all__ = ["FetchConfig", "FetchResult", "fetch_images", "open_image"]
+
+
+class FetchConfig(StageConfig):
+    """How ``prepare`` fetches images (the ``fetch:`` part of its config)."""
+
+    concurrency: int = 64  # requests in flight overall
+    per_host: int = 16  # requests in flight to one host (politeness towards one CDN)
+    timeout_s: float = 20.0  # whole-request deadline per attempt (connect + headers + body)
+    retries: int = 4  # extra attempts after timeouts, connection errors, 408, 429 and 5xx
+    backoff_s: float = 0.5  # first retry delay; doubles each time, with jitter
+    retry_after_cap_s: float = 60.0  # longest Retry-After we honour (seconds)
+    max_bytes: int = 20_000_000  # larger bodies/files fail; the download stops reading there
+    max_pixels: int = DEFAULT_MAX_PIXELS  # decompression-bomb guard (width x height)
+    local_root: Path | None = None  # local paths and file:// URLs only inside it; None = refused
+    cache_dir: Path | None = None  # content cache (resume, reruns); None = no cache
+    window: int = 0  # sources between admission and being yielded; 0 = max(4*concurrency, 256)
+    user_agent: str = "productvlm image fetch (+https://pypi.org/project/productvlm)"
+
+
+@dataclass
+class FetchResult:
+    """The outcome for one source; ``data`` is upright RGB image bytes ready to store."""
+
+    source: str  # the URL or path as given
+    ok: bool
+    data: bytes | None = None
+    sha256: str | None = None  # of data: exact duplicate images go to one split
+    width: int | None = None
+    height: int | None = None
+    error: str | None = None  # short reason, e.g. "http 404", "truncated image"
+    cached: bool = False  # served from the cache: nothing was downloaded
+
+
+_DONE = object()
+
+
+def _cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+class _Fetcher:
+    """The background half: an event loop thread feeding ``out`` with ``(index, result)``."""
+
+    def __init__(self, cfg: FetchConfig, out: queue.Queue) -> None:
+        self.cfg = cfg
+        self.out = out
+        self.cache = FetchCache(cfg.cache_dir) if cfg.cache_dir else None
+        self.root = cfg.local_root.expanduser().resolve() if cfg.local_root else None
+        self.window = cfg.window or max(4 * cfg.concurrency, 256)
+        self.pool = ThreadPoolExecutor(_cores(), thread_name_prefix="productvlm-image")
+        self.loop = asyncio.new_event_loop()
+        self.task: asyncio.Task | None = None
+        self.stopping = False
+
+    # -- called from the consumer's thread -------------------------------------------------
+    def run(self, sources: Iterator[Any]) -> None:
+        try:
+            self.task = self.loop.create_task(self._main(sources))
+            self.loop.run_until_complete(self.task)
+        except asyncio.CancelledError:
+            pass
+        except BaseExceptionGroup as group:  # the TaskGroup wraps what `sources` raised
+            self.out.put(group.exceptions[0] if len(group.exceptions) == 1 else group)
+        except BaseException as e:  # surfaces in the consumer's thread, e.g. a bad iterable
+            self.out.put(e)
+        finally:
+            self.out.put(_DONE)
+            self.loop.close()
+            self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def release(self) -> None:
+        """One result left the reorder buffer: admit one more source."""
+        self._call(lambda: self.slots.release())
+
+    def stop(self) -> None:
+        self.stopping = True
+        self._call(lambda: self.task and self.task.cancel())
+
+    def _call(self, fn: Any) -> None:
+        # RuntimeError: the loop is already closed, nothing is left to admit or cancel
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(fn)
+
+    # -- the event loop ---------------------------------------------------------------------
+    async def _main(self, sources: Iterator[Any]) -> None:
+        cfg = self.cfg
+        self.slots = asyncio.Semaphore(self.window)
+        self.overall = asyncio.Semaphore(cfg.concurrency)
+        self.hosts: defaultdict[str, asyncio.Semaphore] = defaultdict(
+            lambda: asyncio.Semaphore(cfg.per_host)
+        )
+        self.inflight: dict[str, asyncio.Task] = {}
+        limits = httpx.Limits(
+            max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency
+        )
+        async with (
+            httpx.AsyncClient(
+                limits=limits,
+                timeout=httpx.Timeout(cfg.timeout_s),
+                follow_redirects=True,
+                headers={"User-Agent": cfg.user_agent},
+            ) as self.client,
+            asyncio.TaskGroup() as tg,
+        ):
+            for index, source in enumerate(sources):
+                await self.slots.acquire()
+                if self.stopping:
+                    break
+                tg.create_task(self._emit(index, source))
+
+    async def _emit(self, index: int, source: Any) -> None:
+        # The same URL twice in flight (duplicate products share photos) is fetched once.
+        key = source.strip() if isinstance(source, str) else None
+        task = self.inflight.get(key) if key else None
+        if task is None:
+            task = asyncio.ensure_future(self._fetch_one(source))
+            if key:
+                self.inflight[key] = task
+                task.add_done_callback(lambda _t: self.inflight.pop(key, None))
+        result = await task
+        if result.source is not source:
+            result = dataclasses.replace(result, source=source)
+        self.out.put((index, result))
+
+    async def _fetch_one(self, source: Any) -> FetchResult:
+        kind = None
+        try:
+            kind, target = classify_source(source)
+            if kind == "file":
+                return await self._in_pool(self._local, source, target)
+            if self.cache is not None:
+                hit = await self._in_pool(self._cached, source.strip())
+                if hit is not None:
+                    return dataclasses.replace(hit, source=source)
+            sem = self.hosts[httpx.URL(target).host]
+            raw = await download(self.client, target, self.cfg, sem, self.overall)
+            return await self._in_pool(self._finish, source, raw, True)
+        except Fail as f:
+            # Remember answers that a retry would not change (404, HTML page) so a rerun does
+            # not ask again; timeouts and 5xx are tried afresh next run.
+            if f.permanent and kind == "http" and self.cache is not None:
+                entry = {"ok": False, "error": f.reason}
+                await self._in_pool(self.cache.put, source.strip(), entry, None)
+            return FetchResult(source, ok=False, error=f.reason)
+
+    def _in_pool(self, fn: Any, *args: Any) -> asyncio.Future:
+        return self.loop.run_in_executor(self.pool, fn, *args)
+
+    # -- worker threads ---------------------------------------------------------------------
+    def _cached(self, key: str) -> FetchResult | None:
+        assert self.cache is not None
+        entry = self.cache.get(key)
+        if entry is None:
+            return None
+        meta, data = entry
+        if not meta.get("ok"):
+            return FetchResult(key, ok=False, error=meta.get("error"), cached=True)
+        return FetchResult(
+            key, True, data, meta["sha256"], meta["width"], meta["height"], cached=True
+        )
+
+    def _local(self, source: str, path: Path) -> FetchResult:
+        if self.root is None:
+            raise Fail("local file refused (set local_root to allow local images)")
+        full = path.expanduser()
+        full = (full if full.is_absolute() else self.root / full).resolve()
+        if not full.is_relative_to(self.root):  # `..` and symlinks are resolved by now
+            raise Fail("outside local root")
+        try:
+            size = full.stat().st_size
+        except OSError:
+            raise Fail("file not found") from None
+        if not full.is_file():
+            raise Fail("not a file")
+        if size > self.cfg.max_bytes:
+            raise Fail(f"too large (> {self.cfg.max_bytes} bytes)")
+        return self._finish(source, full.read_bytes(), False)
+
+    def _finish(self, source: str, raw: bytes, cacheable: bool) -> FetchResult:
+        """Validate/normalise downloaded bytes and cache the outcome (worker thread)."""
+        cache = self.cache if cacheable and isinstance(source, str) else None
+        try:
+            data, width, height = normalize_image_bytes(raw, self.cfg.max_pixels)
+        except ImageRejected as e:
+            # A pixel limit is a setting, not a property of the image: don't remember it.
+            if cache is not None and not e.reason.startswith("decompression bomb"):
+                cache.put(source.strip(), {"ok": False, "error": e.reason}, None)
+            return FetchResult(source, ok=False, error=e.reason)
+        digest = hashlib.sha256(data).hexdigest()
+        if cache is not None:
+            meta = {"ok": True, "sha256": digest, "width": width, "height": height}
+            cache.put(source.strip(), meta, data)
+        return FetchResult(source, True, data, digest, width, height)
+
+
+class _Bar:
+    """Rich progress on stderr: done / total, ok, failed, cached."""
+
+    def __init__(self, total: int | None) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        counts = "ok {task.fields[ok]}  failed {task.fields[failed]}  cached {task.fields[cached]}"
+        self.progress = Progress(
+            TextColumn("fetch images"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn(counts),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+        )
+        self.counts = {"ok": 0, "failed": 0, "cached": 0}
+        self.task = self.progress.add_task("fetch", total=total, **self.counts)
+        self.progress.start()
+
+    def advance(self, result: FetchResult) -> None:
+        self.counts["ok" if result.ok else "failed"] += 1
+        self.counts["cached"] += result.cached
+        self.progress.update(self.task, advance=1, **self.counts)
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+def fetch_images(
+    sources: Iterable[Any], cfg: FetchConfig, progress: bool = True
+) -> Iterator[FetchResult]:
+    """Fetch and validate each source (URL, path or junk); yield one result each, in order.
+
+    Never raises for a bad source: its result has ``ok=False`` and a short ``error``. Errors
+    raised by ``sources`` itself propagate. Stopping early (``break``) cancels the rest.
+
+    >>> cfg = FetchConfig(cache_dir=Path("out/.image-cache"))
+    >>> for r in fetch_images(["https://example.com/a.jpg", "N.A."], cfg):  # doctest: +SKIP
+    ...     print(r.ok, r.error)
+    True None
+    False not a URL or path: 'N.A.'
+    """
+    total = len(sources) if hasattr(sources, "__len__") else None  # type: ignore[arg-type]
+    out: queue.Queue = queue.Queue()
+    fetcher = _Fetcher(cfg, out)
+    thread = threading.Thread(
+        target=fetcher.run, args=(iter(sources),), name="productvlm-fetch", daemon=True
+    )
+    bar = _Bar(total) if progress else None
+    thread.start()
+    pending: dict[int, FetchResult] = {}
+    next_index = 0
+    try:
+        while (item := out.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            index, result = item
+            pending[index] = result
+            while next_index in pending:
+                result = pending.pop(next_index)
+                next_index += 1
+                fetcher.release()
+                if bar is not None:
+                    bar.advance(result)
+                yield result
+    finally:
+        fetcher.stop()
+        thread.join()
+        if bar is not None:
+            bar.close()
