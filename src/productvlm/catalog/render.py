@@ -224,7 +224,7 @@ def render(spec: RenderSpec) -> Image.Image:
 @cache
 def _grain_image(side: int = GRAIN_SIDE) -> Image.Image:
     # fixed sensor-like noise around 8 (0..16); ImageChops.add subtracts the 8 back
-    noise = np.random.default_rng(2024).normal(8.0, 2.5, (side, side, 3))
+    noise = np.random.default_rng(2024).normal(8.0, 4.0, (side, side, 3))
     return Image.fromarray(np.clip(noise, 0, 16).astype(np.uint8), "RGB")
 
 
@@ -240,7 +240,7 @@ def _add_grain(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     return ImageChops.add(img, g.crop((x, y, x + w, y + h)), scale=1.0, offset=-8)
 
 
-def jpeg_bytes(img: Image.Image, quality: int = 88) -> bytes:
+def jpeg_bytes(img: Image.Image, quality: int = 90) -> bytes:
     """Encode as a baseline JPEG (4:2:0, no EXIF), like a product image CDN serves."""
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=quality, optimize=False)
