@@ -1,0 +1,224 @@
+"""Load test of `productvlm serve` on loopback: micro-batching on against off, same run.
+
+Usage:
+    .venv/bin/python bench/bench_serve.py                      # tiny random model, CPU
+    .venv/bin/python bench/bench_serve.py --model runs/demo --requests 128 --threads 4
+
+For each server setting (batching on: --max-batch 16; off: --max-batch 1) it starts
+`productvlm serve` as a subprocess, warms it up, then sends single-photo POST /v1/predict
+requests from 1, 4 and 16 concurrent clients (each level bounded by --requests and
+--seconds) and prints throughput, p50/p95 latency and errors. A last phase sends 2,000
+requests to a fresh batching server and compares its resident memory after 200 and after
+2,000 requests (a leak shows as growth). Figures are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Level:
+    clients: int
+    latencies: list[float] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def done(self) -> int:
+        return len(self.latencies)
+
+    @property
+    def throughput(self) -> float:
+        return self.done / self.seconds if self.seconds else 0.0
+
+    def pct(self, q: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        xs = sorted(self.latencies)
+        return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))] * 1000
+
+
+def sample_photos(n: int = 8) -> list[bytes]:
+    """A few different product-like JPEGs (a bag shape in varied colours)."""
+    out = []
+    for i in range(n):
+        img = Image.new("RGB", (320, 240), (245, 243, 240))
+        d = ImageDraw.Draw(img)
+        colour = (40 + 25 * i % 200, 90 + 37 * i % 150, 160 - 15 * i % 140)
+        d.rounded_rectangle((100, 70, 220, 220), 16, fill=colour)
+        d.arc((125, 25, 195, 110), 180, 360, fill=colour, width=8)
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def build_tiny_model(folder: Path) -> Path:
+    """A random tiny Phi-3-vision with a small tokenizer: the model tests and the demo use."""
+    from productvlm.models.phi3v.tiny import save_tiny_model
+    from productvlm.models.tiny_tokenizer import train_tiny_tokenizer
+
+    texts = [f"Product: Check Wool Scarf {i}, Category: SCARVES, Full Price: {i * 10}.00"
+             for i in range(200)]
+    tok = train_tiny_tokenizer(texts, vocab_size=400)
+    return save_tiny_model(folder, tokenizer=tok, num_crops=1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`productvlm serve` in a subprocess, so its memory is measured alone."""
+
+    def __init__(self, model: str, max_batch: int, args: argparse.Namespace) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads),
+               "MKL_NUM_THREADS": str(args.threads)}
+        cmd = [sys.executable, "-m", "productvlm.cli", "serve", "--model", model,
+               "--port", str(self.port), "--max-batch", str(max_batch),
+               "--max-wait-ms", str(args.max_wait_ms), "--max-queue", "1024"]
+        if args.max_new_tokens:
+            cmd += ["--max-new-tokens", str(args.max_new_tokens)]
+        self.proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"server exited with status {self.proc.returncode}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        self.stop()
+        raise SystemExit("server did not start within 180 s")
+
+    def rss_mb(self) -> float:
+        return psutil.Process(self.proc.pid).memory_info().rss / 2**20
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+async def load(url: str, clients: int, requests: int, seconds: float,
+               photos: list[bytes]) -> Level:
+    """``clients`` loops sending one photo each until ``requests`` or ``seconds`` run out."""
+    level = Level(clients)
+    sent = 0
+    deadline = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+
+    async def client(c: httpx.AsyncClient) -> None:
+        nonlocal sent
+        while sent < requests and time.perf_counter() < deadline:
+            photo = photos[sent % len(photos)]
+            sent += 1
+            t0 = time.perf_counter()
+            try:
+                r = await c.post(url + "/v1/predict",
+                                 files={"files": ("photo.jpg", photo, "image/jpeg")})
+                key = None if r.status_code == 200 else f"HTTP {r.status_code}"
+            except httpx.HTTPError as e:
+                key = type(e).__name__
+            if key is None:
+                level.latencies.append(time.perf_counter() - t0)
+            else:
+                level.errors[key] = level.errors.get(key, 0) + 1
+
+    async with httpx.AsyncClient(timeout=120, limits=limits) as c:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(c) for _ in range(clients)))
+        level.seconds = time.perf_counter() - t0
+    return level
+
+
+def run_mode(model: str, max_batch: int, args: argparse.Namespace,
+             photos: list[bytes]) -> dict[int, Level]:
+    server = Server(model, max_batch, args)
+    try:
+        asyncio.run(load(server.url, 4, 16, 60, photos))  # warm-up: first calls compile/alloc
+        out = {}
+        for clients in args.clients:
+            level = asyncio.run(load(server.url, clients, args.requests, args.seconds, photos))
+            out[clients] = level
+            errs = sum(level.errors.values())
+            print(f"  max_batch={max_batch:<3} clients={clients:<3} {level.done:5d} ok "
+                  f"{errs:3d} errors  {level.throughput:7.2f} req/s  "
+                  f"p50 {level.pct(0.5):8.1f} ms  p95 {level.pct(0.95):8.1f} ms"
+                  + (f"  {level.errors}" if errs else ""), flush=True)
+        return out
+    finally:
+        server.stop()
+
+
+def memory_phase(model: str, args: argparse.Namespace, photos: list[bytes]) -> None:
+    server = Server(model, 16, args)
+    try:
+        first = asyncio.run(load(server.url, 16, 200, 3600, photos))
+        rss200 = server.rss_mb()
+        rest = asyncio.run(load(server.url, 16, args.memory_requests - 200, 3600, photos))
+        rss_end = server.rss_mb()
+    finally:
+        server.stop()
+    errs = sum(first.errors.values()) + sum(rest.errors.values())
+    done = first.done + rest.done
+    print(f"\nmemory: RSS after 200 requests {rss200:.1f} MB, after {done} requests "
+          f"{rss_end:.1f} MB: {100 * (rss_end / rss200 - 1):+.1f}% (target within 10%), "
+          f"{errs} errors")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", help="model folder or run; default: a tiny random model")
+    p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    p.add_argument("--requests", type=int, default=96, help="per concurrency level")
+    p.add_argument("--seconds", type=float, default=90, help="time cap per level")
+    p.add_argument("--max-wait-ms", type=float, default=10)
+    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--threads", type=int, default=2, help="torch threads of the server")
+    p.add_argument("--memory-requests", type=int, default=2000, help="0 skips the phase")
+    args = p.parse_args()
+
+    photos = sample_photos()
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.model or str(build_tiny_model(Path(tmp) / "tiny-phi3v"))
+        print(f"model: {model}; {args.requests} requests or {args.seconds:g} s per level; "
+              f"torch threads {args.threads}; max_wait_ms {args.max_wait_ms:g}")
+        on = run_mode(model, 16, args, photos)
+        off = run_mode(model, 1, args, photos)
+        print("\nthroughput, batching on / off:")
+        for clients in args.clients:
+            ratio = on[clients].throughput / max(off[clients].throughput, 1e-9)
+            target = "  (target >= 3x)" if clients == 16 else ""
+            print(f"  {clients:3d} clients: {on[clients].throughput:7.2f} / "
+                  f"{off[clients].throughput:7.2f} req/s = {ratio:5.2f}x{target}")
+        if args.memory_requests:
+            memory_phase(model, args, photos)
+
+
+if __name__ == "__main__":
+    main()
