@@ -291,3 +291,40 @@ def test_rerun_downloads_nothing_twice(catalog, server, tmp_path):
     m = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert m["images"]["fetched"] == 0 and m["images"]["cached"] == first.prepared
     assert reason_key("image: http 404") in m["counts"]["failed_by_reason"]
+
+
+@pytest.mark.slow
+def test_resume_after_kill_fetches_nothing_twice(catalog, tmp_path):
+    import time
+
+    class Slow(_CountingHandler):
+        def do_GET(self):
+            time.sleep(0.1)  # slow enough to kill the run halfway
+            super().do_GET()
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Slow, directory=str(catalog)))
+    srv.hits = defaultdict(int)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{srv.server_address[1]}/"
+    rows = [{"product_code": i, "title": f"t{i}", "category": CATS[i % 3], "price": "10",
+             "image": f"{base}images/{i}.jpg"} for i in range(N)]
+    pd.DataFrame(rows).to_csv(tmp_path / "c.csv", index=False)
+    args = [str(tmp_path / "c.csv"), "--out", str(tmp_path / "out"), "--preset", "simple",
+            "--concurrency", "2", "--no-progress"]
+    proc = subprocess.Popen([str(EXE), "prepare", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while sum(srv.hits.values()) < N // 3 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.kill()  # SIGKILL: no cleanup, like kill -9
+    _, err = proc.communicate()
+    before = dict(srv.hits)
+    assert 0 < len(before) < N, f"the first run should be cut off halfway; stderr: {err}"
+    p = _cli(*args)
+    srv.shutdown()
+    assert p.returncode == 0, p.stderr
+    # only requests in flight at the kill (at most --concurrency) may be repeated
+    repeated = [k for k, v in srv.hits.items() if v > 1]
+    assert len(repeated) <= 2 and len(srv.hits) == N
+    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert m["counts"]["prepared"] == N and m["images"]["cached"] >= len(before) - 2
