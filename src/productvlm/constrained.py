@@ -1,0 +1,480 @@
+"""Constrained decoding: every generated answer is forced into the target format, so it parses.
+
+The answer format is a sequence of segments (see :func:`answer_template`), for the seed format
+
+    "Product: " <title> ", Category: " <one training category> ", Full Price: " <number> <|end|>
+
+and a character-level NFA over that template decides which tokens may come next: a token is
+allowed when the text so far plus the token's *surface string* stays consistent with the
+template. Working on surface strings (not token ids) makes tokens that span a segment
+boundary (" Med" after "Product:", "S," after "BAG") work, and works the same for
+SentencePiece ("▁") and byte-level vocabularies.
+
+Speed: the allowed-token mask depends only on a small key per NFA state (the literal prefix
+typed so far; for free text only "empty?" and "over the cap?"), so masks are computed once,
+mostly with vectorised numpy checks, and cached. A step costs one NFA advance per row plus a
+cached lookup.
+
+Budget: every state knows the fewest tokens that can finish the answer (``need``); near the
+end of ``max_new_tokens`` only tokens that still allow finishing in time are allowed, so even
+a random model's answer ends with ``<|end|>`` and parses.
+
+>>> grammar = AnswerGrammar(TokenVocab.from_tokenizer(tok), answer_template("seed", ["BAGS"]))
+>>> model.generate(**inputs, logits_processor=[grammar.logits_processor(64)])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import unicodedata
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import LogitsProcessor
+
+from productvlm.prompts import END, TargetFormat
+
+# ("L", seg, typed) | ("F", seg, n, in_escape) | ("N", seg, q, nonzero, n) | ("E", seg) | ("D",)
+State = tuple
+DONE: State = ("D",)
+INF = 10**6
+
+
+@dataclass(frozen=True)
+class Lit:
+    """One of a few fixed strings (a literal, or the list of categories)."""
+
+    options: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Free:
+    """Free text: at least one character, the first not a space, no forbidden characters.
+
+    ``max_chars`` is a soft cap: once reached, the text may only end (one token may overrun).
+    ``json_escapes``: a backslash starts an escape (``\\"``, ``\\\\``, ``\\/``), as
+    ``json.dumps`` writes a title with quotes in it.
+    """
+
+    forbid: str
+    max_chars: int
+    json_escapes: bool = False
+
+    def ok(self, c: str) -> bool:
+        return c not in self.forbid and unicodedata.category(c)[0] != "C" and c != "\ufffd"
+
+
+@dataclass(frozen=True)
+class Number:
+    """A positive price: seed style ``2,290.00`` or a JSON number (no commas, no leading 0)."""
+
+    json: bool
+    max_chars: int = 12
+
+
+@dataclass(frozen=True)
+class End:
+    """The ``<|end|>`` token."""
+
+
+Segment = Lit | Free | Number | End
+
+# Number DFAs: state -> {char class -> next state}; "d" = any digit, "n" = 1-9.
+_SEED_NUM = {"s": {"d": "i"}, "i": {"d": "i", ",": "i", ".": "f"}, "f": {"d": "f"}}
+_JSON_NUM = {"s": {"0": "z", "n": "i"}, "z": {".": "p"}, "i": {"d": "i", ".": "p"},
+             "p": {"d": "f"}, "f": {"d": "f"}}
+
+
+def answer_template(
+    fmt: TargetFormat, categories: list[str] | None, *, title_max_chars: int = 120
+) -> tuple[Segment, ...]:
+    """The segments of an answer in ``fmt``; ``categories=None`` leaves the category free text.
+
+    >>> answer_template("seed", ["BAGS"])[3]
+    Lit(options=('BAGS',))
+    """
+    cats = sorted({c for c in categories or [] if c and c.strip()})
+    if fmt == "json":
+        title = Free(forbid='"\\', max_chars=title_max_chars, json_escapes=True)
+        category: Segment = (Lit(tuple(json.dumps(c, ensure_ascii=False)[1:-1] for c in cats))
+                             if cats else Free(forbid='"\\', max_chars=60, json_escapes=True))
+        return (Lit(('{"title": "', ' {"title": "')), title, Lit(('", "category": "',)),
+                category, Lit(('", "price": ',)), Number(json=True), Lit(("}",)), End())
+    title = Free(forbid="", max_chars=title_max_chars)
+    category = Lit(tuple(cats)) if cats else Free(forbid=",", max_chars=60)
+    # The leading-space variant: a target tokenized on its own starts with "▁Product".
+    return (Lit(("Product: ", " Product: ")), title, Lit((", Category: ",)), category,
+            Lit((", Full Price: ",)), Number(json=False), End())
+
+
+class TokenVocab:
+    """Each token's surface string, computed once; None for special and partial-byte tokens."""
+
+    def __init__(self, surfaces: list[str | None], end_id: int, stop_ids: tuple[int, ...]) -> None:
+        self.surfaces = surfaces
+        self.end_id = end_id
+        self.stop_ids = stop_ids  # tokens a finished row may produce (end, EOS, pad)
+        self.by_surface: dict[str, list[int]] = {}
+        for i, s in enumerate(surfaces):
+            if s:
+                self.by_surface.setdefault(s, []).append(i)
+        self.ids = np.array([i for i, s in enumerate(surfaces) if s], dtype=np.int64)
+        self.ids = self.ids[np.argsort([surfaces[i] for i in self.ids], kind="stable")]
+        self.sorted = [surfaces[i] for i in self.ids]
+        rev = sorted((s[::-1], i) for i, s in enumerate(surfaces) if s)
+        self.rev_sorted = [r for r, _ in rev]
+        self.rev_ids = np.array([i for _, i in rev], dtype=np.int64)
+        self.lengths = np.array([len(s) if s else 0 for s in surfaces], dtype=np.int64)
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: Any) -> TokenVocab:
+        """Surfaces by decoding ``[anchor, t]`` minus ``[anchor]``: that keeps the leading
+        space of "▁word" pieces, which decoding ``[t]`` alone strips."""
+        n = len(tokenizer)
+        special = set(tokenizer.all_special_ids)
+        special |= set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
+        anchor = tokenizer.encode("a", add_special_tokens=False)[-1]
+        kw = {"skip_special_tokens": False, "clean_up_tokenization_spaces": False}
+        head = tokenizer.decode([anchor], **kw)
+        pairs = tokenizer.batch_decode([[anchor, t] for t in range(n)], **kw)
+        surfaces: list[str | None] = []
+        for t, text in enumerate(pairs):
+            ok = t not in special and text.startswith(head) and len(text) > len(head)
+            surf = text[len(head):] if ok else None
+            surfaces.append(None if surf is None or "\ufffd" in surf else surf)
+        end_id = tokenizer.convert_tokens_to_ids(END)
+        if end_id is None or end_id == tokenizer.unk_token_id:
+            end_id = tokenizer.eos_token_id
+        stops = {end_id, tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
+        return cls(surfaces, end_id, tuple(sorted(stops)))
+
+    def startswith(self, prefix: str) -> np.ndarray:
+        """Ids of tokens whose surface starts with ``prefix`` and is longer than it."""
+        lo = bisect.bisect_right(self.sorted, prefix)
+        hi = bisect.bisect_left(self.sorted, prefix + "\U0010ffff")
+        return self.ids[lo:hi]
+
+    def endswith(self, suffix: str) -> np.ndarray:
+        """Ids of tokens whose surface ends with ``suffix`` (equal included)."""
+        r = suffix[::-1]
+        lo = bisect.bisect_left(self.rev_sorted, r)
+        hi = bisect.bisect_left(self.rev_sorted, r + "\U0010ffff")
+        return self.rev_ids[lo:hi]
+
+    @cache  # noqa: B019 - one vocab per predictor, a handful of classes
+    def class_runs(self, seg: Free) -> tuple[np.ndarray, np.ndarray]:
+        """Per token, the length of its longest prefix and suffix made of ``seg``'s characters."""
+        head = np.zeros(len(self.surfaces), dtype=np.int64)
+        tail = np.zeros(len(self.surfaces), dtype=np.int64)
+        for i, s in enumerate(self.surfaces):
+            if not s:
+                continue
+            bad = [j for j, c in enumerate(s) if not seg.ok(c)]
+            head[i] = bad[0] if bad else len(s)
+            tail[i] = len(s) - 1 - bad[-1] if bad else len(s)
+        return head, tail
+
+
+@dataclass
+class _Parts:
+    """The tokens one NFA state allows, each with the fewest tokens still needed after it.
+
+    ``bulk``: a vectorised mask whose tokens all leave at most ``bulk_need`` tokens to go;
+    ``exact``: token id -> tokens needed after it, for the few tokens checked one by one.
+    """
+
+    bulk: np.ndarray | None
+    bulk_need: int
+    exact: dict[int, int]
+
+
+class AnswerGrammar:
+    """The NFA of an answer template over a tokenizer's surface strings.
+
+    >>> g = AnswerGrammar(TokenVocab.from_tokenizer(tok), answer_template("seed", ["BAGS"]))
+    >>> g.accepts("Product: Lola Bag, Category: BAGS, Full Price: 2,290.00")  # doctest: +SKIP
+    True
+    """
+
+    def __init__(self, vocab: TokenVocab, template: tuple[Segment, ...]) -> None:
+        self.vocab = vocab
+        self.t = tuple(self._spellable(seg) for seg in template)
+        self._prefixes = {i: {o[:k] for o in seg.options for k in range(len(o) + 1)}
+                          for i, seg in enumerate(self.t) if isinstance(seg, Lit)}
+        self._need: dict[State, int] = {}
+        self._parts: dict[State, _Parts] = {}
+        self._masks: dict[tuple, torch.Tensor] = {}
+        self._numeric = np.array([i for i, s in enumerate(vocab.surfaces)
+                                  if s and all(c in "0123456789.," for c in s)], dtype=np.int64)
+        self._backslashed = [i for i, s in enumerate(vocab.surfaces) if s and "\\" in s]
+        self._nonspace = np.array([bool(s) and not s[0].isspace() for s in vocab.surfaces])
+        # one token can raise the need by at most the length of a literal (spelt by characters)
+        self.margin = max(len(o) for seg in self.t if isinstance(seg, Lit) for o in seg.options) + 2
+        self.initial = self.closure([self.start(0)])
+
+    def _spellable(self, seg: Segment) -> Segment:
+        if not isinstance(seg, Lit):
+            return seg
+        keep = tuple(o for o in seg.options if o and self._spell(o) < INF)
+        if not keep:
+            raise ValueError(f"the tokenizer cannot spell any of {list(seg.options)[:5]}")
+        return Lit(keep)
+
+    def _spell(self, text: str) -> int:
+        """Fewest tokens whose surfaces concatenate to ``text`` (INF when impossible)."""
+        best = [0] + [INF] * len(text)
+        for end in range(1, len(text) + 1):
+            for beg in range(max(0, end - 32), end):
+                if best[beg] + 1 < best[end] and text[beg:end] in self.vocab.by_surface:
+                    best[end] = best[beg] + 1
+        return best[-1]
+
+    # --- the NFA ------------------------------------------------------------------------
+    def start(self, i: int) -> State:
+        seg = self.t[i]
+        if isinstance(seg, Lit):
+            return ("L", i, "")
+        if isinstance(seg, Free):
+            return ("F", i, 0, False)
+        if isinstance(seg, Number):
+            return ("N", i, "s", False, 0)
+        return ("E", i)
+
+    def complete(self, s: State) -> bool:
+        if s[0] == "L":
+            return s[2] in self.t[s[1]].options
+        if s[0] == "F":
+            return s[2] > 0 and not s[3]
+        return s[0] == "N" and s[2] in ("i", "f") and s[3]
+
+    def closure(self, states: Any) -> frozenset:
+        out: set[State] = set()
+        stack = list(states)
+        while stack:
+            s = stack.pop()
+            if s not in out:
+                out.add(s)
+                if s[0] in "LFN" and self.complete(s):
+                    stack.append(self.start(s[1] + 1))
+        return frozenset(out)
+
+    def step(self, s: State, c: str) -> State | None:
+        kind, i = s[0], s[1] if len(s) > 1 else -1
+        if kind == "L":
+            p = s[2] + c
+            return ("L", i, p) if p in self._prefixes[i] else None
+        if kind == "F":
+            seg = self.t[i]
+            if s[3]:  # the character after a backslash
+                return ("F", i, s[2] + 1, False) if c in '"\\/' else None
+            if seg.json_escapes and c == "\\":
+                return ("F", i, s[2] + 1, True)
+            return ("F", i, s[2] + 1, False) if seg.ok(c) and (s[2] or not c.isspace()) else None
+        if kind == "N":
+            table = (_JSON_NUM if self.t[i].json else _SEED_NUM)[s[2]]
+            digit = c in "0123456789"
+            q = table.get(c) or (table.get("n") if digit and c != "0" else None) or (
+                table.get("d") if digit else None)
+            return ("N", i, q, s[3] or (digit and c != "0"), s[4] + 1) if q else None
+        return None
+
+    def consume(self, states: frozenset, text: str) -> frozenset:
+        """The states after reading ``text`` from ``states``; empty when it leaves the format."""
+        for c in text:
+            nxt = [n for s in states if (n := self.step(s, c)) is not None]
+            if not nxt:
+                return frozenset()
+            states = self.closure(nxt)
+        return states
+
+    def accepts(self, text: str) -> bool:
+        """Whether ``text`` is a whole answer (what comes before ``<|end|>``)."""
+        return any(s[0] == "E" for s in self.consume(self.initial, text))
+
+    def advance(self, states: frozenset, token: int) -> frozenset:
+        """The states after generating ``token``; ``{DONE}`` after ``<|end|>``."""
+        if DONE in states or not states:
+            return frozenset([DONE])
+        if token == self.vocab.end_id and any(s[0] == "E" for s in states):
+            return frozenset([DONE])
+        surf = self.vocab.surfaces[token] if token < len(self.vocab.surfaces) else None
+        return self.consume(states, surf) if surf else frozenset()
+
+    # --- how many tokens are still needed -----------------------------------------------
+    def key(self, s: State) -> State:
+        """What a state's allowed tokens depend on (drops free-text lengths)."""
+        if s[0] == "F":
+            return ("F", s[1], s[2] == 0, s[2] < self.t[s[1]].max_chars, s[3])
+        if s[0] == "N":
+            return ("N", s[1], s[2], s[3], s[4] < self.t[s[1]].max_chars)
+        return s
+
+    def need(self, states: frozenset) -> int:
+        """The fewest tokens (``<|end|>`` included) that can finish the answer."""
+        return min((self._need1(s) for s in states), default=INF)
+
+    def _need1(self, s: State) -> int:
+        k = self.key(s)
+        if k not in self._need:
+            self._need[k] = INF  # guards recursion
+            self._need[k] = self._compute_need(s)
+        return self._need[k]
+
+    def _compute_need(self, s: State) -> int:
+        if s[0] in "DE":
+            return int(s[0] == "E")
+        after = self._need1(self.start(s[1] + 1)) if s[0] in "LFN" and self.complete(s) else INF
+        if s[0] == "L":
+            rest = [self._spell(o[len(s[2]):]) for o in self.t[s[1]].options
+                    if o.startswith(s[2]) and o != s[2]]
+            return min([after] + [r + self._need1(self.start(s[1] + 1)) for r in rest])
+        if s[0] == "F":
+            return after if s[2] else 1 + int(s[3]) + self._need1(self.start(s[1] + 1))
+        # a number: breadth-first over its DFA, one single-character token a step
+        frontier, seen, steps = [s], {s[2:4]}, 0
+        while frontier and steps < 4:
+            if any(self.complete(x) for x in frontier):
+                return steps + self._need1(self.start(s[1] + 1))
+            steps += 1
+            nxt = []
+            for x in frontier:
+                for c in "0123456789.,":
+                    y = self.step(x, c) if c in self.vocab.by_surface else None
+                    if y is not None and y[2:4] not in seen:
+                        seen.add(y[2:4])
+                        nxt.append(y)
+            frontier = nxt
+        return INF
+
+    # --- allowed tokens -------------------------------------------------------------------
+    def _exact(self, parts: _Parts, s: State, ids: Any, must_shrink: bool = False) -> None:
+        base, surf = self.closure([s]), self.vocab.surfaces
+        for t in ids:
+            after = self.consume(base, surf[int(t)])
+            need = self.need(after) if after else INF
+            if need < INF and (not must_shrink or need < self._need1(s)):
+                parts.exact[int(t)] = min(parts.exact.get(int(t), INF), need)
+
+    def parts(self, s: State) -> _Parts:
+        """What state ``s`` allows (cached by :meth:`key`)."""
+        k = self.key(s)
+        if k not in self._parts:
+            self._parts[k] = self._compute_parts(s)
+        return self._parts[k]
+
+    def _compute_parts(self, s: State) -> _Parts:
+        v, parts = self.vocab, _Parts(None, INF, {})
+        if s[0] in "DE":
+            parts.exact = dict.fromkeys(v.stop_ids if s[0] == "D" else [v.end_id], 0)
+            return parts
+        i = s[1]
+        nxt = self.t[i + 1] if i + 1 < len(self.t) else None
+        if s[0] == "L":
+            for o in self.t[i].options:
+                if not o.startswith(s[2]) or o == s[2]:
+                    continue
+                r = o[len(s[2]):]
+                self._exact(parts, s, [t for j in range(1, len(r) + 1)
+                                       for t in v.by_surface.get(r[:j], [])])
+                # tokens running past the literal into the next segment
+                cand, n = v.startswith(r), len(r)
+                if isinstance(nxt, Free):  # vectorised: the rest is free text, not space-led
+                    _, tail = v.class_runs(nxt)
+                    cand = cand[tail[cand] >= v.lengths[cand] - n]
+                    cand = [t for t in cand if not v.surfaces[t][n].isspace()]
+                    if cand:
+                        if parts.bulk is None:
+                            parts.bulk = np.zeros(len(v.surfaces), dtype=bool)
+                        parts.bulk[cand] = True
+                        parts.bulk_need = self._need1(("F", i + 1, 1, False))
+                elif nxt is not None:
+                    first = {c for c in "0123456789" if self.step(self.start(i + 1), c)}
+                    if isinstance(nxt, Lit):
+                        first = {o[0] for o in nxt.options}
+                    self._exact(parts, s, [t for t in cand if v.surfaces[t][n] in first])
+        elif s[0] == "F":
+            seg, (head, _) = self.t[i], v.class_runs(self.t[i])
+            if s[2] >= seg.max_chars:
+                return parts  # past the cap: only the next segment (in the closure) goes on
+            if s[3]:  # after a backslash: the escaped character, maybe with more text
+                self._exact(parts, s, [t for c in '"\\/' for t in
+                                       [*v.by_surface.get(c, []), *v.startswith(c)]])
+                return parts
+            parts.bulk = (head == v.lengths) & (v.lengths > 0)
+            if s[2] == 0:
+                parts.bulk &= self._nonspace
+            parts.bulk_need = self._need1(("F", i, 1, False))
+            if seg.json_escapes:
+                self._exact(parts, s, self._backslashed)
+            if s[2] and isinstance(nxt, Lit):  # text + the start of the next literal
+                for o in nxt.options:
+                    for j in range(1, len(o) + 1):
+                        cand = v.endswith(o[:j])
+                        cand = cand[(v.lengths[cand] > j) & (head[cand] >= v.lengths[cand] - j)]
+                        self._exact(parts, s, [t for t in cand if not parts.bulk[t]])
+        else:  # number: past the cap, only tokens that bring the end closer
+            self._exact(parts, s, self._numeric, must_shrink=s[4] >= self.t[i].max_chars)
+        return parts
+
+    def allowed(self, states: frozenset, remaining: int) -> torch.Tensor:
+        """Boolean mask over the vocabulary: the tokens that keep the answer in format and
+        still let it finish within ``remaining`` tokens (this one included)."""
+        states = states or frozenset([DONE])  # a row that left the format may only stop
+        need = self.need(states)
+        budget = remaining if need + self.margin >= remaining else None
+        ck = (frozenset(self.key(s) for s in states), budget)
+        if ck not in self._masks:
+            mask = np.zeros(len(self.vocab.surfaces), dtype=bool)
+            for s in {self.key(s): s for s in states}.values():
+                p = self.parts(s)
+                if p.bulk is not None and (budget is None or p.bulk_need <= budget - 1):
+                    mask |= p.bulk
+                mask[[t for t, n in p.exact.items() if budget is None or n <= budget - 1]] = True
+            if not mask.any():
+                mask[list(self.vocab.stop_ids)] = True
+            self._masks[ck] = torch.from_numpy(mask)
+        return self._masks[ck]
+
+    def logits_processor(self, max_new_tokens: int) -> AnswerLogitsProcessor:
+        """A fresh processor for one ``generate`` call."""
+        need = self.need(self.initial)
+        if need > max_new_tokens:
+            raise ValueError(f"max_new_tokens={max_new_tokens} is too few for an answer in "
+                             f"this format: at least {need} are needed")
+        return AnswerLogitsProcessor(self, max_new_tokens)
+
+
+class AnswerLogitsProcessor(LogitsProcessor):
+    """Masks, row by row, the tokens that would take an answer out of its format.
+
+    Keeps one NFA state set per row, advanced by the tokens ``generate`` appended since the
+    previous call; the first call's sequence length marks where the answers begin.
+    """
+
+    def __init__(self, grammar: AnswerGrammar, max_new_tokens: int) -> None:
+        self.grammar = grammar
+        self.max_new_tokens = max_new_tokens
+        self.states: list[frozenset] | None = None
+        self._start = self._seen = 0
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        g, length = self.grammar, input_ids.shape[1]
+        if self.states is None or len(self.states) != input_ids.shape[0]:
+            self.states = [g.initial] * input_ids.shape[0]
+            self._start = self._seen = length
+        if length > self._seen:
+            for b, new in enumerate(input_ids[:, self._seen:].tolist()):
+                for tok in new:
+                    self.states[b] = g.advance(self.states[b], tok)
+            self._seen = length
+        remaining = self.max_new_tokens - (length - self._start)
+        mask = torch.stack([g.allowed(s, remaining) for s in self.states])
+        width = scores.shape[-1]
+        if mask.shape[1] < width:
+            mask = torch.nn.functional.pad(mask, (0, width - mask.shape[1]), value=False)
+        mask = mask[:, :width].to(scores.device)
+        return scores.masked_fill(~mask, float("-inf"))

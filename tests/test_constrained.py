@@ -1,0 +1,248 @@
+"""constrained.py: the answer-format state machine, on real tokenizers (no model needed).
+
+Three vocabularies: Phi-3's real SentencePiece one (from the conformance kit), and two built
+here with the `tokenizers` library: a byte-level BPE (GPT-2 style, multi-character tokens
+that run across segment boundaries) and a SentencePiece-style "▁" BPE.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from productvlm.constrained import AnswerGrammar, TokenVocab, answer_template
+from productvlm.prompts import END, ProductFields, format_answer, parse_answer
+
+CATEGORIES = ["BAGS", "BAG CHARMS", "SHOES", "WOMEN'S COATS", "SCARVES & SHAWLS"]
+PRODUCTS = [
+    ProductFields("Medium Lola Bag", "BAGS", 2290.0),
+    ProductFields("Check Cotton Trench Coat, Long", "WOMEN'S COATS", 12500.5),
+    ProductFields("Leather Charm", "BAG CHARMS", 390.0),
+    ProductFields('The "Olympia" Shoulder Bag', "BAGS", 1.0),
+    ProductFields("Vintage Check Scarf", "SCARVES & SHAWLS", 70000.0),
+]
+CORPUS = [format_answer(p, f) for p in PRODUCTS for f in ("seed", "json")] + [
+    "What is shown in this image? A bag, a coat, a scarf and some shoes.",
+    "Prices: 1,290.00 2,450.00 990.00 12,500.50",
+] * 20
+SPECIALS = ["<unk>", "<s>", "<|endoftext|>", "<|end|>", "<|user|>", "<|assistant|>"]
+
+
+def _wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>", unk_token="<unk>",
+        additional_special_tokens=["<|end|>", "<|user|>", "<|assistant|>"],
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def _byte_level() -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS, trainer=trainer)
+    return _wrap(tok)
+
+
+def _metaspace() -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    alphabet = sorted(set("".join(CORPUS)) | set("0123456789") | {"▁"})
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIALS, show_progress=False,
+                                  initial_alphabet=alphabet)
+    tok.train_from_iterator(CORPUS, trainer=trainer)
+    return _wrap(tok)
+
+
+_TOKENIZERS: dict[str, PreTrainedTokenizerFast] = {}
+
+
+@pytest.fixture(scope="module", params=["phi3", "bytelevel", "metaspace"])
+def tok(request: pytest.FixtureRequest) -> PreTrainedTokenizerFast:
+    name = request.param
+    if name not in _TOKENIZERS:
+        if name == "phi3":
+            hub = Path(request.getfixturevalue("conformance_dir")) / "hub"
+            _TOKENIZERS[name] = AutoTokenizer.from_pretrained(hub, trust_remote_code=False)
+        else:
+            _TOKENIZERS[name] = _byte_level() if name == "bytelevel" else _metaspace()
+    return _TOKENIZERS[name]
+
+
+_VOCABS: dict[int, TokenVocab] = {}
+
+
+def vocab_of(tok: PreTrainedTokenizerFast) -> TokenVocab:
+    if id(tok) not in _VOCABS:
+        _VOCABS[id(tok)] = TokenVocab.from_tokenizer(tok)
+    return _VOCABS[id(tok)]
+
+
+def run(grammar: AnswerGrammar, pick, max_new: int, width: int) -> list[int]:
+    """Generate with the grammar's processor; ``pick(step, scores)`` chooses each token."""
+    proc = grammar.logits_processor(max_new)
+    ids = torch.zeros((1, 3), dtype=torch.long)
+    out: list[int] = []
+    for step in range(max_new):
+        scores = proc(ids, torch.zeros(1, width))
+        allowed = torch.isfinite(scores[0]).nonzero().flatten().tolist()
+        assert allowed, f"no token allowed after {out}"
+        t = pick(step, allowed)
+        out.append(t)
+        ids = torch.cat([ids, torch.tensor([[t]])], dim=1)
+        if t == grammar.vocab.end_id:
+            break
+    return out
+
+
+def test_surfaces_keep_word_boundaries(tok: PreTrainedTokenizerFast) -> None:
+    v = vocab_of(tok)
+    ids = tok("Lola Bag, Category", add_special_tokens=False).input_ids
+    # SentencePiece adds a leading "▁" to the first word, byte-level BPE does not
+    assert "".join(v.surfaces[i] for i in ids) in ("Lola Bag, Category", " Lola Bag, Category")
+    for special in SPECIALS:
+        assert v.surfaces[tok.convert_tokens_to_ids(special)] is None
+    assert v.end_id == tok.convert_tokens_to_ids(END)
+
+
+@pytest.mark.parametrize("fmt", ["seed", "json"])
+def test_training_tokenization_is_allowed_step_by_step(tok: PreTrainedTokenizerFast,
+                                                       fmt: str) -> None:
+    """The tokens a fine-tuned model learned (targets tokenized alone, as the processor
+    does) are allowed at every step: the constraint never fights a good model."""
+    g = AnswerGrammar(vocab_of(tok), answer_template(fmt, CATEGORIES))
+    for product in PRODUCTS:
+        target = tok(format_answer(product, fmt), add_special_tokens=False).input_ids
+        target.append(g.vocab.end_id)
+        got = run(g, lambda step, allowed, t=target: t[step] if t[step] in allowed else -1,
+                  max_new=64, width=len(tok))
+        assert got == target, (tok.convert_ids_to_tokens(target), got)
+
+
+@pytest.mark.parametrize(
+    ("text", "ok"),
+    [
+        ("Product: Lola Bag, Category: BAGS, Full Price: 2,290.00", True),
+        (" Product: Lola, Bag, Category: BAG CHARMS, Full Price: 5", True),
+        ("Product: Lola Bag, Category: BELTS, Full Price: 2,290.00", False),  # unseen category
+        ("Product: Lola\nBag, Category: BAGS, Full Price: 2,290.00", False),  # newline
+        ("Product: , Category: BAGS, Full Price: 2,290.00", False),  # empty title
+        ("Product: Lola, Category: BAGS, Full Price: 1.2.3", False),
+        ("Product: Lola, Category: BAGS, Full Price: 0.00", False),  # not a positive price
+        ("Product: Lola, Category: BAGS, Price: 12", False),
+    ],
+)
+def test_seed_accepts(tok: PreTrainedTokenizerFast, text: str, ok: bool) -> None:
+    g = AnswerGrammar(vocab_of(tok), answer_template("seed", CATEGORIES))
+    assert g.accepts(text) is ok
+    if ok:
+        assert parse_answer(text + END, "seed").ok
+
+
+@pytest.mark.parametrize(
+    ("text", "ok"),
+    [
+        ('{"title": "Lola", "category": "BAGS", "price": 2290.0}', True),
+        ('{"title": "Lola", "category": "BAGS", "price": 0.5}', True),
+        ('{"title": "Lola", "category": "BAGS", "price": 012}', False),  # not JSON
+        ('{"title": "Lola", "category": "BAGS", "price": 2,290}', False),
+        ('{"title": "Lo"la", "category": "BAGS", "price": 1}', False),
+        ('{"title": "Lola", "category": "BELTS", "price": 1}', False),
+    ],
+)
+def test_json_accepts(tok: PreTrainedTokenizerFast, text: str, ok: bool) -> None:
+    g = AnswerGrammar(vocab_of(tok), answer_template("json", CATEGORIES))
+    assert g.accepts(text) is ok
+    if ok:
+        assert json.loads(text)["title"] == "Lola"
+
+
+def test_tokens_spanning_a_boundary_are_allowed(tok: PreTrainedTokenizerFast) -> None:
+    v = vocab_of(tok)
+    g = AnswerGrammar(v, answer_template("seed", CATEGORIES))
+    after_literal = g.consume(g.initial, "Product:")
+    allowed = g.allowed(after_literal, 60)
+    spanning = [i for i, s in enumerate(v.surfaces) if s and s[0] == " " and len(s) > 1
+                and s[1:].isalpha()]
+    assert spanning and all(allowed[i] for i in spanning)  # " " + the title's first word
+    newline = [i for i, s in enumerate(v.surfaces) if s and "\n" in s]
+    assert not any(allowed[i] for i in newline)
+    # In the seed format the title may itself hold ", Category:", so check categories in
+    # JSON, where the title is closed: only category prefixes, or tokens running past one.
+    g = AnswerGrammar(v, answer_template("json", CATEGORIES))
+    allowed = g.allowed(g.consume(g.initial, '{"title": "Lola", "category":'), 60)
+    ok = {s for i, s in enumerate(v.surfaces) if allowed[i]}
+    assert " " in ok  # the literal's last character alone
+    quoted = [' "' + c for c in CATEGORIES]
+    assert all(any(q.startswith(s) or s.startswith(q) for q in quoted) for s in ok), sorted(ok)
+    spanning = {s for s in v.surfaces if s and len(s) > 2 and any(q.startswith(s) for q in quoted)}
+    assert spanning <= ok  # ' "B', ' "BAG'...: running into the category, where they exist
+
+
+@pytest.mark.parametrize("fmt", ["seed", "json"])
+@pytest.mark.parametrize("max_new", [64, 30])
+def test_random_choices_always_parse(tok: PreTrainedTokenizerFast, fmt: str,
+                                     max_new: int) -> None:
+    """Whatever the model prefers, the answer parses, its category is a training one, and it
+    ends with <|end|> within max_new_tokens (the budget forces the end in time)."""
+    g = AnswerGrammar(vocab_of(tok), answer_template(fmt, CATEGORIES))
+    rng = random.Random(0)
+    for _ in range(15):
+        ids = run(g, lambda step, allowed: rng.choice(allowed), max_new=max_new, width=len(tok))
+        assert ids[-1] == g.vocab.end_id and len(ids) <= max_new
+        parsed = parse_answer(tok.decode(ids), fmt)
+        assert parsed.ok, (tok.decode(ids), parsed.error)
+        assert parsed.category in CATEGORIES
+
+
+def test_free_category_without_training_labels(tok: PreTrainedTokenizerFast) -> None:
+    g = AnswerGrammar(vocab_of(tok), answer_template("seed", None))
+    rng = random.Random(1)
+    for _ in range(10):
+        ids = run(g, lambda step, allowed: rng.choice(allowed), max_new=48, width=len(tok))
+        parsed = parse_answer(tok.decode(ids), "seed")
+        assert parsed.ok and "," not in parsed.category, tok.decode(ids)
+
+
+def test_random_free_choices_do_not_parse(tok: PreTrainedTokenizerFast) -> None:
+    """The same random choices without the constraint: almost never a parseable answer."""
+    rng = random.Random(0)
+    answers = [tok.decode([rng.randrange(len(tok)) for _ in range(30)]) for _ in range(20)]
+    assert sum(parse_answer(a, "seed").ok for a in answers) == 0
+
+
+def test_budget_too_small_is_refused(tok: PreTrainedTokenizerFast) -> None:
+    g = AnswerGrammar(vocab_of(tok), answer_template("seed", CATEGORIES))
+    with pytest.raises(ValueError, match="max_new_tokens=3 is too few"):
+        g.logits_processor(3)
+
+
+def test_model_vocab_wider_than_tokenizer(tok: PreTrainedTokenizerFast) -> None:
+    """Phi-3's embedding has 32,064 rows for 32,045 tokens: extra ids are never allowed."""
+    g = AnswerGrammar(vocab_of(tok), answer_template("seed", CATEGORIES))
+    scores = g.logits_processor(64)(torch.zeros((2, 3), dtype=torch.long),
+                                    torch.zeros(2, len(tok) + 19))
+    assert scores.shape == (2, len(tok) + 19)
+    assert torch.isinf(scores[:, len(tok):]).all()
+    assert torch.isfinite(scores).any(dim=1).all()
+
+
+def test_unspellable_category_is_dropped(tok: PreTrainedTokenizerFast) -> None:
+    v = vocab_of(tok)
+    odd = "\u2603\u2604"  # snowman and comet: no whole-character token in these vocabularies
+    if any(c in s for s in v.surfaces if s for c in odd):
+        pytest.skip("vocabulary spells the odd characters")
+    g = AnswerGrammar(v, answer_template("seed", ["BAGS", odd]))
+    assert g.t[3].options == ("BAGS",)
+    with pytest.raises(ValueError, match="cannot spell"):
+        AnswerGrammar(v, answer_template("seed", [odd]))
