@@ -19,6 +19,7 @@ from transformers import GenerationMixin
 from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.models.clip.modeling_clip import CLIPMLP, CLIPAttention, CLIPVisionEmbeddings
 from transformers.models.phi3.modeling_phi3 import Phi3Model, Phi3PreTrainedModel
 from transformers.utils import can_return_tuple
 from transformers.utils.deprecation import deprecate_kwarg
@@ -40,6 +41,25 @@ class Phi3VPreTrainedModel(Phi3PreTrainedModel):
             # the reference starts its separators at zero
             init.zeros_(module.glb_GN)
             init.zeros_(module.sub_GN)
+        elif isinstance(module, CLIPVisionEmbeddings):
+            # CLIP's own scheme (CLIPPreTrainedModel._init_weights); matters when training
+            # a tiny tower from scratch
+            std = module.config.initializer_range * module.config.initializer_factor
+            init.normal_(module.class_embedding, std=module.embed_dim**-0.5)
+            init.normal_(module.patch_embedding.weight, std=std)
+            init.normal_(module.position_embedding.weight, std=std)
+            init.copy_(module.position_ids, torch.arange(module.num_positions).expand((1, -1)))
+        elif isinstance(module, (CLIPAttention, CLIPMLP)):
+            cfg = module.config
+            width = cfg.hidden_size
+            in_std = width**-0.5 * (2 * cfg.num_hidden_layers) ** -0.5 * cfg.initializer_factor
+            if isinstance(module, CLIPAttention):
+                for proj in (module.q_proj, module.k_proj, module.v_proj):
+                    init.normal_(proj.weight, std=in_std)
+                init.normal_(module.out_proj.weight, std=width**-0.5 * cfg.initializer_factor)
+            else:
+                init.normal_(module.fc1.weight, std=(2 * width) ** -0.5 * cfg.initializer_factor)
+                init.normal_(module.fc2.weight, std=in_std)
 
 
 class Phi3VModel(Phi3Model, Phi3VPreTrainedModel):
@@ -163,7 +183,7 @@ class Phi3VForCausalLM(Phi3VPreTrainedModel, GenerationMixin):
 
     @property
     def vision_tower(self) -> nn.Module:
-        return self.model.vision_embed_tokens.img_processor
+        return self.model.vision_embed_tokens.img_processor.vision_model
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):

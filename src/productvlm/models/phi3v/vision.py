@@ -20,9 +20,35 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import CLIPVisionModel
+from transformers import CLIPVisionConfig
+from transformers.models.clip.modeling_clip import CLIPEncoder, CLIPVisionEmbeddings
 
 from .configuration import Phi3VConfig
+
+
+class CLIPVisionTower(nn.Module):
+    """CLIP ViT laid out as the Hub checkpoint's ``img_processor.vision_model``.
+
+    transformers' ``CLIPVisionModel`` no longer nests a ``vision_model`` and renames weights
+    on load and save only when it was itself loaded from a file; a plain module with the
+    Hub's layout keeps the names right whatever the model's history (fresh, LoRA-merged, ...).
+    """
+
+    def __init__(self, config: CLIPVisionConfig):
+        super().__init__()
+        self.config = config
+        self.embeddings = CLIPVisionEmbeddings(config)
+        self.pre_layrnorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.encoder = CLIPEncoder(config)
+        self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+
+class CLIPImageProcessor(nn.Module):
+    """The ``img_processor`` of the Hub checkpoint: a holder for ``vision_model``."""
+
+    def __init__(self, config: CLIPVisionConfig):
+        super().__init__()
+        self.vision_model = CLIPVisionTower(config)
 
 
 class Phi3VImageEmbedding(nn.Module):
@@ -36,7 +62,10 @@ class Phi3VImageEmbedding(nn.Module):
     def __init__(self, config: Phi3VConfig):
         super().__init__()
         self.config = config
-        self.img_processor = CLIPVisionModel(config.vision_config)
+        vision = config.vision_config
+        if vision._attn_implementation is None:  # the decoder's choice, unless set apart
+            vision._attn_implementation = config._attn_implementation
+        self.img_processor = CLIPImageProcessor(vision)
         width = 4 * config.image_dim_out
         self.glb_GN = nn.Parameter(torch.zeros(1, 1, width))
         self.sub_GN = nn.Parameter(torch.zeros(1, 1, 1, width))
@@ -56,13 +85,14 @@ class Phi3VImageEmbedding(nn.Module):
 
     def freeze_unused(self) -> None:
         """Mark the CLIP layers after ``feature_layer`` and the post-norm as not trainable."""
-        for layer in self.img_processor.encoder.layers[self.num_layers_used :]:
+        tower = self.img_processor.vision_model
+        for layer in tower.encoder.layers[self.num_layers_used :]:
             layer.requires_grad_(False)
-        self.img_processor.post_layernorm.requires_grad_(False)
+        tower.post_layernorm.requires_grad_(False)
 
     def crop_features(self, crops: torch.Tensor) -> torch.Tensor:
         """CLIP patch features (n, g*g, C) of ``crops`` (n, 3, S, S) at ``feature_layer``."""
-        clip = self.img_processor
+        clip = self.img_processor.vision_model
         hidden = clip.embeddings(crops.to(clip.embeddings.patch_embedding.weight.dtype))
         hidden = clip.pre_layrnorm(hidden)
         for layer in clip.encoder.layers[: self.num_layers_used]:
