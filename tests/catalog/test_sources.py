@@ -141,3 +141,17 @@ def test_missing_column_error_names_it_and_lists_present():
         resolve_column_map(["name"], "simple", {"titel": "name"})
     with pytest.raises(ProductVLMError, match="unknown preset 'amazon'"):
         resolve_column_map(["name"], "amazon")
+
+
+def test_hub_id_goes_through_load_dataset(monkeypatch):
+    # offline, so no network: the Hub path is taken and its failure is one clear line
+    import datasets
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ProductVLMError) as e:
+        open_source("DBQ/Burberry.Product.prices.United.States")
+    msg = str(e.value)
+    assert msg.startswith("DBQ/Burberry.Product.prices.United.States: could not load")
+    assert "\n" not in msg
