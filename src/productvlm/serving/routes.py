@@ -62,15 +62,21 @@ class PredictResponse(BaseModel):
 
 
 _ERRORS = {s: {"model": ErrorBody} for s in (401, 408, 413, 415, 422, 503, 504)}
-_MULTIPART = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-    "type": "object",
-    "properties": {
-        "files": {"type": "array", "items": {"type": "string", "format": "binary"},
-                  "description": "product photos (JPEG, PNG, WebP, GIF, BMP)"},
-        "urls": {"type": "array", "items": {"type": "string"},
-                 "description": "image URLs, only when the server runs with --allow-urls"},
-    },
-}}}}}
+def _multipart_schema(cfg: ServeConfig) -> dict[str, Any]:
+    """The OpenAPI request body of /v1/predict (parsed by hand, so declared by hand)."""
+    files = {"type": "array", "items": {"type": "string", "format": "binary"},
+             "minItems": 1, "maxItems": cfg.max_images,
+             "description": "product photos: JPEG, PNG, WebP, GIF or BMP, up to "
+             f"{cfg.max_upload_mb:g} MB and {cfg.max_pixels:,} pixels each"}
+    props: dict[str, Any] = {"files": files}
+    if cfg.allow_urls:
+        props["urls"] = {"type": "array", "items": {"type": "string", "format": "uri"},
+                         "description": "public image URLs, instead of or beside files"}
+    body = {"type": "object", "properties": props, "additionalProperties": False}
+    if not cfg.allow_urls:
+        body["required"] = ["files"]
+    return {"requestBody": {"required": True,
+                            "content": {"multipart/form-data": {"schema": body}}}}
 
 
 class BodyLimit:
@@ -204,7 +210,7 @@ def build_app(predictor: Any, cfg: ServeConfig) -> FastAPI:
         return {**summary, "batching": {"batches": batcher.stats.batches,
                                         "mean_batch": round(batcher.stats.mean_batch, 2)}}
 
-    @app.post("/v1/predict", response_model=PredictResponse, openapi_extra=_MULTIPART,
+    @app.post("/v1/predict", response_model=PredictResponse, openapi_extra=_multipart_schema(cfg),
               responses=_ERRORS)
     async def predict(request: Request) -> Any:
         """Title, category and price for each photo, in the order they were sent."""

@@ -1,0 +1,97 @@
+"""The web page in a real browser: Debian's headless Chromium driven by Playwright.
+
+A live uvicorn server (tiny model) on loopback; the test chooses photos in the page and reads
+the product cards. Skips, with the reason, only where /usr/bin/chromium is missing (`make
+venv` installs it with apt-get where it can); Playwright's own browser download is never used.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def live_server(predictor: Any) -> Iterator[str]:
+    uvicorn = pytest.importorskip("uvicorn")
+    from productvlm.serving.app import ServeConfig, create_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = create_app(predictor, ServeConfig(model="tiny-phi3v", max_wait_ms=20))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def page(live_server: str) -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} not found: `make venv` installs Debian's chromium "
+                    "(apt-get install chromium), which needs root and the Debian mirror")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            pg = browser.new_page(viewport={"width": 1200, "height": 900})
+            pg.set_default_timeout(60_000)
+            yield pg
+        finally:
+            browser.close()
+
+
+def test_upload_a_photo_and_read_its_product_card(page: Any, live_server: str,
+                                                  sample_photo: Path) -> None:
+    page.goto(live_server + "/")
+    page.wait_for_function("document.querySelector('#model').textContent === 'tiny-phi3v'")
+    page.set_input_files("#files", str(sample_photo))
+    card = page.locator(".card").first
+    card.locator(".price").wait_for(state="visible")
+    assert "done" in card.get_attribute("class")
+    title = card.locator(".title").inner_text()
+    category = card.locator(".category").inner_text()
+    price = card.locator(".price").inner_text()
+    assert title.strip() and category in ("BAGS", "SCARVES", "COATS")
+    assert any(ch.isdigit() for ch in price), price
+    assert card.locator(".filename").inner_text() == sample_photo.name
+    # the preview shows the chosen photo itself
+    assert card.locator("img").evaluate("img => img.complete && img.naturalWidth") > 0
+
+
+def test_several_photos_and_an_error_in_plain_words(page: Any, live_server: str,
+                                                    sample_photo: Path, tmp_path: Path,
+                                                    photo: Any) -> None:
+    page.goto(live_server + "/")
+    other = tmp_path / "scarf.png"
+    other.write_bytes(photo("PNG", colour=(30, 60, 130)))
+    fake = tmp_path / "invoice.jpg"
+    fake.write_bytes(b"%PDF-1.4 not a photo")
+    page.set_input_files("#files", [str(sample_photo), str(other), str(fake)])
+    page.wait_for_function("document.querySelectorAll('.card.pending').length === 0")
+    cards = page.locator(".card")
+    assert cards.count() == 3
+    names = [cards.nth(i).locator(".filename").inner_text() for i in range(3)]
+    assert names == [sample_photo.name, "scarf.png", "invoice.jpg"]
+    assert "done" in cards.nth(1).get_attribute("class")
+    failed = cards.nth(2)
+    assert "failed" in failed.get_attribute("class")
+    assert "not a JPEG, PNG" in failed.locator(".error").inner_text()
+    assert page.locator("#summary").inner_text() == "3 photos"
