@@ -221,6 +221,13 @@ def test_hd_transform_matches_naive(size, num_crops, crop):
     assert out["num_img_tokens"] == [(h * w + 1) * 16 + 1 + (h + 1) * 4]
 
 
+def test_num_crops_per_call_override():
+    proc = Phi3VImageProcessor(num_crops=16, crop_size=56, num_img_tokens=4)
+    out = proc([photo(400, 100)], num_crops=2)
+    assert out["pixel_values"].shape == (1, 3, 3, 56, 56)
+    assert out["image_sizes"].tolist() == [[56, 112]]
+
+
 def test_image_token_count_real_model():
     assert image_token_count(336, 336) == 313  # 2 * 144 + 1 + 2 * 12
     assert image_token_count(1344, 1344) == 17 * 144 + 1 + 5 * 12

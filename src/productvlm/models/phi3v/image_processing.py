@@ -170,15 +170,20 @@ class Phi3VImageProcessor(BaseImageProcessor):
     def __call__(self, images: Any, **kwargs: Any) -> BatchFeature:
         return self.preprocess(images, **kwargs)
 
-    def preprocess(self, images: Any, return_tensors: str | None = "pt", **_: Any) -> BatchFeature:
+    def preprocess(
+        self, images: Any, num_crops: int | None = None, return_tensors: str | None = "pt"
+    ) -> BatchFeature:
         """Images -> ``pixel_values`` (n, num_crops+1, 3, c, c) float32, ``image_sizes``
-        (n, 2) padded (height, width), and ``num_img_tokens`` (list of ints)."""
+        (n, 2) padded (height, width), and ``num_img_tokens`` (list of ints).
+
+        ``num_crops`` overrides the configured value for this call only."""
+        num_crops = self.num_crops if num_crops is None else int(num_crops)
         if isinstance(images, Image.Image | np.ndarray | torch.Tensor):
             images = [images]
         pils = [to_pil_rgb(im, f"image {i}") for i, im in enumerate(images)]
         c = self.crop_size
-        geoms = [hd_geometry(*im.size, self.num_crops, c) for im in pils]
-        pixel_values = torch.empty(len(pils), self.num_crops + 1, 3, c, c, dtype=torch.float32)
+        geoms = [hd_geometry(*im.size, num_crops, c) for im in pils]
+        pixel_values = torch.empty(len(pils), num_crops + 1, 3, c, c, dtype=torch.float32)
         # normalised = pixel * scale + shift, i.e. (pixel / 255 - mean) / std in one pass
         std = torch.tensor(self.image_std, dtype=torch.float32)
         scale = (1.0 / (255.0 * std)).view(3, 1, 1)

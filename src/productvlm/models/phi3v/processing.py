@@ -8,7 +8,7 @@ left (generation) or right (training), and optional training labels.
 Contract with the model: ``pixel_values`` / ``image_sizes`` list every image of the batch in
 row order, then in tag order k = 1..n within the row.
 
->>> proc = Phi3VProcessor.from_pretrained("microsoft/Phi-3-vision-128k-instruct", num_crops=4)
+>>> proc = Phi3VProcessor.from_pretrained(hub_folder, num_crops=4)  # doctest: +SKIP
 >>> batch = proc(text=["<|user|>\\n<|image_1|>\\nWhat is this?<|end|>\\n<|assistant|>\\n"],
 ...              images=[[photo]], padding_side="left")  # doctest: +SKIP
 """
@@ -152,6 +152,8 @@ class Phi3VProcessor(ProcessorMixin):
                 answer ids and -100 on the prompt, image positions and padding.
             padding_side: "left" (generation) or "right" (training); default the tokenizer's.
             padding: accepted for compatibility; rows are always padded to the longest.
+                There is no truncation: an image's tokens cannot be cut, so length limits
+                belong to the caller (e.g. the training collator).
             return_tensors: "pt" (default) or "np".
 
         Returns: ``input_ids`` (image k's positions hold -k), ``attention_mask``, and when
