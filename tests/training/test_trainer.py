@@ -1,0 +1,182 @@
+"""`productvlm train` end to end on a tiny model: outputs, W&B offline run, resume, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+from PIL import Image
+
+from productvlm.config import save_config
+from productvlm.errors import ProductVLMError
+from productvlm.models.phi3v.tiny import save_tiny_model, tiny_config
+from productvlm.models.tiny_tokenizer import train_tiny_tokenizer
+from productvlm.training.config import TrainConfig
+from productvlm.training.trainer import train
+
+COLOURS = {"BAGS": "tan", "COATS": "navy", "SCARVES": "firebrick"}
+EXE = Path(sys.executable).with_name("productvlm")
+
+
+def _rows(n: int, seed: int) -> list[dict]:
+    rows = []
+    for i in range(n):
+        cat = list(COLOURS)[(i + seed) % 3]
+        w, h = 120 + 7 * i, 160 + 5 * (i % 4)
+        rows.append({"product_code": str(1000 + seed * 100 + i), "title": f"{cat.title()} Item",
+                     "category": cat, "price": 100.0 * (1 + (i + seed) % 3),
+                     "image": Image.new("RGB", (w, h), COLOURS[cat])})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("prepared")
+    feats = datasets.Features({"product_code": datasets.Value("string"),
+                               "title": datasets.Value("string"),
+                               "category": datasets.Value("string"),
+                               "price": datasets.Value("float64"), "image": datasets.Image()})
+    dd = datasets.DatasetDict({
+        name: datasets.Dataset.from_list(_rows(n, s), features=feats)
+        for name, n, s in (("train", 24, 0), ("validation", 6, 1), ("test", 6, 2))
+    })
+    dd.save_to_disk(str(out / "dataset"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tok = train_tiny_tokenizer([f"Product: {c.title()} Item, Category: {c}" for c in COLOURS], 300)
+    cfg = tiny_config(len(tok), hidden_size=64, num_hidden_layers=2, intermediate_size=128,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id,
+                      vision={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2})
+    return save_tiny_model(tmp_path_factory.mktemp("base") / "m", config=cfg, tokenizer=tok,
+                           num_crops=1)
+
+
+def _cfg(base: Path, data: Path, out: Path, **kw) -> TrainConfig:
+    values = dict(model=str(base), data=data, out=out, mode="lora", lora_r=4, lora_alpha=8,
+                  num_crops=1, max_length=256, batch_size=4, learning_rate=1e-3,
+                  lr_scheduler="constant", warmup_ratio=0.0, max_steps=6, logging_steps=1,
+                  eval_steps=3, save_steps=3, eval_samples=4, report_to="none",
+                  gradient_checkpointing=True, freeze_vision=True, seed=0)
+    values.update(kw)
+    return TrainConfig(**values)
+
+
+def _losses(out: Path) -> dict[int, float]:
+    lines = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    return {e["step"]: e["loss"] for e in lines if "loss" in e}
+
+
+def test_lora_run_writes_a_complete_run_directory(base_model, prepared, tmp_path) -> None:
+    from productvlm.models.phi3v import Phi3VForCausalLM
+
+    out = tmp_path / "run"
+    result = train(_cfg(base_model, prepared, out))
+    assert result.global_step == 6
+    for name in ("config.yaml", "labels.json", "train_log.jsonl", "adapter/adapter_config.json",
+                 "merged/config.json", "merged/model.safetensors", "processor/tokenizer.json"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "labels.json").read_text())["categories"] == sorted(COLOURS)
+    losses = _losses(out)
+    assert len(losses) == 6 and all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+    log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert any("eval_gen_parse_rate" in e for e in log)
+    # the merged model reloads in the Hub format, with LoRA folded into plain weights
+    merged = Phi3VForCausalLM.from_pretrained(out / "merged")
+    assert not any("lora" in k for k in merged.state_dict())
+
+
+def test_resume_continues_exactly(base_model, prepared, tmp_path) -> None:
+    full = tmp_path / "full"
+    train(_cfg(base_model, prepared, full))
+    part = tmp_path / "part"
+    # stop at step 3 as an interruption would, then continue from its checkpoint
+    train(_cfg(base_model, prepared, part, max_steps=3))
+    train(_cfg(base_model, prepared, part, resume=True))
+    a, b = _losses(full), _losses(part)
+    for step in (4, 5, 6):
+        assert b[step] == pytest.approx(a[step], rel=1e-4, abs=1e-5), step
+
+
+def test_resume_with_changed_config_is_refused(base_model, prepared, tmp_path) -> None:
+    out = tmp_path / "run"
+    save_config(_cfg(base_model, prepared, out), out)
+    with pytest.raises(ProductVLMError, match=r"changed config \(learning_rate"):
+        train(_cfg(base_model, prepared, out, learning_rate=5e-3, resume=True))
+    with pytest.raises(ProductVLMError, match="no checkpoint to resume"):
+        train(_cfg(base_model, prepared, out, resume=True))
+    with pytest.raises(ProductVLMError, match="nothing to resume"):
+        train(_cfg(base_model, prepared, tmp_path / "new", resume=True))
+
+
+def test_bad_data_and_model_are_one_line_errors(base_model, prepared, tmp_path) -> None:
+    broken = tmp_path / "broken"
+    ds = datasets.load_from_disk(str(prepared / "dataset"))
+    datasets.DatasetDict({"train": ds["train"]}).save_to_disk(str(broken / "dataset"))
+    cases = [
+        (["--data", str(broken)], "split 'validation' is missing"),
+        (["--data", str(tmp_path / "nope")], "prepared dataset not found"),
+        (["--model", str(tmp_path / "no-model")], str(tmp_path / "no-model")),
+        (["--set", "lora_rank=3"], "unknown key 'lora_rank'"),
+    ]
+    for extra, message in cases:
+        args = [str(EXE), "train", "--model", str(base_model), "--data", str(prepared),
+                "--out", str(tmp_path / "o"), "--report-to", "none", *extra]
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2, (extra, proc.stderr)
+        assert message in proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
+def test_wandb_offline_run_has_metrics_and_prediction_table(base_model, prepared,
+                                                             tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "run"
+    train(_cfg(base_model, prepared, out, report_to="wandb", max_steps=3, eval_steps=3))
+    runs = list(tmp_path.rglob("offline-run-*"))
+    assert len(runs) == 1
+    run_file = next(runs[0].glob("*.wandb"))
+    # wandb's own reader of the .wandb transaction log
+    proc = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--summary",
+                           "--json", str(run_file)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)["summary"]
+    assert summary["train/global_step"] == 3
+    for key in ("train/loss", "train/learning_rate", "train/samples_per_second", "eval/loss",
+                "eval/gen_parse_rate"):
+        assert isinstance(summary[key], int | float), key
+    assert summary["eval/predictions"]["_type"] == "table-file"
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_match_one_process(base_model, prepared, tmp_path) -> None:
+    """DDP over gloo with 2 x batch 2 follows the loss curve of 1 process with batch 4."""
+    common = ["--model", str(base_model), "--data", str(prepared), "--report-to", "none",
+              "--max-steps", "4", "--set", "lr_scheduler=constant", "--set", "warmup_ratio=0",
+              "--set", "logging_steps=1", "--set", "eval_samples=0", "--set", "lora_dropout=0",
+              "--set", "num_crops=1", "--set", "lora_r=4", "--set", "eval_steps=100"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([str(EXE), "train", *common, "--out", str(one), "--batch-size", "4"],
+                   check=True, env=env, timeout=600)
+    accelerate = Path(sys.executable).with_name("accelerate")
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run([str(accelerate), "launch", "--config_file",
+                    str(root / "configs/accelerate/cpu-2proc.yaml"), "-m", "productvlm.cli",
+                    "train", *common, "--out", str(two), "--batch-size", "2"],
+                   check=True, env=env, timeout=600)
+    a, b = _losses(one), _losses(two)
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=0.02), step
