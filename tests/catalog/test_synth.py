@@ -16,16 +16,20 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import typer
 from PIL import Image
 from typer.testing import CliRunner
 
 from productvlm.catalog import assortment as A
+from productvlm.catalog.render import GRAIN_SIDE
 from productvlm.catalog.schema import BURBERRY_SCHEMA
 from productvlm.catalog.synth import (
     FAULT_KINDS,
+    MAX_SIDE,
     USD_TO_EUR,
     SynthConfig,
     _products,
+    register,
     synth,
 )
 from productvlm.config import load_saved_config
@@ -166,6 +170,7 @@ def test_images_look_like_product_shots(clean):
         assert border.mean() > 215, "background should be light"
         assert a.std() > 10, "a product should stand out from the background"
     assert portrait >= 0.6 * 40
+    assert MAX_SIDE == GRAIN_SIDE  # the largest allowed photo still gets its grain
     assert sum(30 <= k <= 200 for k in kb) >= 0.8 * len(kb), sorted(kb)
 
 
@@ -256,8 +261,11 @@ def test_bad_options_and_folders_are_one_line_errors(tmp_path):
 
 
 def test_cli_writes_config_and_refuses_to_overwrite_silently(tmp_path):
-    from productvlm.cli import app
-
+    # the synth command on an app of its own, as productvlm.cli registers it (the full CLI
+    # also imports every other stage, which this test should not depend on)
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    register(app)
     runner = CliRunner()
     help_ = runner.invoke(app, ["synth", "--help"])
     assert help_.exit_code == 0 and "--fault-rate" in help_.output

@@ -51,22 +51,25 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import typer
 from pydantic import Field, field_validator
 
 from productvlm.catalog import assortment as A
-from productvlm.catalog.render import GRAIN_SIDE, RenderSpec, jpeg_bytes, render
 from productvlm.catalog.schema import BURBERRY_SCHEMA
 from productvlm.config import StageConfig, save_config
 from productvlm.errors import ProductVLMError
 from productvlm.prompts import format_price
 
+if TYPE_CHECKING:  # the renderer (PIL) loads on first use: `productvlm --help` stays quick
+    from productvlm.catalog.render import RenderSpec
+
 FAULT_KINDS = ("na_url", "http_404", "not_image", "truncated_jpeg", "price_missing",
                "price_string", "duplicate_code")
 USD_TO_EUR = 0.9168  # ECB reference rate around the real catalog's date, 2023-11-17
+MAX_SIDE = 1280  # = render.GRAIN_SIDE: larger photos would get no grain
 OUR_FILES = ("catalog.parquet", "catalog.csv", "faults.csv", "config.yaml")
 NOT_AN_IMAGE = (b"<!DOCTYPE html>\n<html><head><title>Access Denied</title></head>\n"
                 b"<body><h1>Access Denied</h1><p>You don't have permission to access this "
@@ -83,7 +86,7 @@ class SynthConfig(StageConfig):
     image_base_url: str | None = Field(
         None, description="imageurl = this URL + file name (serve images/ there); "
         "default: absolute file paths")
-    max_side: int = Field(960, ge=64, le=GRAIN_SIDE, description="longest image side, px")
+    max_side: int = Field(960, ge=64, le=MAX_SIDE, description="longest image side, px")
     jpeg_quality: int = Field(90, ge=30, le=95, description="JPEG quality")
     workers: int = Field(0, ge=0, description="render processes; 0 = one per CPU core")
     overwrite: bool = Field(False, description="replace an earlier synth output in --out")
@@ -139,6 +142,8 @@ def _slug(title: str) -> str:
 
 def _products(cfg: SynthConfig) -> tuple[list[dict[str, Any]], list[RenderSpec], list[Path]]:
     """Clean rows (in BURBERRY_SCHEMA order), their photo specs and image file paths."""
+    from productvlm.catalog.render import RenderSpec
+
     images = (cfg.out / "images").resolve()
     rng = np.random.default_rng(cfg.seed)
     items = A.ITEMS
@@ -223,6 +228,8 @@ def _inject_faults(cfg: SynthConfig, rows: list[dict[str, Any]]) -> list[tuple]:
 
 def _write_image(task: tuple[Path, RenderSpec, str, int]) -> int:
     """Render one photo and write it, damaged as its fault kind says; returns bytes written."""
+    from productvlm.catalog.render import jpeg_bytes, render
+
     path, spec, kind, quality = task
     data = NOT_AN_IMAGE if kind == "not_image" else jpeg_bytes(render(spec), quality)
     if kind == "truncated_jpeg":
