@@ -1,0 +1,261 @@
+"""Load Phi-3-vision (+ LoRA / QLoRA) and its processor from a Hub id or a folder.
+
+A folder is either a full model (config.json with model_type ``phi3_v``, safetensors) or a
+PEFT adapter (adapter_config.json naming its base model); both load the same way:
+
+>>> model = load_model("microsoft/Phi-3-vision-128k-instruct", dtype="bf16",
+...     lora=LoraSpec(r=64, alpha=128), gradient_checkpointing=True)  # doctest: +SKIP
+>>> merged = load_model("runs/train/adapter")  # base + adapter, merged  # doctest: +SKIP
+>>> processor = load_processor("runs/train/adapter", num_crops=4)  # doctest: +SKIP
+
+Nothing here runs remote code: our classes are registered for ``phi3_v`` on import.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from productvlm.errors import ProductVLMError
+from productvlm.models.phi3v import Phi3VConfig, Phi3VForCausalLM, Phi3VProcessor
+
+DECODER_TARGETS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
+           "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """LoRA on the decoder's linear layers, and optionally on the vision side.
+
+    ``vision`` adds the CLIP layers that run (attention and MLP) and the image projection.
+    """
+
+    r: int = 64
+    alpha: int = 128
+    dropout: float = 0.05
+    targets: tuple[str, ...] = DECODER_TARGETS
+    vision: bool = False
+
+
+def lora_target_regex(config: Phi3VConfig, spec: LoraSpec) -> str:
+    """The module names LoRA wraps, as one regex (PEFT matches it against full names).
+
+    >>> lora_target_regex(tiny_config(), LoraSpec(targets=("qkv_proj",)))  # doctest: +SKIP
+    'model\\\\.layers\\\\.\\\\d+\\\\.(self_attn|mlp)\\\\.(qkv_proj)'
+    """
+    unknown = set(spec.targets) - set(DECODER_TARGETS)
+    if unknown:
+        raise ProductVLMError(
+            f"LoRA targets {sorted(unknown)} are not Phi-3 decoder layers; "
+            f"choose from {', '.join(DECODER_TARGETS)}"
+        )
+    parts = [rf"model\.layers\.\d+\.(self_attn|mlp)\.({'|'.join(spec.targets)})"]
+    if spec.vision:
+        # only the CLIP layers that feed the features (up to feature_layer) ever get gradients
+        depth, layer = config.vision_config.num_hidden_layers, config.feature_layer
+        used = layer if layer >= 0 else depth + 1 + layer
+        layers = "|".join(str(i) for i in range(used))
+        parts.append(
+            rf"model\.vision_embed_tokens\.img_processor\.vision_model\.encoder\.layers\.({layers})"
+            r"\.(self_attn\.(q_proj|k_proj|v_proj|out_proj)|mlp\.(fc1|fc2))"
+        )
+        parts.append(r"model\.vision_embed_tokens\.img_projection\.(0|2)")
+    return "|".join(f"(?:{p})" for p in parts)
+
+
+def _resolve_dtype(dtype: Any) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda_bf16 else torch.float32
+    if dtype not in _DTYPES:
+        raise ProductVLMError(f"dtype {dtype!r} is not one of auto, {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def _looks_local(name: str) -> bool:
+    # Hub ids are "owner/name"; anything else that does not exist is a missing folder
+    return name.startswith((".", "/", "~")) or name.count("/") != 1 or "\\" in name
+
+
+def _check_source(name_or_path: str | os.PathLike) -> tuple[str, dict | None]:
+    """(what to load, adapter_config or None), raising ProductVLMError for a bad source."""
+    name = str(name_or_path)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        adapter = path / "adapter_config.json"
+        if adapter.is_file():
+            return str(path), json.loads(adapter.read_text())
+        config = path / "config.json"
+        if not config.is_file():
+            raise ProductVLMError(
+                f"{path}: no config.json or adapter_config.json; point at a Phi-3-vision model "
+                "folder, a LoRA adapter folder or a Hub id"
+            )
+        model_type = json.loads(config.read_text()).get("model_type")
+        if model_type != "phi3_v":
+            raise ProductVLMError(
+                f"{config}: model_type is {model_type!r}, not 'phi3_v'; productvlm loads "
+                "Phi-3-vision / Phi-3.5-vision checkpoints only"
+            )
+        return str(path), None
+    if path.exists() or _looks_local(name):
+        raise ProductVLMError(f"model folder {name} does not exist (and is not a Hub id)")
+    return name, None
+
+
+def _hub_config(name: str) -> Phi3VConfig:
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(name, trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        raise ProductVLMError(
+            f"{name}: no such folder, and loading it as a Hub id failed: {err}"
+        ) from err
+    if not isinstance(config, Phi3VConfig):
+        raise ProductVLMError(
+            f"{name}: model_type is {config.model_type!r}, not 'phi3_v'; productvlm loads "
+            "Phi-3-vision / Phi-3.5-vision checkpoints only"
+        )
+    return config
+
+
+def load_model(
+    name_or_path: str | os.PathLike,
+    *,
+    dtype: Any = "auto",
+    attn_implementation: str = "sdpa",
+    lora: LoraSpec | None = None,
+    freeze_vision: bool = False,
+    gradient_checkpointing: bool = False,
+    load_in_4bit: bool = False,
+    device_map: Any = None,
+    cfg: Any = None,
+    bf16: bool | None = None,
+) -> torch.nn.Module:
+    """Phi3VForCausalLM from a Hub id, a model folder or an adapter folder, ready to train.
+
+    ``lora`` wraps it with PEFT (trainable adapters only); ``load_in_4bit`` is QLoRA (CUDA and
+    bitsandbytes). ``freeze_vision`` freezes the CLIP tower for full fine-tuning. An adapter
+    folder is loaded on its base model and merged, unless ``lora`` asks to train it further.
+    ``cfg`` (a TrainConfig: mode, lora_r, lora_alpha, lora_dropout, lora_vision,
+    freeze_vision, gradient_checkpointing, attn_implementation) and ``bf16`` set all of these.
+    """
+    if cfg is not None:
+        mode = getattr(cfg, "mode", "lora")
+        load_in_4bit = mode == "qlora"
+        if mode in ("lora", "qlora"):
+            lora = LoraSpec(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                            vision=cfg.lora_vision)
+        freeze_vision = cfg.freeze_vision
+        gradient_checkpointing = cfg.gradient_checkpointing
+        attn_implementation = cfg.attn_implementation
+        # full fine-tuning keeps fp32 master weights (mixed precision does the bf16 compute)
+        dtype = torch.bfloat16 if bf16 and mode != "full" else torch.float32
+    elif bf16 is not None:
+        dtype = torch.bfloat16 if bf16 else torch.float32
+
+    source, adapter = _check_source(name_or_path)
+    base = adapter.get("base_model_name_or_path") if adapter else source
+    if adapter is not None and not base:
+        raise ProductVLMError(f"{source}/adapter_config.json names no base_model_name_or_path")
+    if adapter is not None:
+        base, nested = _check_source(base)
+        if nested is not None:
+            raise ProductVLMError(f"{source}: its base model {base} is itself an adapter")
+    if not Path(base).is_dir():
+        _hub_config(base)
+
+    kwargs: dict[str, Any] = {"dtype": _resolve_dtype(dtype),
+                              "attn_implementation": attn_implementation}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    if load_in_4bit:
+        kwargs.update(_quantization(kwargs["dtype"]))
+    try:
+        model = Phi3VForCausalLM.from_pretrained(base, **kwargs)
+    except ImportError as err:  # e.g. flash_attention_2 requested but not installed
+        raise ProductVLMError(f"cannot load {base} with {attn_implementation}: {err}") from err
+    except OSError as err:
+        raise ProductVLMError(f"cannot load model weights from {base}: {err}") from err
+
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, source, is_trainable=lora is not None)
+        if lora is None:
+            return model.merge_and_unload().eval()
+    if freeze_vision:
+        model.vision_tower.requires_grad_(False)
+    if gradient_checkpointing:
+        model.config.use_cache = False
+        if load_in_4bit:
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(
+                model, gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        else:
+            model.activation_checkpointing_enable({"use_reentrant": False})
+    if lora is not None and adapter is None:
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                            target_modules=lora_target_regex(model.config, lora),
+                            task_type="CAUSAL_LM")
+        model = get_peft_model(model, config)
+    return model
+
+
+def _quantization(compute_dtype: torch.dtype) -> dict[str, Any]:
+    """from_pretrained kwargs for QLoRA (4-bit NF4), or a clear error where it cannot run."""
+    if not torch.cuda.is_available():
+        raise ProductVLMError("QLoRA (load_in_4bit / mode qlora) needs a CUDA GPU; use mode lora")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as err:
+        raise ProductVLMError(
+            "QLoRA needs bitsandbytes: pip install 'productvlm[gpu]'"
+        ) from err
+    from transformers import BitsAndBytesConfig
+
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype if compute_dtype != torch.float32 else torch.bfloat16,
+        # the vision tower and the output layer stay in 16 bits, as is usual for VLM QLoRA
+        llm_int8_skip_modules=["vision_embed_tokens", "lm_head"],
+    )
+    return {"quantization_config": quant, "device_map": {"": int(os.environ.get("LOCAL_RANK", 0))}}
+
+
+def load_processor(name_or_path: str | os.PathLike, num_crops: int | None = None) -> Phi3VProcessor:
+    """Phi3VProcessor from a Hub id, a model folder or an adapter folder.
+
+    An adapter folder's own tokenizer files win (a run saves them beside the adapter);
+    otherwise its base model's are used. ``num_crops`` overrides preprocessor_config.json.
+    """
+    source, adapter = _check_source(name_or_path)
+    if adapter is not None and not (Path(source) / "tokenizer.json").is_file():
+        source, _ = _check_source(adapter.get("base_model_name_or_path") or "")
+    if Path(source).is_dir() and not (Path(source) / "tokenizer.json").is_file():
+        raise ProductVLMError(
+            f"{source}: no tokenizer.json; save the processor there (processor.save_pretrained) "
+            "or point at the base model"
+        )
+    try:
+        return Phi3VProcessor.from_pretrained(source, num_crops=num_crops)
+    except OSError as err:
+        raise ProductVLMError(f"cannot load the processor of {source}: {err}") from err
+
+
+__all__ = ["DECODER_TARGETS", "LoraSpec", "load_model", "load_processor", "lora_target_regex"]
