@@ -34,7 +34,7 @@ from typing import Any
 import httpx2 as httpx
 
 from productvlm.catalog.fetch_cache import FetchCache
-from productvlm.catalog.fetch_http import Fail, classify_source, download
+from productvlm.catalog.fetch_http import ClientPools, Fail, classify_source, download
 from productvlm.catalog.images import (
     DEFAULT_MAX_PIXELS,
     ImageRejected,
@@ -139,18 +139,7 @@ class _Fetcher:
             lambda: asyncio.Semaphore(cfg.per_host)
         )
         self.inflight: dict[str, asyncio.Task] = {}
-        limits = httpx.Limits(
-            max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency
-        )
-        async with (
-            httpx.AsyncClient(
-                limits=limits,
-                timeout=httpx.Timeout(cfg.timeout_s),
-                follow_redirects=True,
-                headers={"User-Agent": cfg.user_agent},
-            ) as self.client,
-            asyncio.TaskGroup() as tg,
-        ):
+        async with ClientPools(cfg) as self.pools, asyncio.TaskGroup() as tg:
             for index, source in enumerate(sources):
                 await self.slots.acquire()
                 if self.stopping:
@@ -182,7 +171,7 @@ class _Fetcher:
                 if hit is not None:
                     return dataclasses.replace(hit, source=source)
             sem = self.hosts[httpx.URL(target).host]
-            raw = await download(self.client, target, self.cfg, sem, self.overall)
+            raw = await download(self.pools, target, self.cfg, sem, self.overall)
             return await self._in_pool(self._finish, source, raw, True)
         except Fail as f:
             # Remember answers that a retry would not change (404, HTML page) so a rerun does
