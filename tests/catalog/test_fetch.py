@@ -463,3 +463,12 @@ def test_open_image_bytes_path_and_errors(tmp_path):
         open_image(jpeg(), max_pixels=100)
     with pytest.raises(ProductVLMError, match=r"missing.jpg: cannot read image"):
         open_image(tmp_path / "missing.jpg")
+
+
+def test_unusable_cache_dir_or_local_root_fails_at_the_call(tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(ProductVLMError, match=r"local_root .*nope: not a folder"):
+        fetch_images(["a.jpg"], cfg(local_root=tmp_path / "nope"))
+    with pytest.raises(ProductVLMError, match=r"cache_dir .*file: cannot use it"):
+        fetch_images(["a.jpg"], cfg(cache_dir=a_file))

@@ -32,7 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
+from pydantic import Field
 
+from productvlm import __version__
 from productvlm.catalog.fetch_cache import FetchCache
 from productvlm.catalog.fetch_http import ClientPools, Fail, classify_source, download
 from productvlm.catalog.images import (
@@ -42,6 +44,7 @@ from productvlm.catalog.images import (
     open_image,
 )
 from productvlm.config import StageConfig
+from productvlm.errors import ProductVLMError
 
 __all__ = ["FetchConfig", "FetchResult", "fetch_images", "open_image"]
 
@@ -49,18 +52,28 @@ __all__ = ["FetchConfig", "FetchResult", "fetch_images", "open_image"]
 class FetchConfig(StageConfig):
     """How ``prepare`` fetches images (the ``fetch:`` part of its config)."""
 
-    concurrency: int = 64  # requests in flight overall
-    per_host: int = 16  # requests in flight to one host (politeness towards one CDN)
-    timeout_s: float = 20.0  # whole-request deadline per attempt (connect + headers + body)
-    retries: int = 4  # extra attempts after timeouts, connection errors, 408, 429 and 5xx
-    backoff_s: float = 0.5  # first retry delay; doubles each time, with jitter
-    retry_after_cap_s: float = 60.0  # longest Retry-After we honour (seconds)
-    max_bytes: int = 20_000_000  # larger bodies/files fail; the download stops reading there
-    max_pixels: int = DEFAULT_MAX_PIXELS  # decompression-bomb guard (width x height)
-    local_root: Path | None = None  # local paths and file:// URLs only inside it; None = refused
-    cache_dir: Path | None = None  # content cache (resume, reruns); None = no cache
-    window: int = 0  # sources between admission and being yielded; 0 = max(4*concurrency, 256)
-    user_agent: str = "productvlm image fetch (+https://pypi.org/project/productvlm)"
+    concurrency: int = Field(64, ge=1, description="requests in flight overall")
+    per_host: int = Field(16, ge=1, description="requests in flight to one host (politeness)")
+    timeout_s: float = Field(
+        20.0, gt=0, description="deadline per attempt: connect, headers and body together"
+    )
+    retries: int = Field(
+        4, ge=0, description="extra attempts after timeouts, connection errors, 408, 429, 5xx"
+    )
+    backoff_s: float = Field(0.5, ge=0, description="first retry delay; doubles, with jitter")
+    retry_after_cap_s: float = Field(60.0, ge=0, description="longest Retry-After honoured (s)")
+    max_bytes: int = Field(20_000_000, ge=1, description="larger images fail; reading stops there")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="decompression-bomb guard (w*h)")
+    local_root: Path | None = Field(
+        None, description="local paths and file:// URLs are read only inside it; None: refused"
+    )
+    cache_dir: Path | None = Field(
+        None, description="content cache, so reruns and resumed runs download nothing twice"
+    )
+    window: int = Field(
+        0, ge=0, description="sources admitted but not yet yielded; 0 = max(4*concurrency, 256)"
+    )
+    user_agent: str = Field(f"productvlm/{__version__} (image fetch)", description="User-Agent")
 
 
 @dataclass
@@ -87,14 +100,35 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+def _open_places(cfg: FetchConfig) -> tuple[FetchCache | None, Path | None]:
+    """The cache and the resolved local root, with a clear error when either is unusable."""
+    cache = root = None
+    if cfg.cache_dir is not None:
+        try:
+            cache = FetchCache(cfg.cache_dir.expanduser())
+        except OSError as e:
+            raise ProductVLMError(
+                f"cache_dir {cfg.cache_dir}: cannot use it ({e.strerror or e}); "
+                "pick a writable folder"
+            ) from None
+    if cfg.local_root is not None:
+        root = cfg.local_root.expanduser().resolve()
+        if not root.is_dir():
+            raise ProductVLMError(
+                f"local_root {cfg.local_root}: not a folder; name the folder the images are in"
+            )
+    return cache, root
+
+
 class _Fetcher:
     """The background half: an event loop thread feeding ``out`` with ``(index, result)``."""
 
-    def __init__(self, cfg: FetchConfig, out: queue.Queue) -> None:
+    def __init__(
+        self, cfg: FetchConfig, out: queue.Queue, places: tuple[FetchCache | None, Path | None]
+    ) -> None:
         self.cfg = cfg
         self.out = out
-        self.cache = FetchCache(cfg.cache_dir) if cfg.cache_dir else None
-        self.root = cfg.local_root.expanduser().resolve() if cfg.local_root else None
+        self.cache, self.root = places
         self.window = cfg.window or max(4 * cfg.concurrency, 256)
         self.pool = ThreadPoolExecutor(_cores(), thread_name_prefix="productvlm-image")
         self.loop = asyncio.new_event_loop()
@@ -192,10 +226,11 @@ class _Fetcher:
             return None
         meta, data = entry
         if not meta.get("ok"):
-            return FetchResult(key, ok=False, error=meta.get("error"), cached=True)
-        return FetchResult(
-            key, True, data, meta["sha256"], meta["width"], meta["height"], cached=True
-        )
+            return FetchResult(key, ok=False, error=str(meta.get("error")), cached=True)
+        width, height = meta.get("width"), meta.get("height")
+        if not (isinstance(width, int) and isinstance(height, int)):
+            return None  # not an entry we wrote: fetch again
+        return FetchResult(key, True, data, meta["sha256"], width, height, cached=True)
 
     def _local(self, source: str, path: Path) -> FetchResult:
         if self.root is None:
@@ -282,9 +317,19 @@ def fetch_images(
     True None
     False not a URL or path: 'N.A.'
     """
+    places = _open_places(cfg)  # raise about a bad cache_dir/local_root now, not at next()
+    return _results(sources, cfg, places, progress)
+
+
+def _results(
+    sources: Iterable[Any],
+    cfg: FetchConfig,
+    places: tuple[FetchCache | None, Path | None],
+    progress: bool,
+) -> Iterator[FetchResult]:
     total = len(sources) if hasattr(sources, "__len__") else None  # type: ignore[arg-type]
     out: queue.Queue = queue.Queue()
-    fetcher = _Fetcher(cfg, out)
+    fetcher = _Fetcher(cfg, out, places)
     thread = threading.Thread(
         target=fetcher.run, args=(iter(sources),), name="productvlm-fetch", daemon=True
     )
