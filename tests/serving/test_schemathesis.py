@@ -31,7 +31,7 @@ def test_generated_requests_never_get_a_server_error(predictor: Any, mode: Any) 
         if mode == GenerationMode.NEGATIVE and op.method.upper() == "GET":
             continue  # no parameters: nothing to make invalid
         @given(case=op.as_strategy(mode))
-        @settings(max_examples=10, deadline=None, database=None,
+        @settings(max_examples=6, deadline=None, database=None,
                   suppress_health_check=list(HealthCheck))
         def check(case: Any) -> None:
             response = case.call()
