@@ -52,6 +52,7 @@ class ServeConfig(StageConfig):
                              "fetched from loopback, private or link-local addresses")
     url_timeout_s: float = Field(10.0, gt=0)
     max_new_tokens: int | None = Field(None, ge=1, description="override the run's setting")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
 
     @property
     def max_upload_bytes(self) -> int:
@@ -100,7 +101,7 @@ def load_predictor(cfg: ServeConfig) -> Any:
     """Load the run's model through the one prediction path, batched to ``max_batch``."""
     from productvlm.inference import Predictor
 
-    kwargs: dict[str, Any] = {"batch_size": cfg.max_batch}
+    kwargs: dict[str, Any] = {"batch_size": cfg.max_batch, "device": cfg.device}
     if cfg.max_new_tokens is not None:
         kwargs["max_new_tokens"] = cfg.max_new_tokens
     return Predictor.load(cfg.model, **kwargs)
@@ -146,6 +147,7 @@ def register(app: typer.Typer) -> None:
         allow_urls: bool = typer.Option(False, "--allow-urls",
                                         help="accept public image URLs in field 'urls'"),
         max_new_tokens: int | None = typer.Option(None, help="override the run's setting"),
+        device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:1 [auto]"),
     ) -> None:
         """Serve the model: HTTP API (POST /v1/predict) and a web page at /."""
         flags = dict(
@@ -153,6 +155,6 @@ def register(app: typer.Typer) -> None:
             max_wait_ms=max_wait_ms, max_queue=max_queue, max_images=max_images,
             max_upload_mb=max_upload_mb, max_pixels=max_pixels,
             request_timeout_s=request_timeout_s, allow_urls=allow_urls or None,
-            max_new_tokens=max_new_tokens,
+            max_new_tokens=max_new_tokens, device=device,
         )
         serve(resolve_config(ServeConfig, config, flags, section="serve"))
