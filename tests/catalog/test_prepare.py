@@ -19,7 +19,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from productvlm.catalog.prepare import PrepareConfig, prepare, reason_key
+from productvlm.catalog.prepare import PrepareConfig, prepare
+from productvlm.catalog.schema import reason_key
 from productvlm.config import load_saved_config
 from productvlm.errors import ProductVLMError
 

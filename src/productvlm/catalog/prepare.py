@@ -28,7 +28,6 @@ import contextlib
 import csv
 import hashlib
 import json
-import math
 import platform
 import shutil
 import time
@@ -42,15 +41,20 @@ import typer
 from pydantic import Field, field_validator, model_validator
 
 from productvlm.catalog.fetch import FetchConfig, fetch_images
-from productvlm.catalog.schema import resolve_column_map
-from productvlm.catalog.sources import BadRow, Row, open_source
+from productvlm.catalog.schema import (
+    PREPARED_COLUMNS,
+    Record,
+    code_value,
+    prepared_features,
+    reason_key,
+    resolve_column_map,
+    validate_row,
+)
+from productvlm.catalog.sources import open_source
 from productvlm.catalog.split import SPLITS, assign_splits, group_rows
 from productvlm.config import StageConfig, resolve_config, save_config
 from productvlm.errors import ProductVLMError
-from productvlm.prompts import parse_price
 
-COLUMNS = ("product_code", "title", "category", "category1", "category2", "price", "currency",
-           "image", "image_sha256", "source_row")
 # Staging batches are flushed at whichever limit comes first: small enough to keep memory
 # flat with large photos, large enough that Arrow's per-batch overhead does not matter.
 STAGE_ROWS = 64
@@ -110,102 +114,10 @@ class PrepareResult:
         self.failures_path = self.out / "failures.csv"
 
 
-@dataclass(slots=True)
-class Item:
-    """A validated row, without its image (that is fetched later)."""
-
-    row: int
-    product_code: str
-    title: str
-    category: str
-    category1: str
-    category2: str
-    price: float
-    currency: str
-    image: str
-
-
-def _text(v: Any) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return ""
-    return str(v).strip()
-
-
-def _code(v: Any) -> str:
-    # 1234.0 from a float column (pandas turns int columns with nulls into floats) is "1234"
-    if isinstance(v, float) and not math.isnan(v) and v.is_integer():
-        return str(int(v))
-    return _text(v)
-
-
-def _image(v: Any) -> str:
-    if isinstance(v, dict):  # a datasets Image column read with decode=False
-        return "" if v.get("bytes") else _text(v.get("path"))
-    return _text(v)
-
-
-def validate_row(row: Row, mapping: dict[str, str], currency: str = "") -> Item | str:
-    """The row as an :class:`Item`, or the reason it cannot be used (first problem found).
-
-    >>> m = {"title": "t", "category": "c", "price": "p", "image": "i"}
-    >>> validate_row({"t": "Lola Bag", "c": "BAGS", "p": "1,290.00", "i": "a.jpg"}, m).price
-    1290.0
-    >>> validate_row({"t": "Lola Bag", "c": "BAGS", "p": "N.A.", "i": "a.jpg"}, m)
-    "price: invalid ('N.A.')"
-    """
-    if isinstance(row, BadRow):
-        return f"unreadable row ({row.reason})"
-    get = {f: row.get(c) for f, c in mapping.items()}
-    title, category = _text(get["title"]), _text(get["category"])
-    if not title:
-        return "title: empty"
-    if not category:
-        return "category: empty"
-    raw = get["price"]
-    if _text(raw) == "":
-        return "price: missing"
-    price = parse_price(raw)
-    if price is None:
-        return f"price: invalid ({raw!r})"
-    image = _image(get["image"])
-    if not image:
-        return "image: missing"
-    return Item(row=0, product_code=_code(get.get("product_code")), title=title,
-                category=category, category1=_text(get.get("category1")),
-                category2=_text(get.get("category2")), price=price,
-                currency=_text(get.get("currency")) or currency, image=image)
-
-
-def reason_key(reason: str) -> str:
-    """The kind of a failure, for counting: the values and details in a reason dropped.
-
-    >>> reason_key("price: invalid ('12abc')"), reason_key("duplicate of row 3")
-    ('price: invalid', 'duplicate')
-    >>> reason_key("image: not a URL or path: 'N.A.'")
-    'image: not a URL or path'
-    """
-    if reason.startswith("duplicate of row"):
-        return "duplicate"
-    head, sep, rest = reason.partition(": ")
-    return (head + sep + rest.split(": ", 1)[0]).split(" (", 1)[0]
-
-
-def _features():
-    import datasets
-
-    return datasets.Features({
-        "product_code": datasets.Value("string"), "title": datasets.Value("string"),
-        "category": datasets.Value("string"), "category1": datasets.Value("string"),
-        "category2": datasets.Value("string"), "price": datasets.Value("float64"),
-        "currency": datasets.Value("string"), "image": datasets.Image(),
-        "image_sha256": datasets.Value("string"), "source_row": datasets.Value("int64"),
-    })
-
-
 def _read_and_validate(src, mapping: dict[str, str], cfg: PrepareConfig,
-                       failures: list[tuple[int, str, str]]) -> tuple[list[Item], int]:
-    """Pass 1: every row becomes an Item or a failure. Returns (items, rows read)."""
-    items: list[Item] = []
+                       failures: list[tuple[int, str, str]]) -> tuple[list[Record], int]:
+    """Pass 1: every row becomes an Record or a failure. Returns (items, rows read)."""
+    items: list[Record] = []
     first_of: dict[tuple, int] = {}
     n = 0
     for i, row in src.rows(cfg.read_batch_size):
@@ -214,7 +126,8 @@ def _read_and_validate(src, mapping: dict[str, str], cfg: PrepareConfig,
         n += 1
         got = validate_row(row, mapping, cfg.currency)
         if isinstance(got, str):
-            code = _code(row.get(mapping.get("product_code", ""))) if isinstance(row, dict) else ""
+            code = code_value(row.get(mapping.get("product_code", ""))) if isinstance(
+                row, dict) else ""
             failures.append((i, code, got))
             continue
         got.row = i
@@ -228,7 +141,7 @@ def _read_and_validate(src, mapping: dict[str, str], cfg: PrepareConfig,
     return items, n
 
 
-def _fetch_and_stage(items: list[Item], cfg: PrepareConfig, staging: Path, progress: bool,
+def _fetch_and_stage(items: list[Record], cfg: PrepareConfig, staging: Path, progress: bool,
                      failures: list[tuple[int, str, str]]) -> tuple[list[tuple], Counter]:
     """Pass 2: fetch images in order, append fetched rows to the staging Arrow stream.
 
@@ -236,10 +149,10 @@ def _fetch_and_stage(items: list[Item], cfg: PrepareConfig, staging: Path, progr
     """
     import pyarrow as pa
 
-    schema = _features().arrow_schema
+    schema = prepared_features().arrow_schema
     keys: list[tuple[str, str, str]] = []
     stats: Counter = Counter()
-    buf: dict[str, list] = {c: [] for c in COLUMNS}
+    buf: dict[str, list] = {c: [] for c in PREPARED_COLUMNS}
     size = 0
     with pa.OSFile(str(staging), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
         def flush() -> None:
@@ -258,7 +171,7 @@ def _fetch_and_stage(items: list[Item], cfg: PrepareConfig, staging: Path, progr
                 continue
             stats["cached" if res.cached else "fetched"] += 1
             stats["bytes"] += len(res.data)
-            for c in COLUMNS[:7]:
+            for c in PREPARED_COLUMNS[:7]:
                 buf[c].append(getattr(it, c))
             buf["image"].append({"bytes": res.data, "path": None})
             buf["image_sha256"].append(res.sha256)
@@ -282,7 +195,7 @@ def _write_dataset(staging: Path, split_of: list[str], dest: Path) -> dict[str, 
     import numpy as np
     import pyarrow as pa
 
-    features = _features()
+    features = prepared_features()
     tmp = dest.with_name(dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     empty = {c: [] for c in features}

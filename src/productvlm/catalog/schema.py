@@ -2,16 +2,23 @@
 
 The reference catalog is the Hugging Face dataset ``DBQ/Burberry.Product.prices.United.States``
 (3,040 rows). ``productvlm synth`` writes exactly its schema; ``productvlm prepare`` maps any
-catalog's columns onto :data:`CANONICAL_FIELDS` with a preset or ``--map`` flags.
+catalog's columns onto :data:`CANONICAL_FIELDS` with a preset or ``--map`` flags
+(:func:`resolve_column_map`), checks each row into a :class:`Record` or a failure reason
+(:func:`validate_row`) and stores :data:`PREPARED_COLUMNS` (:func:`prepared_features`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 
+from productvlm.catalog.sources import BadRow, Row
 from productvlm.errors import ProductVLMError
+from productvlm.prompts import parse_price
 
 BURBERRY_DATASET_ID = "DBQ/Burberry.Product.prices.United.States"
 
@@ -121,3 +128,103 @@ def resolve_column_map(
                 f"(columns present: {shown})"
             )
     return mapping
+
+
+#: Columns of a prepared dataset split, in order (see :func:`prepared_features`).
+PREPARED_COLUMNS = ("product_code", "title", "category", "category1", "category2", "price",
+                    "currency", "image", "image_sha256", "source_row")
+
+
+@dataclass(slots=True)
+class Record:
+    """A validated row, without its image (that is fetched later)."""
+
+    row: int
+    product_code: str
+    title: str
+    category: str
+    category1: str
+    category2: str
+    price: float
+    currency: str
+    image: str
+
+
+def text_value(v: Any) -> str:
+    """A cell as stripped text; None and NaN (a null in a float column) are ``""``."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    return str(v).strip()
+
+
+def code_value(v: Any) -> str:
+    """A product code as text: ``code_value(1234.0) == "1234"``."""
+    # 1234.0 from a float column (pandas turns int columns with nulls into floats) is "1234"
+    if isinstance(v, float) and not math.isnan(v) and v.is_integer():
+        return str(int(v))
+    return text_value(v)
+
+
+def _image(v: Any) -> str:
+    if isinstance(v, dict):  # a datasets Image column read with decode=False
+        return "" if v.get("bytes") else text_value(v.get("path"))
+    return text_value(v)
+
+
+def validate_row(row: Row, mapping: dict[str, str], currency: str = "") -> Record | str:
+    """The row as a :class:`Record`, or the reason it cannot be used (first problem found).
+
+    >>> m = {"title": "t", "category": "c", "price": "p", "image": "i"}
+    >>> validate_row({"t": "Lola Bag", "c": "BAGS", "p": "1,290.00", "i": "a.jpg"}, m).price
+    1290.0
+    >>> validate_row({"t": "Lola Bag", "c": "BAGS", "p": "N.A.", "i": "a.jpg"}, m)
+    "price: invalid ('N.A.')"
+    """
+    if isinstance(row, BadRow):
+        return f"unreadable row ({row.reason})"
+    get = {f: row.get(c) for f, c in mapping.items()}
+    title, category = text_value(get["title"]), text_value(get["category"])
+    if not title:
+        return "title: empty"
+    if not category:
+        return "category: empty"
+    raw = get["price"]
+    if text_value(raw) == "":
+        return "price: missing"
+    price = parse_price(raw)
+    if price is None:
+        return f"price: invalid ({raw!r})"
+    image = _image(get["image"])
+    if not image:
+        return "image: missing"
+    return Record(row=0, product_code=code_value(get.get("product_code")), title=title,
+                  category=category, category1=text_value(get.get("category1")),
+                  category2=text_value(get.get("category2")), price=price,
+                  currency=text_value(get.get("currency")) or currency, image=image)
+
+
+def reason_key(reason: str) -> str:
+    """The kind of a failure, for counting: the values and details in a reason dropped.
+
+    >>> reason_key("price: invalid ('12abc')"), reason_key("duplicate of row 3")
+    ('price: invalid', 'duplicate')
+    >>> reason_key("image: not a URL or path: 'N.A.'")
+    'image: not a URL or path'
+    """
+    if reason.startswith("duplicate of row"):
+        return "duplicate"
+    head, sep, rest = reason.partition(": ")
+    return (head + sep + rest.split(": ", 1)[0]).split(" (", 1)[0]
+
+
+def prepared_features():  # -> datasets.Features; datasets is imported only when needed
+    """The features of a prepared split: images stored as bytes, sha256, source row."""
+    import datasets
+
+    return datasets.Features({
+        "product_code": datasets.Value("string"), "title": datasets.Value("string"),
+        "category": datasets.Value("string"), "category1": datasets.Value("string"),
+        "category2": datasets.Value("string"), "price": datasets.Value("float64"),
+        "currency": datasets.Value("string"), "image": datasets.Image(),
+        "image_sha256": datasets.Value("string"), "source_row": datasets.Value("int64"),
+    })
