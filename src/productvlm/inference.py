@@ -209,10 +209,10 @@ class Predictor:
         >>> Predictor.load("runs/demo/train", batch_size=16).target_format  # doctest: +SKIP
         'seed'
         """
+        info = resolve_model(model)  # first: a wrong path fails before torch is imported
         import productvlm.models.phi3v  # noqa: F401  (registers phi3_v with the Auto classes)
         from productvlm.models.phi3v.processing import Phi3VProcessor
 
-        info = resolve_model(model)
         dev, torch_dtype = _device_dtype(device, dtype)
         try:
             processor = Phi3VProcessor.from_pretrained(info.processor,
