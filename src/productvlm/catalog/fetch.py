@@ -235,19 +235,24 @@ class _Fetcher:
     def _local(self, source: str, path: Path) -> FetchResult:
         if self.root is None:
             raise Fail("local file refused (set local_root to allow local images)")
-        full = path.expanduser()
-        full = (full if full.is_absolute() else self.root / full).resolve()
+        try:
+            full = path.expanduser()
+            full = (full if full.is_absolute() else self.root / full).resolve()
+        except (OSError, RuntimeError) as e:  # e.g. a symlink loop
+            raise Fail(f"cannot resolve path ({e})") from None
         if not full.is_relative_to(self.root):  # `..` and symlinks are resolved by now
             raise Fail("outside local root")
-        try:
-            size = full.stat().st_size
-        except OSError:
-            raise Fail("file not found") from None
+        if not full.exists():
+            raise Fail("file not found")
         if not full.is_file():
             raise Fail("not a file")
-        if size > self.cfg.max_bytes:
-            raise Fail(f"too large (> {self.cfg.max_bytes} bytes)")
-        return self._finish(source, full.read_bytes(), False)
+        try:
+            if full.stat().st_size > self.cfg.max_bytes:
+                raise Fail(f"too large (> {self.cfg.max_bytes} bytes)")
+            raw = full.read_bytes()
+        except OSError as e:
+            raise Fail(f"cannot read file ({e.strerror or e})") from None
+        return self._finish(source, raw, False)
 
     def _finish(self, source: str, raw: bytes, cacheable: bool) -> FetchResult:
         """Validate/normalise downloaded bytes and cache the outcome (worker thread)."""

@@ -8,6 +8,7 @@ checked against their SHA-256 when read: a damaged one is a miss, fetched again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -15,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from productvlm.errors import ProductVLMError
 
 _MAGIC = b"productvlm-fetch-cache v1\n"
 _STALE_TMP_S = 3600  # older temp files belong to dead runs; younger ones may be a live peer's
@@ -70,15 +73,23 @@ class FetchCache:
     def put(self, source: str, meta: dict[str, Any], data: bytes | None) -> None:
         """Store an outcome atomically (temp file in the cache, then rename over the entry)."""
         final = self.path(source)
-        final.parent.mkdir(exist_ok=True)
         header = json.dumps({**meta, "source": source}, separators=(",", ":")).encode()
-        fd, tmp_name = tempfile.mkstemp(dir=self.tmp, suffix=".part")
+        tmp_name = ""
         try:
+            final.parent.mkdir(exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(dir=self.tmp, suffix=".part")
             with os.fdopen(fd, "wb") as f:
                 f.write(_MAGIC + header + b"\n")
                 if data:
                     f.write(data)
             os.replace(tmp_name, final)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
+        except BaseException as e:
+            if tmp_name:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp_name)
+            if isinstance(e, OSError):
+                raise ProductVLMError(
+                    f"{self.root}: cannot write the image cache ({e.strerror or e}); "
+                    "free some space or pick another cache_dir"
+                ) from None
             raise

@@ -184,6 +184,8 @@ async def download(
                 raise Fail("too many redirects", permanent=True) from None
             except httpx.DecodingError:
                 raise Fail("corrupt content-encoding", permanent=True) from None
+            except (httpx.HTTPError, httpx.InvalidURL) as e:  # anything else odd from a server
+                raise Fail(f"request failed ({type(e).__name__}: {e})") from None
         if attempt < cfg.retries:
             if wait is None:
                 wait = backoff_seconds(attempt, cfg.backoff_s, cfg.retry_after_cap_s)

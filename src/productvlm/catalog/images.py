@@ -117,6 +117,15 @@ def normalize_image_bytes(
 
     >>> out, w, h = normalize_image_bytes(open("photo.jpg", "rb").read())  # doctest: +SKIP
     """
+    try:
+        return _normalize(data, max_pixels)
+    except ImageRejected:
+        raise
+    except Exception as e:  # odd files fail in odd places (EXIF, frames, modes): one reason
+        raise ImageRejected(f"corrupt image ({_short(e)})") from None
+
+
+def _normalize(data: bytes, max_pixels: int) -> tuple[bytes, int, int]:
     if looks_like_html(data):
         raise ImageRejected("not an image (text/html)")
     img = _open_checked(io.BytesIO(data), max_pixels)
