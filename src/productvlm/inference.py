@@ -210,13 +210,11 @@ class Predictor:
         'seed'
         """
         info = resolve_model(model)  # first: a wrong path fails before torch is imported
-        import productvlm.models.phi3v  # noqa: F401  (registers phi3_v with the Auto classes)
-        from productvlm.models.phi3v.processing import Phi3VProcessor
+        from productvlm.models.loading import load_processor
 
         dev, torch_dtype = _device_dtype(device, dtype)
         try:
-            processor = Phi3VProcessor.from_pretrained(info.processor,
-                                                       num_crops=num_crops or info.num_crops)
+            processor = load_processor(info.processor, num_crops=num_crops or info.num_crops)
             net = _load_weights(info, torch_dtype)
         except (OSError, ValueError) as e:
             if isinstance(e, ProductVLMError):
@@ -319,22 +317,22 @@ def _cut(text: str, stops: list[str]) -> str:
 
 
 def _load_weights(info: RunInfo, dtype: Any) -> Any:
-    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
+
+    from productvlm.models.loading import load_model
 
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # "Loading weights" bars would clutter predict's output
     try:
-        net = AutoModelForCausalLM.from_pretrained(info.weights, dtype=dtype)
+        net = load_model(info.weights, dtype=dtype)
     finally:
         if bars:
             hf_logging.enable_progress_bar()
     if info.adapter is not None:
-        try:
-            from peft import PeftModel
-        except ImportError:
-            raise ProductVLMError("loading a LoRA adapter needs peft: pip install peft") from None
-        # merged once here: generation then runs at the base model's speed
+        from peft import PeftModel
+
+        # The base comes from resolve_model (it may differ from the path the adapter saved);
+        # merged once here, generation then runs at the base model's speed.
         net = PeftModel.from_pretrained(net, str(info.adapter)).merge_and_unload()
     return net
 
