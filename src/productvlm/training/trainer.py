@@ -117,10 +117,12 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     >>> train(resolve_config(TrainConfig, "configs/demo.yaml", section="train"))  # doctest: +SKIP
     """
+    import torch
     from transformers import Trainer, TrainingArguments, set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
-    from productvlm.models.loading import load_model, load_processor
+    from productvlm.models.phi3v.processing import Phi3VProcessor
+    from productvlm.training.adapters import build_model
     from productvlm.training.callbacks import (
         GenerationEvalCallback,
         InterruptCallback,
@@ -135,8 +137,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     bf16, fp16 = _precision(cfg)
     report_to = _report_to(cfg)
 
-    processor = load_processor(cfg.model, num_crops=cfg.num_crops)
-    model = load_model(cfg.model, cfg=cfg, bf16=bf16)
+    model = build_model(cfg, torch.bfloat16 if bf16 else torch.float16 if fp16 else torch.float32)
+    processor = Phi3VProcessor.from_pretrained(cfg.model, num_crops=cfg.num_crops)
     collator = Phi3VCollator(processor, cfg.target_format, cfg.question, cfg.max_length)
 
     ckpt_dir = cfg.out / "checkpoints"
@@ -149,7 +151,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         learning_rate=cfg.learning_rate,
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
-        warmup_ratio=cfg.warmup_ratio,
+        warmup_steps=cfg.warmup_ratio,  # a float < 1 is a share of the total steps
         weight_decay=cfg.weight_decay,
         lr_scheduler_type=cfg.lr_scheduler,
         max_grad_norm=cfg.max_grad_norm,
@@ -164,8 +166,9 @@ def train(cfg: TrainConfig) -> TrainResult:
         load_best_model_at_end=True,
         metric_for_best_model="eval_loss",
         greater_is_better=False,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
+        activation_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},
+        dataloader_pin_memory=torch.cuda.is_available(),
         remove_unused_columns=False,  # the collator needs the raw rows (image, price, ...)
         dataloader_num_workers=cfg.num_workers,
         report_to=report_to,
