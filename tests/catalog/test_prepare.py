@@ -223,21 +223,29 @@ def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
 
 def test_cli_bad_input_is_one_line_exit_2(catalog, tmp_path):
-    out = str(tmp_path / "o")
-    errors = []
-    for args in (
-        [str(tmp_path / "nope.csv"), "--out", out],
-        [str(catalog / "catalog.csv"), "--out", out],  # the default preset's columns are absent
-        [str(catalog / "catalog.csv"), "--out", out, "--val-fraction", "0.95"],
-    ):
-        p = _cli(*args)
-        assert p.returncode == 2, p.stderr
-        assert "Traceback" not in p.stderr
-        assert len(p.stderr.strip().splitlines()) == 1, p.stderr
-        errors.append(p.stderr)
-    assert "nope.csv: no such file" in errors[0]
-    assert "columns present: product_code, title" in errors[1]
-    assert "val_fraction + test_fraction" in errors[2]
+    # the default preset's columns are absent: the installed command, in its own process
+    p = _cli(str(catalog / "catalog.csv"), "--out", str(tmp_path / "o"))
+    assert p.returncode == 2, p.stderr
+    assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert "columns present: product_code, title" in p.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["nope.csv"], "nope.csv: no such file"),
+    (["CAT", "--val-fraction", "0.95"], "val_fraction + test_fraction"),
+    (["CAT", "--preset", "amazon"], "unknown preset 'amazon'"),
+    (["CAT", "--map", "titel=name"], "unknown field 'titel'"),
+    (["CAT", "other.csv"], "expected one catalog source, got 2"),
+])
+def test_cli_errors_in_process(args, message, catalog, tmp_path, monkeypatch, capsys):
+    from productvlm import cli
+
+    args = [str(catalog / "catalog.csv") if a == "CAT" else a for a in args]
+    monkeypatch.setattr(sys, "argv", ["productvlm", "prepare", *args, "--out", str(tmp_path)])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_cli_map_pairs_and_config_file(catalog, tmp_path):
@@ -292,6 +300,56 @@ def test_rerun_downloads_nothing_twice(catalog, server, tmp_path):
     m = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert m["images"]["fetched"] == 0 and m["images"]["cached"] == first.prepared
     assert reason_key("image: http 404") in m["counts"]["failed_by_reason"]
+
+
+
+# What each of synth's fault kinds must become: a failure with this reason, or a prepared row
+SYNTH_FAULT_REASONS = {
+    "na_url": "image: not a URL or path",
+    "http_404": "image: http 404",
+    "not_image": "image: not an image",
+    "truncated_jpeg": "image: truncated image",
+    "price_missing": "price: missing",
+}
+
+
+def test_synth_catalog_over_http_every_fault_kind(tmp_path):
+    """synth's Burberry-schema catalog, photos served over HTTP, faults injected."""
+    from productvlm.catalog.synth import FAULT_KINDS, synth
+
+    cat = tmp_path / "cat"
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_CountingHandler,
+                                                                   directory=str(cat)))
+    srv.hits = defaultdict(int)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        synth(cat, n=40, seed=0, fault_rate=0.2, max_side=128, workers=1,
+              image_base_url=f"http://127.0.0.1:{srv.server_address[1]}/images/")
+        r = prepare(str(cat / "catalog.csv"), tmp_path / "out", progress=False, verbose=False)
+    finally:
+        srv.shutdown()
+    with (cat / "faults.csv").open() as f:
+        faults = list(csv.DictReader(f))
+    assert {f["kind"] for f in faults} == set(FAULT_KINDS)
+    with (tmp_path / "out" / "failures.csv").open() as f:
+        failed = {int(x["row"]): x for x in csv.DictReader(f)}
+    prepared = {row["source_row"]: (split, row) for split, rows in _splits(tmp_path / "out").items()
+                for row in rows}
+    assert r.rows_in == 40 == len(failed) + len(prepared)
+    expected_failures = {int(f["row"]) for f in faults if f["kind"] in SYNTH_FAULT_REASONS}
+    assert set(failed) == expected_failures  # no clean row fails
+    for f in faults:
+        row = int(f["row"])
+        if f["kind"] in SYNTH_FAULT_REASONS:
+            assert failed[row]["reason"].startswith(SYNTH_FAULT_REASONS[f["kind"]]), f
+            assert failed[row]["product_code"] == f["product_code"]
+        elif f["kind"] == "price_string":  # "1,290.00" parses
+            written = f["detail"].split("'")[1]
+            assert prepared[row][1]["price"] == float(written.replace(",", ""))
+        else:  # duplicate_code: same product, other category2: kept, in its original's split
+            original = int(f["detail"].rsplit(" ", 1)[1])
+            assert prepared[row][0] == prepared[original][0]
+            assert prepared[row][1]["product_code"] == prepared[original][1]["product_code"]
 
 
 @pytest.mark.slow
