@@ -1,7 +1,7 @@
 """Image fetch throughput: fetch_images and `productvlm prepare` vs the recipe's sequential loop.
 
 Usage: .venv/bin/python bench/bench_fetch.py [--n 3040] [--latency 0.05] [--concurrency 64]
-           [--baseline-n 200] [--skip-prepare]
+           [--baseline-n 200] [--skip-prepare] [--stream-n 20000]
 
 A local HTTP server (its own process, so it does not share the client's GIL) adds --latency
 seconds to every request and serves --n product photos made by `productvlm synth` (30-200 KB
@@ -11,7 +11,9 @@ JPEGs, generated once into bench/out/fetch/ and reused). Timed in the same run:
      --skip-prepare, and its rerun with every image in the cache;
   3. the public recipe's loop, one `requests.get` after another, on the first --baseline-n
      images, extrapolated to --n (printed as such);
-  4. full decoding of every image to RGB (open_image) on 2 threads: the CPU floor.
+  4. full decoding of every image to RGB (open_image) on 2 threads: the CPU floor;
+  5. with --stream-n N, peak memory while N sources (copies of the photos, told apart by a
+     query string) stream through fetch_images without being kept.
 The limit is max(n * latency / concurrency, decode time on 2 cores). Targets: fetch >= 15x the
 sequential loop, and within 2x of the limit. Timings on a shared machine are noisy: the load
 average is printed with them.
@@ -104,6 +106,30 @@ def decode_time(blobs: list[bytes], fn, threads: int = 2) -> float:
     return time.perf_counter() - t
 
 
+def peak_rss_mb() -> float:
+    """This process's peak RSS. VmHWM, unlike ru_maxrss, is not inherited across fork+exec."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def stream(urls: list[str], count: int, conc: int, out_q: mp.Queue) -> None:
+    """Stream `count` sources through fetch_images, keeping nothing; report peak RSS."""
+    gen = (f"{urls[i % len(urls)]}?copy={i}" for i in range(count))
+    cfg = FetchConfig(concurrency=conc, per_host=conc)
+    before = peak_rss_mb()
+    t = time.perf_counter()
+    streamed = sum(len(r.data or b"") for r in fetch_images(gen, cfg, progress=False))
+    peak = peak_rss_mb()
+    out_q.put(f"streamed {count} sources ({streamed / 1e9:.2f} GB of images) through "
+              f"fetch_images in {time.perf_counter() - t:.0f} s: peak RSS {peak:.0f} MB "
+              f"({before:.0f} MB after imports)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=3040)
@@ -111,6 +137,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--baseline-n", type=int, default=200)
     ap.add_argument("--skip-prepare", action="store_true")
+    ap.add_argument("--stream-n", type=int, default=0, help="also stream N sources (memory)")
     args = ap.parse_args()
     n, lat, conc = args.n, args.latency, args.concurrency
 
@@ -141,7 +168,7 @@ def main() -> None:
     errors = [r.error for r in fetch_images(urls, cfg, progress=False) if not r.ok]
     t_fetch, cpu_fetch = time.perf_counter() - t, time.process_time() - cpu
     assert not errors, errors[:5]
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_mb = peak_rss_mb()
     print(f"fetch_images: {t_fetch:.2f} s ({n / t_fetch:.0f} images/s), all {n} ok, "
           f"concurrency {conc}; client CPU {cpu_fetch:.1f} s ({cpu_fetch / t_fetch:.2f} cores "
           f"busy); peak RSS so far {rss_mb:.0f} MB", flush=True)
@@ -177,6 +204,16 @@ def main() -> None:
     t_check = decode_time(blobs, normalize_image_bytes)
     print(f"full decode to RGB (open_image) of all {len(blobs)} images on 2 threads: "
           f"{t_decode:.2f} s; our validation (normalize_image_bytes): {t_check:.2f} s")
+    del blobs
+
+    # 5. bounded memory on a long stream, in a fresh process so its peak RSS is its own
+    if args.stream_n:
+        ctx = mp.get_context("spawn")
+        out_q = ctx.Queue()
+        child = ctx.Process(target=stream, args=(urls, args.stream_n, conc, out_q))
+        child.start()
+        print(out_q.get(), flush=True)
+        child.join()
     server.terminate()
 
     t_net = n * lat / conc
