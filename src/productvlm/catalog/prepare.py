@@ -50,7 +50,7 @@ from productvlm.catalog.schema import (
     resolve_column_map,
     validate_row,
 )
-from productvlm.catalog.sources import open_source
+from productvlm.catalog.sources import CatalogSource, open_source
 from productvlm.catalog.split import SPLITS, assign_splits, group_rows
 from productvlm.config import StageConfig, resolve_config, save_config
 from productvlm.errors import ProductVLMError
@@ -114,9 +114,9 @@ class PrepareResult:
         self.failures_path = self.out / "failures.csv"
 
 
-def _read_and_validate(src, mapping: dict[str, str], cfg: PrepareConfig,
+def _read_and_validate(src: CatalogSource, mapping: dict[str, str], cfg: PrepareConfig,
                        failures: list[tuple[int, str, str]]) -> tuple[list[Record], int]:
-    """Pass 1: every row becomes an Record or a failure. Returns (items, rows read)."""
+    """Pass 1: every row becomes a Record or a failure. Returns (records, rows read)."""
     items: list[Record] = []
     first_of: dict[tuple, int] = {}
     n = 0
@@ -126,8 +126,8 @@ def _read_and_validate(src, mapping: dict[str, str], cfg: PrepareConfig,
         n += 1
         got = validate_row(row, mapping, cfg.currency)
         if isinstance(got, str):
-            code = code_value(row.get(mapping.get("product_code", ""))) if isinstance(
-                row, dict) else ""
+            has_code = isinstance(row, dict) and "product_code" in mapping
+            code = code_value(row.get(mapping["product_code"])) if has_code else ""
             failures.append((i, code, got))
             continue
         got.row = i
@@ -383,6 +383,8 @@ def prepare(
     say("splits: " + ", ".join(f"{s} {n}" for s, n in sizes.items())
         + f"; images fetched {img_stats['fetched']}, from cache {img_stats['cached']}")
     say(f"wrote {out}/dataset, manifest.json, failures.csv, config.yaml")
+    if prepared == 0 and rows_in:
+        say(f"warning: no row could be prepared; see {out / 'failures.csv'}")
     return PrepareResult(out, rows_in, prepared, len(failures), by_reason, sizes)
 
 

@@ -166,8 +166,8 @@ def code_value(v: Any) -> str:
 
 
 def _image(v: Any) -> str:
-    if isinstance(v, dict):  # a datasets Image column read with decode=False
-        return "" if v.get("bytes") else text_value(v.get("path"))
+    if isinstance(v, dict):  # a datasets Image column read with decode=False: its path
+        return text_value(v.get("path"))
     return text_value(v)
 
 
@@ -194,6 +194,8 @@ def validate_row(row: Row, mapping: dict[str, str], currency: str = "") -> Recor
     price = parse_price(raw)
     if price is None:
         return f"price: invalid ({raw!r})"
+    if isinstance(get["image"], dict) and get["image"].get("bytes"):
+        return "image: embedded image bytes (not supported; map a column of URLs or paths)"
     image = _image(get["image"])
     if not image:
         return "image: missing"
