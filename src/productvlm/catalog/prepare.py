@@ -450,9 +450,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Map columns, validate rows, fetch images and split a catalog into a dataset.
 
-        Writes OUT/dataset (train/validation/test), OUT/manifest.json, OUT/failures.csv
-        (row, product_code, reason) and OUT/config.yaml. Rerun to resume: fetched images
-        come from the cache.
+        Writes OUT/dataset (train/validation/test splits), OUT/manifest.json,
+        OUT/failures.csv (row, product_code, reason) and OUT/config.yaml.
+
+        Rerun to resume: images already fetched come from the cache.
         """
         src, pairs = _split_positionals(source, list(ctx.args))
         prepare(
