@@ -387,3 +387,14 @@ def test_resume_after_kill_fetches_nothing_twice(catalog, tmp_path):
     assert len(repeated) <= 2 and len(srv.hits) == N
     m = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert m["counts"]["prepared"] == N and m["images"]["cached"] >= len(before) - 2
+
+
+def test_unreadable_jsonl_line_is_a_failure_not_a_crash(catalog, tmp_path):
+    good = {"product_code": 1, "title": "Bag", "category": "BAGS", "price": 10,
+            "image": "images/0.jpg"}
+    (tmp_path / "c.jsonl").write_text(
+        json.dumps(good) + "\n{oops\n" + json.dumps({**good, "product_code": 2}) + "\n")
+    r = _run(tmp_path / "c.jsonl", tmp_path / "out", local_root=catalog)
+    assert (r.rows_in, r.prepared, r.failed_by_reason) == (3, 2, {"unreadable row": 1})
+    assert "1,,unreadable row (invalid JSON on line 2" in (tmp_path / "out" / "failures.csv"
+                                                          ).read_text()
