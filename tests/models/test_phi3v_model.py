@@ -229,3 +229,28 @@ def test_bad_inputs_are_clear_value_errors(model) -> None:
     for kwargs, message in cases:
         with pytest.raises(ValueError, match=message), torch.no_grad():
             model(**kwargs)
+
+
+def test_training_loss_skips_prompt_logits_but_equals_the_full_loss(model) -> None:
+    cfg = model.config
+    rows = [image_row(cfg, [7], [(1, 1)]) + [30, 31, 32], image_row(cfg, [8, 9], [(1, 2)]) + [33]]
+    n = max(map(len, rows))
+    ids = torch.tensor([r + [0] * (n - len(r)) for r in rows])
+    labels = torch.full_like(ids, -100)
+    labels[0, len(rows[0]) - 3 : len(rows[0])] = torch.tensor([30, 31, 32])
+    labels[1, len(rows[1]) - 1] = 33
+    mask = (labels != -100) | (torch.arange(n) < torch.tensor([[len(r)] for r in rows]))
+    pv, sizes = pixels(cfg, [(1, 1), (1, 2)], 2)
+    kw = dict(input_ids=ids, attention_mask=mask.long(), pixel_values=pv, image_sizes=sizes,
+              labels=labels)
+    with torch.no_grad():
+        full = model(**kw)
+        model.train()
+        try:
+            sparse = model(**kw)
+            summed = model(**kw, num_items_in_batch=torch.tensor(8))
+        finally:
+            model.eval()
+    assert full.logits is not None and sparse.logits is None
+    torch.testing.assert_close(sparse.loss, full.loss)
+    torch.testing.assert_close(summed.loss, full.loss * 4 / 8)

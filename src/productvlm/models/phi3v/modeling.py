@@ -13,6 +13,8 @@ The Hub checkpoint also stores ``model.vision_embed_tokens.wte.weight``, a secon
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from transformers import GenerationMixin
@@ -212,7 +214,12 @@ class Phi3VForCausalLM(Phi3VPreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        """Logits, and the mean next-token loss over labels != -100 (negatives ignored)."""
+        """Logits, and the mean next-token loss over labels != -100 (negatives ignored).
+
+        In training mode with ``labels``, logits are computed only where a label follows
+        (the answer), and ``logits`` is None: the prompt and its thousands of image positions
+        would otherwise cost a (sequence x 32,064) float tensor per row for nothing.
+        """
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -225,15 +232,20 @@ class Phi3VForCausalLM(Phi3VPreTrainedModel, GenerationMixin):
             **kwargs,
         )
         hidden = outputs.last_hidden_state
-        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden[:, keep, :])
-        loss = None
+        loss = logits = None
         if labels is not None:
             # image positions copied from input_ids (-k) are never targets
             labels = labels.masked_fill(labels < 0, -100)
-            loss = self.loss_function(
-                logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs
-            )
+        whole = isinstance(logits_to_keep, int)
+        if labels is not None and self.training and whole and logits_to_keep == 0:
+            loss = self._answer_loss(hidden, labels, kwargs.get("num_items_in_batch"))
+        else:
+            keep = slice(-logits_to_keep, None) if whole else logits_to_keep
+            logits = self.lm_head(hidden[:, keep, :])
+            if labels is not None:
+                loss = self.loss_function(
+                    logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs
+                )
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
@@ -241,6 +253,21 @@ class Phi3VForCausalLM(Phi3VPreTrainedModel, GenerationMixin):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
+
+    def _answer_loss(
+        self, hidden: torch.Tensor, labels: torch.Tensor, num_items: Any = None
+    ) -> torch.Tensor:
+        """transformers' causal-LM loss (shifted, summed / num_items or mean), with the LM
+        head applied only at the positions that predict a label."""
+        targets = labels[:, 1:]
+        where = targets != -100
+        logits = self.lm_head(hidden[:, :-1][where]).float()
+        loss = nn.functional.cross_entropy(logits, targets[where], reduction="sum")
+        if num_items is None:
+            num_items = where.sum().clamp(min=1)
+        if isinstance(num_items, torch.Tensor):
+            num_items = num_items.to(loss.device)
+        return loss / num_items
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def prepare_inputs_for_generation(self, input_ids, cache=None, **kwargs):
