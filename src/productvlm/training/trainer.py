@@ -212,6 +212,10 @@ def train(cfg: TrainConfig) -> TrainResult:
         )
     if trainer.is_world_process_zero():
         _write_outputs(trainer, processor, cfg)
+    if "wandb" in report_to:
+        import wandb
+
+        wandb.finish()  # flush the summary now, not at interpreter exit
     return TrainResult(cfg.out, trainer.state.global_step, output.training_loss,
                        trainer.state.best_model_checkpoint)
 
