@@ -104,7 +104,9 @@ class Server:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_port
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self.thread.start()
 
     def add(self, path: str, *responses: Resp) -> str:
@@ -419,6 +421,14 @@ def test_concurrency_bounds_overall_and_per_host(server):
     assert all(r.ok for r in results)
     assert server.max_inflight <= 4 and max(server.max_host_inflight.values()) <= 3
     assert server.max_inflight >= 3  # and it does run requests side by side
+
+
+def test_requests_go_out_in_source_order(server, tmp_path):
+    # Results are yielded in order, so the oldest sources must not wait behind newer ones.
+    urls = [server.add(f"/o{i}.jpg", Resp(body=jpeg(i))) for i in range(12)]
+    fetch(urls, cfg(concurrency=1, cache_dir=tmp_path / "cache"))
+    first_hit = sorted(server.times, key=lambda path: server.times[path][0])
+    assert first_hit == [f"/o{i}.jpg" for i in range(12)]
 
 
 def test_same_url_in_flight_is_fetched_once(server):

@@ -200,7 +200,9 @@ class _Fetcher:
             kind, target = classify_source(source)
             if kind == "file":
                 return await self._in_pool(self._local, source, target)
-            if self.cache is not None:
+            # A miss is one stat() here, so requests still reach the network in source
+            # order (results are yielded in that order); hits are read in the pool.
+            if self.cache is not None and self.cache.has(source.strip()):
                 hit = await self._in_pool(self._cached, source.strip())
                 if hit is not None:
                     return dataclasses.replace(hit, source=source)

@@ -46,6 +46,10 @@ class FetchCache:
         key = hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()
         return self.root / key[:2] / f"{key}.bin"
 
+    def has(self, source: str) -> bool:
+        """Whether an entry file exists (cheap; ``get`` still checks it is intact)."""
+        return self.path(source).is_file()
+
     def get(self, source: str) -> tuple[dict[str, Any], bytes | None] | None:
         """``(meta, data)`` for a complete, intact entry of ``source``; else None."""
         try:
