@@ -187,6 +187,8 @@ class Predictor:
         self.constrained = constrained
         self.model_path, self.adapter = model_path, adapter
         self._grammar: Any = None
+        self.tokens_generated = 0  # answer tokens so far, stop tokens included (for benches)
+        self.constraint_seconds = 0.0  # time spent masking logits (for benches)
 
     @classmethod
     def load(
@@ -304,6 +306,10 @@ class Predictor:
             ids = self.model.generate(**batch, generation_config=config,
                                       logits_processor=processors)
         new = ids[:, batch["input_ids"].shape[1]:].tolist()
+        self.constraint_seconds += sum(getattr(p, "seconds", 0.0) for p in processors)
+        for row in new:  # a finished row is padded after its stop token: not generated
+            self.tokens_generated += next((i + 1 for i, t in enumerate(row) if t in stops),
+                                          len(row))
         texts = tok.batch_decode(new, skip_special_tokens=False,
                                  clean_up_tokenization_spaces=False)
         return [_cut(t, [END, tok.eos_token or END, tok.pad_token or END]) for t in texts]
