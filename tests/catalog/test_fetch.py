@@ -423,14 +423,6 @@ def test_concurrency_bounds_overall_and_per_host(server):
     assert server.max_inflight >= 3  # and it does run requests side by side
 
 
-def test_requests_go_out_in_source_order(server, tmp_path):
-    # Results are yielded in order, so the oldest sources must not wait behind newer ones.
-    urls = [server.add(f"/o{i}.jpg", Resp(body=jpeg(i))) for i in range(12)]
-    fetch(urls, cfg(concurrency=1, cache_dir=tmp_path / "cache"))
-    first_hit = sorted(server.times, key=lambda path: server.times[path][0])
-    assert first_hit == [f"/o{i}.jpg" for i in range(12)]
-
-
 def test_same_url_in_flight_is_fetched_once(server):
     url = server.add("/shared.jpg", Resp(body=jpeg(), delay=0.2))
     results = fetch([url, " " + url, url])
