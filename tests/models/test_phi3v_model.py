@@ -254,3 +254,29 @@ def test_training_loss_skips_prompt_logits_but_equals_the_full_loss(model) -> No
     assert full.logits is not None and sparse.logits is None
     torch.testing.assert_close(sparse.loss, full.loss)
     torch.testing.assert_close(summed.loss, full.loss * 4 / 8)
+
+
+def test_full_size_configs_build_the_hub_architecture(conformance_dir) -> None:
+    import re
+
+    from safetensors.torch import load_file
+
+    pattern = lambda k: re.sub(r"\.layers\.\d+\.", ".layers.N.", k)  # noqa: E731
+    tiny_keys = set(load_file(conformance_dir / "tiny" / "model.safetensors"))
+    expected = {pattern(k) for k in tiny_keys} - {"model.vision_embed_tokens.wte.weight"}
+    for name in ("hub", "hub-3.5"):
+        cfg = Phi3VConfig.from_pretrained(conformance_dir / name)
+        with torch.device("meta"):  # no memory: shapes and names only
+            model = Phi3VForCausalLM(cfg)
+        shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        assert {pattern(k) for k in shapes} == expected
+        assert sum(1 for k in shapes if k.endswith("self_attn.qkv_proj.weight")) == 32
+        assert shapes["model.layers.0.self_attn.qkv_proj.weight"] == (9216, 3072)
+        assert shapes["model.layers.0.mlp.gate_up_proj.weight"] == (16384, 3072)
+        vision = "model.vision_embed_tokens."
+        assert shapes[vision + "img_projection.0.weight"] == (3072, 4096)
+        assert shapes[vision + "glb_GN"] == (1, 1, 4096)
+        assert shapes[vision + "sub_GN"] == (1, 1, 1, 4096)
+        tower = vision + "img_processor.vision_model."
+        assert shapes[tower + "embeddings.position_embedding.weight"] == (577, 1024)
+        assert shapes[tower + "encoder.layers.23.mlp.fc1.weight"] == (4096, 1024)
