@@ -195,11 +195,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", help="model folder or run; default: a tiny random model")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
-    p.add_argument("--requests", type=int, default=96, help="per concurrency level")
-    p.add_argument("--seconds", type=float, default=90, help="time cap per level")
+    p.add_argument("--requests", type=int, default=64, help="per concurrency level")
+    p.add_argument("--seconds", type=float, default=60, help="time cap per level")
     p.add_argument("--max-wait-ms", type=float, default=10)
-    p.add_argument("--max-new-tokens", type=int, default=None)
-    p.add_argument("--threads", type=int, default=2, help="torch threads of the server")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="0: the model's setting")
+    # One thread: on a shared or small CPU, OpenMP threads that spin-wait for each other
+    # made a tiny model's steps over 10x slower than one thread.
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the server")
     p.add_argument("--memory-requests", type=int, default=2000, help="0 skips the phase")
     args = p.parse_args()
 

@@ -260,3 +260,24 @@ def test_enabled_urls_never_reach_loopback_private_or_link_local(client_for):
     finally:
         server.shutdown()
     assert _Hits.hits == 0
+
+
+def test_without_the_serve_extra_the_cli_loads_and_serving_says_what_to_install():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "for m in ('fastapi', 'uvicorn', 'starlette'): sys.modules[m] = None\n"
+        "from productvlm.cli import app\n"
+        "from productvlm.errors import ProductVLMError\n"
+        "from productvlm.serving.app import create_app\n"
+        "try:\n"
+        "    create_app(object())\n"
+        "except ProductVLMError as e:\n"
+        "    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "pip install 'productvlm[serve]'" in out.stdout
