@@ -121,8 +121,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     from transformers import Trainer, TrainingArguments, set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
-    from productvlm.models.phi3v.processing import Phi3VProcessor
-    from productvlm.training.adapters import build_model
+    from productvlm.models.loading import load_model, load_processor
     from productvlm.training.callbacks import (
         GenerationEvalCallback,
         InterruptCallback,
@@ -137,8 +136,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     bf16, fp16 = _precision(cfg)
     report_to = _report_to(cfg)
 
-    model = build_model(cfg, torch.bfloat16 if bf16 else torch.float16 if fp16 else torch.float32)
-    processor = Phi3VProcessor.from_pretrained(cfg.model, num_crops=cfg.num_crops)
+    model = load_model(cfg.model, cfg=cfg, bf16=bf16)
+    processor = load_processor(cfg.model, num_crops=cfg.num_crops)
     collator = Phi3VCollator(processor, cfg.target_format, cfg.question, cfg.max_length)
 
     ckpt_dir = cfg.out / "checkpoints"
