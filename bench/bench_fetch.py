@@ -214,6 +214,9 @@ def main() -> None:
         child.start()
         print(out_q.get(), flush=True)
         child.join()
+    import psutil
+
+    server_cpu = sum(psutil.Process(server.pid).cpu_times()[:2])
     server.terminate()
 
     t_net = n * lat / conc
@@ -226,6 +229,10 @@ def main() -> None:
     if t_prepare is not None:
         print(f"prepare:      {t_prepare:.2f} s = {t_seq / t_prepare:.1f}x faster than sequential;"
               f" {t_prepare / limit:.2f}x the limit")
+    floor = cpu_fetch / 2
+    print(f"fetch_images used {cpu_fetch:.1f} s of client CPU ({1000 * cpu_fetch / n:.1f} ms per "
+          f"image; the server used {server_cpu:.1f} s over the whole run, on the same cores): "
+          f"on 2 idle cores it could not beat {floor:.1f} s = {t_seq / floor:.0f}x sequential")
     print(f"load average at the end {os.getloadavg()[0]:.1f} (2 cores shared: noisy timings)")
 
 
