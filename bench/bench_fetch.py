@@ -125,9 +125,11 @@ def stream(urls: list[str], count: int, conc: int, out_q: mp.Queue) -> None:
     t = time.perf_counter()
     streamed = sum(len(r.data or b"") for r in fetch_images(gen, cfg, progress=False))
     peak = peak_rss_mb()
-    out_q.put(f"streamed {count} sources ({streamed / 1e9:.2f} GB of images) through "
-              f"fetch_images in {time.perf_counter() - t:.0f} s: peak RSS {peak:.0f} MB "
-              f"({before:.0f} MB after imports)")
+    out_q.put(
+        f"streamed {count} sources ({streamed / 1e9:.2f} GB of images) through "
+        f"fetch_images in {time.perf_counter() - t:.0f} s: peak RSS {peak:.0f} MB "
+        f"({before:.0f} MB after imports)"
+    )
 
 
 def main() -> None:
@@ -158,9 +160,12 @@ def main() -> None:
     urls = df["imageurl"].tolist()
     sizes = [p.stat().st_size for p in images.iterdir()]
     cores = len(os.sched_getaffinity(0))
-    print(f"{n} images, {min(sizes) // 1000}-{max(sizes) // 1000} KB "
-          f"(mean {sum(sizes) / len(sizes) / 1000:.0f} KB); latency {lat * 1000:.0f} ms/request; "
-          f"{cores} cores; load average {os.getloadavg()[0]:.1f} at start", flush=True)
+    print(
+        f"{n} images, {min(sizes) // 1000}-{max(sizes) // 1000} KB "
+        f"(mean {sum(sizes) / len(sizes) / 1000:.0f} KB); latency {lat * 1000:.0f} ms/request; "
+        f"{cores} cores; load average {os.getloadavg()[0]:.1f} at start",
+        flush=True,
+    )
 
     # 1. fetch_images, all images, no cache
     cfg = FetchConfig(concurrency=conc, per_host=conc)
@@ -169,9 +174,12 @@ def main() -> None:
     t_fetch, cpu_fetch = time.perf_counter() - t, time.process_time() - cpu
     assert not errors, errors[:5]
     rss_mb = peak_rss_mb()
-    print(f"fetch_images: {t_fetch:.2f} s ({n / t_fetch:.0f} images/s), all {n} ok, "
-          f"concurrency {conc}; client CPU {cpu_fetch:.1f} s ({cpu_fetch / t_fetch:.2f} cores "
-          f"busy); peak RSS so far {rss_mb:.0f} MB", flush=True)
+    print(
+        f"fetch_images: {t_fetch:.2f} s ({n / t_fetch:.0f} images/s), all {n} ok, "
+        f"concurrency {conc}; client CPU {cpu_fetch:.1f} s ({cpu_fetch / t_fetch:.2f} cores "
+        f"busy); peak RSS so far {rss_mb:.0f} MB",
+        flush=True,
+    )
 
     # 2. the whole prepare command, then its rerun from the cache
     t_prepare = None
@@ -181,29 +189,49 @@ def main() -> None:
         conf = work / "prepare.yaml"
         conf.write_text(f"fetch:\n  concurrency: {conc}\n  per_host: {conc}\n")
         t = time.perf_counter()
-        res = prepare(str(work / "catalog.parquet"), work / "prepared", preset="burberry",
-                      config_file=conf, progress=False, verbose=False)
+        res = prepare(
+            str(work / "catalog.parquet"),
+            work / "prepared",
+            preset="burberry",
+            config_file=conf,
+            progress=False,
+            verbose=False,
+        )
         t_prepare = time.perf_counter() - t
         t = time.perf_counter()
-        prepare(str(work / "catalog.parquet"), work / "prepared", preset="burberry",
-                config_file=conf, progress=False, verbose=False)
+        prepare(
+            str(work / "catalog.parquet"),
+            work / "prepared",
+            preset="burberry",
+            config_file=conf,
+            progress=False,
+            verbose=False,
+        )
         t_rerun = time.perf_counter() - t
-        print(f"prepare: {t_prepare:.2f} s ({res.prepared} rows prepared, {res.failed} failed); "
-              f"rerun with every image cached: {t_rerun:.2f} s", flush=True)
+        print(
+            f"prepare: {t_prepare:.2f} s ({res.prepared} rows prepared, {res.failed} failed); "
+            f"rerun with every image cached: {t_rerun:.2f} s",
+            flush=True,
+        )
 
     # 3. the sequential recipe loop on a subset, extrapolated
     k = min(args.baseline_n, n)
     t_seq_k = sequential(urls[:k], work / "sequential")
     t_seq = t_seq_k * n / k
-    print(f"sequential requests.get: {t_seq_k:.2f} s for the first {k} images, "
-          f"extrapolated to {n}: {t_seq:.1f} s", flush=True)
+    print(
+        f"sequential requests.get: {t_seq_k:.2f} s for the first {k} images, "
+        f"extrapolated to {n}: {t_seq:.1f} s",
+        flush=True,
+    )
 
     # 4. the decode floor
     blobs = [p.read_bytes() for p in sorted(images.iterdir())]
     t_decode = decode_time(blobs, open_image)
     t_check = decode_time(blobs, normalize_image_bytes)
-    print(f"full decode to RGB (open_image) of all {len(blobs)} images on 2 threads: "
-          f"{t_decode:.2f} s; our validation (normalize_image_bytes): {t_check:.2f} s")
+    print(
+        f"full decode to RGB (open_image) of all {len(blobs)} images on 2 threads: "
+        f"{t_decode:.2f} s; our validation (normalize_image_bytes): {t_check:.2f} s"
+    )
     del blobs
 
     # 5. bounded memory on a long stream, in a fresh process so its peak RSS is its own
@@ -222,17 +250,25 @@ def main() -> None:
     t_net = n * lat / conc
     limit = max(t_net, t_decode)
     print()
-    print(f"limit = max(n*latency/concurrency = {t_net:.2f} s, decode on 2 cores = "
-          f"{t_decode:.2f} s) = {limit:.2f} s")
-    print(f"fetch_images: {t_fetch:.2f} s = {t_seq / t_fetch:.1f}x faster than sequential "
-          f"(target >= 15x); {t_fetch / limit:.2f}x the limit (target <= 2x)")
+    print(
+        f"limit = max(n*latency/concurrency = {t_net:.2f} s, decode on 2 cores = "
+        f"{t_decode:.2f} s) = {limit:.2f} s"
+    )
+    print(
+        f"fetch_images: {t_fetch:.2f} s = {t_seq / t_fetch:.1f}x faster than sequential "
+        f"(target >= 15x); {t_fetch / limit:.2f}x the limit (target <= 2x)"
+    )
     if t_prepare is not None:
-        print(f"prepare:      {t_prepare:.2f} s = {t_seq / t_prepare:.1f}x faster than sequential;"
-              f" {t_prepare / limit:.2f}x the limit")
+        print(
+            f"prepare:      {t_prepare:.2f} s = {t_seq / t_prepare:.1f}x faster than sequential;"
+            f" {t_prepare / limit:.2f}x the limit"
+        )
     floor = cpu_fetch / 2
-    print(f"fetch_images used {cpu_fetch:.1f} s of client CPU ({1000 * cpu_fetch / n:.1f} ms per "
-          f"image; the server used {server_cpu:.1f} s over the whole run, on the same cores): "
-          f"on 2 idle cores it could not beat {floor:.1f} s = {t_seq / floor:.0f}x sequential")
+    print(
+        f"fetch_images used {cpu_fetch:.1f} s of client CPU ({1000 * cpu_fetch / n:.1f} ms per "
+        f"image; the server used {server_cpu:.1f} s over the whole run, on the same cores): "
+        f"on 2 idle cores it could not beat {floor:.1f} s = {t_seq / floor:.0f}x sequential"
+    )
     print(f"load average at the end {os.getloadavg()[0]:.1f} (2 cores shared: noisy timings)")
 
 
