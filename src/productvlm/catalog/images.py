@@ -182,3 +182,5 @@ def open_image(
         return to_rgb(upright(img, _orientation(img)))
     except ImageRejected as e:
         raise ProductVLMError(f"{label}: {e.reason}") from None
+    except Exception as e:  # odd files fail in odd places (EXIF, frames, modes)
+        raise ProductVLMError(f"{label}: corrupt image ({_short(e)})") from None
