@@ -192,6 +192,7 @@ def test_good_jpeg_is_kept_byte_for_byte(server):
     assert (r.width, r.height) == (48, 32)
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # our guard answers
 def test_every_fault_has_its_reason_in_input_order(server):
     big = jpeg(w=200, h=200)
     html = b"<!DOCTYPE html><html><body>Not found</body></html>"
