@@ -39,6 +39,7 @@ class Level:
     latencies: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    mean_batch: float = 0.0
 
     @property
     def done(self) -> int:
@@ -91,6 +92,7 @@ class Server:
     """`productvlm serve` in a subprocess, so its memory is measured alone."""
 
     def __init__(self, model: str, max_batch: int, args: argparse.Namespace) -> None:
+        self.max_batch = max_batch
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads),
@@ -156,23 +158,46 @@ async def load(url: str, clients: int, requests: int, seconds: float,
     return level
 
 
-def run_mode(model: str, max_batch: int, args: argparse.Namespace,
-             photos: list[bytes]) -> dict[int, Level]:
-    server = Server(model, max_batch, args)
+def batching_stats(server: Server) -> tuple[int, int]:
+    stats = httpx.get(server.url + "/v1/model", timeout=10).json()["batching"]
+    return stats["batches"], stats["images"]
+
+
+def measure(server: Server, clients: int, args: argparse.Namespace,
+            photos: list[bytes]) -> Level:
+    b0, i0 = batching_stats(server)
+    level = asyncio.run(load(server.url, clients, args.requests, args.seconds, photos))
+    b1, i1 = batching_stats(server)
+    level.mean_batch = (i1 - i0) / max(b1 - b0, 1)
+    errs = sum(level.errors.values())
+    print(f"  max_batch={server.max_batch:<3} clients={clients:<3} {level.done:5d} ok "
+          f"{errs:3d} errors  {level.throughput:7.2f} req/s  p50 {level.pct(0.5):8.1f} ms  "
+          f"p95 {level.pct(0.95):8.1f} ms  mean batch {level.mean_batch:5.1f}"
+          + (f"  {level.errors}" if errs else ""), flush=True)
+    return level
+
+
+def compare(model: str, args: argparse.Namespace, photos: list[bytes]) -> None:
+    """Both servers up at once; each level measured on one then the other, back to back, so
+    a shared machine's changing load hits both alike."""
+    on, off = Server(model, 16, args), Server(model, 1, args)
+    results: dict[tuple[int, int], Level] = {}
     try:
-        asyncio.run(load(server.url, 4, 16, 60, photos))  # warm-up: first calls compile/alloc
-        out = {}
+        for server in (on, off):  # warm-up: first calls allocate and build caches
+            asyncio.run(load(server.url, 4, 16, 120, photos))
         for clients in args.clients:
-            level = asyncio.run(load(server.url, clients, args.requests, args.seconds, photos))
-            out[clients] = level
-            errs = sum(level.errors.values())
-            print(f"  max_batch={max_batch:<3} clients={clients:<3} {level.done:5d} ok "
-                  f"{errs:3d} errors  {level.throughput:7.2f} req/s  "
-                  f"p50 {level.pct(0.5):8.1f} ms  p95 {level.pct(0.95):8.1f} ms"
-                  + (f"  {level.errors}" if errs else ""), flush=True)
-        return out
+            for server in (on, off):
+                results[server.max_batch, clients] = measure(server, clients, args, photos)
     finally:
-        server.stop()
+        on.stop()
+        off.stop()
+    print("\nthroughput, batching on / off:")
+    for clients in args.clients:
+        a, b = results[16, clients], results[1, clients]
+        ratio = a.throughput / max(b.throughput, 1e-9)
+        target = "  (target >= 3x)" if clients == 16 else ""
+        print(f"  {clients:3d} clients: {a.throughput:7.2f} / {b.throughput:7.2f} req/s = "
+              f"{ratio:5.2f}x{target}")
 
 
 def memory_phase(model: str, args: argparse.Namespace, photos: list[bytes]) -> None:
@@ -210,14 +235,7 @@ def main() -> None:
         model = args.model or str(build_tiny_model(Path(tmp) / "tiny-phi3v"))
         print(f"model: {model}; {args.requests} requests or {args.seconds:g} s per level; "
               f"torch threads {args.threads}; max_wait_ms {args.max_wait_ms:g}")
-        on = run_mode(model, 16, args, photos)
-        off = run_mode(model, 1, args, photos)
-        print("\nthroughput, batching on / off:")
-        for clients in args.clients:
-            ratio = on[clients].throughput / max(off[clients].throughput, 1e-9)
-            target = "  (target >= 3x)" if clients == 16 else ""
-            print(f"  {clients:3d} clients: {on[clients].throughput:7.2f} / "
-                  f"{off[clients].throughput:7.2f} req/s = {ratio:5.2f}x{target}")
+        compare(model, args, photos)
         if args.memory_requests:
             memory_phase(model, args, photos)
 

@@ -207,8 +207,10 @@ def build_app(predictor: Any, cfg: ServeConfig) -> FastAPI:
     async def model_info(request: Request) -> dict[str, Any]:
         """The served model, its adapter and answer settings, and the server's limits."""
         check_key(request)
-        return {**summary, "batching": {"batches": batcher.stats.batches,
-                                        "mean_batch": round(batcher.stats.mean_batch, 2)}}
+        stats = batcher.stats
+        return {**summary, "batching": {"batches": stats.batches, "images": stats.images,
+                                        "mean_batch": round(stats.mean_batch, 2),
+                                        "largest_batch": stats.largest_batch}}
 
     @app.post("/v1/predict", response_model=PredictResponse, openapi_extra=_multipart_schema(cfg),
               responses=_ERRORS)
