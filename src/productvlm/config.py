@@ -31,10 +31,13 @@ class StageConfig(BaseModel):
 
 def _describe(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "<root>"
+    msg = first["msg"].removeprefix("Value error, ")
+    if not first["loc"]:  # a check across several keys
+        return f"{source}: {msg}"
+    key = ".".join(str(p) for p in first["loc"])
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown key '{key}'; remove it or check the spelling"
-    return f"{source}: key '{key}': {first['msg']} (got {first.get('input')!r})"
+    return f"{source}: key '{key}': {msg} (got {first.get('input')!r})"
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -1,11 +1,16 @@
-"""Tiny tokenizer and processor shared by the training tests."""
+"""Tiny tokenizer, processor, model and prepared dataset shared by the training tests."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import datasets
 import pytest
+from PIL import Image
 
 from productvlm.models.phi3v.image_processing import Phi3VImageProcessor
 from productvlm.models.phi3v.processing import Phi3VProcessor
+from productvlm.models.phi3v.tiny import save_tiny_model, tiny_config
 from productvlm.models.tiny_tokenizer import train_tiny_tokenizer
 
 TITLES = ["Medium Lola Bag", "Check Cotton Trench Coat", "Small Beige Check Scarf",
@@ -17,3 +22,43 @@ def tiny_processor() -> Phi3VProcessor:
     tok = train_tiny_tokenizer(TITLES * 4 + ["BAGS COATS SCARVES BOOTS 0123456789,."], 300)
     images = Phi3VImageProcessor(num_crops=2, crop_size=112, num_img_tokens=16)
     return Phi3VProcessor(images, tok)
+
+
+COLOURS = {"BAGS": "tan", "COATS": "navy", "SCARVES": "firebrick"}
+
+
+def _rows(n: int, seed: int) -> list[dict]:
+    rows = []
+    for i in range(n):
+        cat = list(COLOURS)[(i + seed) % 3]
+        w, h = 120 + 7 * i, 160 + 5 * (i % 4)
+        rows.append({"product_code": str(1000 + seed * 100 + i), "title": f"{cat.title()} Item",
+                     "category": cat, "price": 100.0 * (1 + (i + seed) % 3),
+                     "image": Image.new("RGB", (w, h), COLOURS[cat])})
+    return rows
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("prepared")
+    feats = datasets.Features({"product_code": datasets.Value("string"),
+                               "title": datasets.Value("string"),
+                               "category": datasets.Value("string"),
+                               "price": datasets.Value("float64"), "image": datasets.Image()})
+    dd = datasets.DatasetDict({
+        name: datasets.Dataset.from_list(_rows(n, s), features=feats)
+        for name, n, s in (("train", 24, 0), ("validation", 6, 1), ("test", 6, 2))
+    })
+    dd.save_to_disk(str(out / "dataset"))
+    return out
+
+
+@pytest.fixture(scope="session")
+def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tok = train_tiny_tokenizer([f"Product: {c.title()} Item, Category: {c}" for c in COLOURS], 300)
+    cfg = tiny_config(len(tok), hidden_size=64, num_hidden_layers=2, intermediate_size=128,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id,
+                      vision={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2})
+    return save_tiny_model(tmp_path_factory.mktemp("base") / "m", config=cfg, tokenizer=tok,
+                           num_crops=1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from productvlm.config import StageConfig
 from productvlm.prompts import QUESTION, TargetFormat
@@ -66,3 +66,11 @@ class TrainConfig(StageConfig):
     log_model: bool = Field(False, description="upload the final adapter/model as a W&B artifact")
     merge: bool = Field(True, description="also save a merged Hub-format model (LoRA modes)")
     resume: bool = Field(False, description="continue from the last checkpoint in out/")
+
+    @model_validator(mode="after")
+    def _checkpoints_line_up_with_evaluations(self) -> TrainConfig:
+        # the best checkpoint is chosen by validation loss, so every save needs an evaluation
+        if self.save_steps % self.eval_steps:
+            raise ValueError(f"save_steps ({self.save_steps}) must be a multiple of eval_steps "
+                             f"({self.eval_steps}) so the best checkpoint can be kept")
+        return self

@@ -118,7 +118,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     >>> train(resolve_config(TrainConfig, "configs/demo.yaml", section="train"))  # doctest: +SKIP
     """
     import torch
-    from transformers import Trainer, TrainingArguments, set_seed
+    from transformers import Trainer, set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
     from productvlm.models.loading import load_model, load_processor
@@ -141,7 +141,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     collator = Phi3VCollator(processor, cfg.target_format, cfg.question, cfg.max_length)
 
     ckpt_dir = cfg.out / "checkpoints"
-    args = TrainingArguments(
+    args = _training_arguments(
         output_dir=str(ckpt_dir),
         run_name=cfg.run_name or cfg.out.name,
         per_device_train_batch_size=cfg.batch_size,
@@ -217,6 +217,15 @@ def train(cfg: TrainConfig) -> TrainResult:
         wandb.finish()  # flush the summary now, not at interpreter exit
     return TrainResult(cfg.out, trainer.state.global_step, output.training_loss,
                        trainer.state.best_model_checkpoint)
+
+
+def _training_arguments(**kwargs: Any) -> Any:
+    from transformers import TrainingArguments
+
+    try:
+        return TrainingArguments(**kwargs)
+    except ValueError as e:  # a combination transformers refuses: say it in one line
+        raise ProductVLMError(f"training settings: {str(e).splitlines()[0]}") from None
 
 
 def _currency(train_split: Any) -> str:

@@ -1,0 +1,74 @@
+"""Ctrl-C saves a checkpoint and exits cleanly; `kill -9` loses at most the steps since the
+last checkpoint; `--resume` continues from there."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+EXE = Path(sys.executable).with_name("productvlm")
+pytestmark = pytest.mark.slow
+
+
+def _args(base: Path, data: Path, out: Path, max_steps: int, save_steps: int) -> list[str]:
+    return [str(EXE), "train", "--model", str(base), "--data", str(data), "--out", str(out),
+            "--report-to", "none", "--max-steps", str(max_steps), "--batch-size", "2",
+            "--set", "num_crops=1", "--set", "lora_r=4", "--set", "logging_steps=1",
+            "--set", f"save_steps={save_steps}", "--set", f"eval_steps={save_steps}",
+            "--set", "eval_samples=0", "--set", "lr_scheduler=constant"]
+
+
+def _start(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(cond, proc: subprocess.Popen, timeout: float = 300) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.2)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(base_model, prepared, tmp_path) -> None:
+    out = tmp_path / "run"
+    proc = _start(_args(base_model, prepared, out, 500, 1000))
+    for line in proc.stdout:  # the first training log: steps are running
+        if line.startswith("{'loss'"):
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2, err
+    assert "interrupted at step" in err and "--resume" in err
+    assert "Traceback" not in err
+    ckpts = sorted((out / "checkpoints").glob("checkpoint-*"))
+    assert len(ckpts) == 1
+    step = int(ckpts[0].name.split("-")[1])
+    done = subprocess.run(_args(base_model, prepared, out, step + 2, 1000) + ["--resume"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    state = json.loads((sorted((out / "checkpoints").glob("checkpoint-*"))[-1]
+                        / "trainer_state.json").read_text())
+    assert state["global_step"] == step + 2
+
+
+def test_kill_9_then_resume(base_model, prepared, tmp_path) -> None:
+    out = tmp_path / "run"
+    proc = _start(_args(base_model, prepared, out, 500, 2))
+    ready = out / "checkpoints" / "checkpoint-4" / "trainer_state.json"
+    _wait_for(ready.is_file, proc)
+    proc.kill()  # SIGKILL: no handler runs
+    proc.wait()
+    done = subprocess.run(_args(base_model, prepared, out, 8, 2) + ["--resume"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    steps = [e["step"] for e in lines if "loss" in e]
+    assert steps[-1] == 8
+    assert min(steps) <= 4  # the resumed history carries the steps before the kill
