@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 from typing import BinaryIO
 
-from PIL import ExifTags, Image, ImageOps
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from productvlm.errors import ProductVLMError
 
@@ -52,6 +52,8 @@ def _open_checked(fp: BinaryIO, max_pixels: int) -> Image.Image:
         img = Image.open(fp)
     except Image.DecompressionBombError:
         raise ImageRejected(f"decompression bomb (> {2 * Image.MAX_IMAGE_PIXELS} pixels)") from None
+    except UnidentifiedImageError:  # its message names a buffer object, useless to a user
+        raise ImageRejected("not an image (unknown format)") from None
     except Exception as e:  # Pillow raises many types on garbage: map them all to a reason
         raise ImageRejected(f"not an image ({_short(e)})") from None
     w, h = img.size
