@@ -58,3 +58,12 @@ def test_save_and_reload(tmp_path: Path) -> None:
     path = save_config(cfg, tmp_path / "run")
     assert path.name == "config.yaml"
     assert load_saved_config(DemoConfig, tmp_path / "run") == cfg
+
+
+def test_required_field_names_the_flag() -> None:
+    class Needs(StageConfig):
+        data_dir: Path
+
+    with pytest.raises(ProductVLMError, match="'data_dir' is required; pass --data-dir"):
+        resolve_config(Needs)
+    assert resolve_config(Needs, None, {"data_dir": "x"}).data_dir == Path("x")

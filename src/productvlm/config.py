@@ -35,6 +35,9 @@ def _describe(err: ValidationError, source: str) -> str:
     if not first["loc"]:  # a check across several keys
         return f"{source}: {msg}"
     key = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "missing":
+        flag = "--" + key.replace("_", "-")
+        return f"{source}: '{key}' is required; pass {flag} or set it in a config file"
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown key '{key}'; remove it or check the spelling"
     return f"{source}: key '{key}': {msg} (got {first.get('input')!r})"
@@ -81,17 +84,16 @@ def resolve_config(
             raw = raw[section]
         data.update(raw)
         source = str(config_file)
-    try:
-        cfg = cls.model_validate(data)
-    except ValidationError as e:
-        raise ProductVLMError(_describe(e, source)) from None
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
-    if given:
-        try:
-            cfg = cls.model_validate({**cfg.model_dump(), **given})
-        except ValidationError as e:
-            raise ProductVLMError(_describe(e, "command-line flag")) from None
-    return cfg
+    try:
+        return cls.model_validate({**data, **given})
+    except ValidationError as e:
+        loc = e.errors()[0]["loc"]
+        if loc and loc[0] in given:
+            source = "command-line flag"
+        elif loc and loc[0] not in data and config_file is None:
+            source = "command line"  # e.g. a required value nobody gave
+        raise ProductVLMError(_describe(e, source)) from None
 
 
 def save_config(cfg: StageConfig, out_dir: str | Path, name: str = CONFIG_FILENAME) -> Path:

@@ -239,12 +239,15 @@ def _quantization(compute_dtype: torch.dtype) -> dict[str, Any]:
 
 
 def load_processor(name_or_path: str | os.PathLike, num_crops: int | None = None) -> Phi3VProcessor:
-    """Phi3VProcessor from a Hub id, a model folder or an adapter folder.
+    """Phi3VProcessor from a Hub id, a model, adapter or processor folder.
 
     An adapter folder's own tokenizer files win (a run saves them beside the adapter);
     otherwise its base model's are used. ``num_crops`` overrides preprocessor_config.json.
     """
-    source, adapter = _check_source(name_or_path)
+    if (Path(name_or_path) / "tokenizer.json").is_file():  # a processor folder of its own
+        source, adapter = str(name_or_path), None
+    else:
+        source, adapter = _check_source(name_or_path)
     if adapter is not None and not (Path(source) / "tokenizer.json").is_file():
         source, _ = _check_source(adapter.get("base_model_name_or_path") or "")
     if Path(source).is_dir() and not (Path(source) / "tokenizer.json").is_file():
