@@ -4,10 +4,11 @@ Usage:
     .venv/bin/python bench/bench_serve.py                      # tiny random model, CPU
     .venv/bin/python bench/bench_serve.py --model runs/demo --requests 128 --threads 4
 
-For each server setting (batching on: --max-batch 16; off: --max-batch 1) it starts
-`productvlm serve` as a subprocess, warms it up, then sends single-photo POST /v1/predict
-requests from 1, 4 and 16 concurrent clients (each level bounded by --requests and
---seconds) and prints throughput, p50/p95 latency and errors. A last phase sends 2,000
+It starts two `productvlm serve` subprocesses, batching on (--max-batch 16) and off
+(--max-batch 1), warms both up, then sends single-photo POST /v1/predict requests from 1, 4
+and 16 concurrent clients, each level run on, off, off, on (each run bounded by --requests and
+--seconds) so a shared machine's changing load hits both alike, and prints throughput,
+p50/p95 latency, mean batch size and errors. A last phase sends 2,000
 requests to a fresh batching server and compares its resident memory after 200 and after
 2,000 requests (a leak shows as growth). Figures are printed, never asserted.
 """
@@ -40,6 +41,12 @@ class Level:
     errors: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     mean_batch: float = 0.0
+
+    def merge(self, other: Level) -> Level:
+        errors = {k: self.errors.get(k, 0) + other.errors.get(k, 0)
+                  for k in {*self.errors, *other.errors}}
+        return Level(self.clients, self.latencies + other.latencies, errors,
+                     self.seconds + other.seconds, (self.mean_batch + other.mean_batch) / 2)
 
     @property
     def done(self) -> int:
@@ -186,8 +193,11 @@ def compare(model: str, args: argparse.Namespace, photos: list[bytes]) -> None:
         for server in (on, off):  # warm-up: first calls allocate and build caches
             asyncio.run(load(server.url, 4, 16, 120, photos))
         for clients in args.clients:
-            for server in (on, off):
-                results[server.max_batch, clients] = measure(server, clients, args, photos)
+            # on, off, off, on: a drift in the machine's load over the level cancels out
+            for server in (on, off, off, on):
+                level = measure(server, clients, args, photos)
+                key = (server.max_batch, clients)
+                results[key] = results[key].merge(level) if key in results else level
     finally:
         on.stop()
         off.stop()
@@ -197,7 +207,9 @@ def compare(model: str, args: argparse.Namespace, photos: list[bytes]) -> None:
         ratio = a.throughput / max(b.throughput, 1e-9)
         target = "  (target >= 3x)" if clients == 16 else ""
         print(f"  {clients:3d} clients: {a.throughput:7.2f} / {b.throughput:7.2f} req/s = "
-              f"{ratio:5.2f}x{target}")
+              f"{ratio:5.2f}x{target}; p50 {a.pct(0.5):.0f} / {b.pct(0.5):.0f} ms, "
+              f"p95 {a.pct(0.95):.0f} / {b.pct(0.95):.0f} ms; errors "
+              f"{sum(a.errors.values())} / {sum(b.errors.values())}")
 
 
 def memory_phase(model: str, args: argparse.Namespace, photos: list[bytes]) -> None:
@@ -220,8 +232,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", help="model folder or run; default: a tiny random model")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
-    p.add_argument("--requests", type=int, default=64, help="per concurrency level")
-    p.add_argument("--seconds", type=float, default=60, help="time cap per level")
+    p.add_argument("--requests", type=int, default=32,
+                   help="per run; each level runs twice per setting")
+    p.add_argument("--seconds", type=float, default=45, help="time cap per run")
     p.add_argument("--max-wait-ms", type=float, default=10)
     p.add_argument("--max-new-tokens", type=int, default=32, help="0: the model's setting")
     # One thread: on a shared or small CPU, OpenMP threads that spin-wait for each other
