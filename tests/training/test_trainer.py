@@ -102,6 +102,9 @@ def test_wandb_offline_run_has_metrics_and_prediction_table(base_model, prepared
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
+    import wandb
+
+    wandb.teardown()  # settings cached by an earlier run in this process would pick its dir
     out = tmp_path / "run"
     train(_cfg(base_model, prepared, out, report_to="wandb", max_steps=3, eval_steps=3))
     runs = list(tmp_path.rglob("offline-run-*"))
