@@ -38,6 +38,8 @@ class DemoConfig(StageConfig):
     epochs: float = Field(12.0, gt=0)
     learning_rate: float = Field(5e-4, gt=0)
     batch_size: int = Field(16, ge=1)
+    threads: int = Field(1, ge=1, description="torch compute threads while training")
+    num_workers: int = Field(1, ge=0, description="data loader processes (image work)")
     report_to: str = "wandb"
 
 
@@ -103,9 +105,19 @@ def demo(cfg: DemoConfig) -> DemoResult:
         batch_size=cfg.batch_size, warmup_ratio=0.05, weight_decay=0.01,
         logging_steps=10, eval_steps=steps_per_epoch * 3, save_steps=steps_per_epoch * 3,
         save_total_limit=2, eval_samples=32, seed=cfg.seed, report_to=cfg.report_to,
+        num_workers=cfg.num_workers,
         run_name="demo",
     )
-    train(train_cfg)
+    # One compute thread plus one loader process keeps both cores busy; two OpenMP threads
+    # on a tiny model spin against each other (and against anything else running) instead.
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        train(train_cfg)
+    finally:
+        torch.set_num_threads(threads)
 
     console.rule("4/4 evaluate on the test split")
     result = evaluate(EvalConfig(model=str(cfg.out / "train"), data=cfg.out / "prepared",
