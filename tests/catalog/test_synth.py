@@ -28,8 +28,8 @@ from productvlm.catalog.synth import (
     MAX_SIDE,
     USD_TO_EUR,
     SynthConfig,
-    _products,
     register,
+    sample_products,
     synth,
 )
 from productvlm.config import load_saved_config
@@ -175,7 +175,8 @@ def test_images_look_like_product_shots(clean):
 
 
 def test_catalog_values_look_like_burberrys():
-    rows, specs, _ = _products(SynthConfig(out=Path("unused"), n=3040, seed=0))
+    products = sample_products(SynthConfig(out=Path("unused"), n=3040, seed=0))
+    rows, specs = products.rows, products.specs
     assert {r["category1_code"] for r in rows} == {"WOMAN", "MAN", "KIDS"}
     assert {r["category2_code"] for r in rows} == set(A.CATEGORY2_VALUES)
     assert len(A.CATEGORY2_VALUES) == 26
@@ -205,7 +206,11 @@ def test_visible_attributes_decide_category_and_price():
         for v in it.variants:
             assert owner.setdefault(it.shape_for(v), it.category3) == it.category3
     # the title (all visible attributes) pins the price down to the noise
-    rows, _, _ = _products(SynthConfig(out=Path("unused"), n=3000, seed=1))
+    products = sample_products(SynthConfig(out=Path("unused"), n=3000, seed=1))
+    rows = products.rows
+    for r, a in zip(rows, products.attributes, strict=True):  # every title word is visible
+        assert r["title"] == a.item.title(a.variant, a.colour, a.finish)
+        assert r["category3_code"] == a.item.category3
     by_title: dict[str, list[float]] = defaultdict(list)
     for r in rows:
         by_title[r["title"]].append(r["full_price"])

@@ -116,7 +116,7 @@ ITEMS: tuple[Item, ...] = (
     Item("CROSSBODY BAGS", "Crossbody Bag", "crossbody", 1290, (LEATHER, CHECK, MONOGRAM),
          ((W, 0.6), (M, 0.3), (K, 0.1)), ("BAGS",), BAG_SIZES[:3]),
     Item("BACKPACKS", "Backpack", "backpack", 1990,
-         (Finish("Nylon", "nylon", 0.7), LEATHER, CHECK),
+         (Finish("Nylon", "nylon", 0.7, 1.4), CHECK, MONOGRAM),
          ((M, 0.5), (W, 0.3), (K, 0.2)), ("BAGS",)),
     Item("WALLETS & CARD CASES", "Wallet", "wallet", 390, (LEATHER, CHECK, MONOGRAM),
          ((M, 0.5), (W, 0.5)), ("SMALL LEATHER GOODS", "ACCESSORIES"),
@@ -156,7 +156,7 @@ ITEMS: tuple[Item, ...] = (
          ((M, 0.45), (W, 0.35), (K, 0.2)), ("T-SHIRTS & POLOS", "CLOTHING")),
     Item("SHIRTS", "Shirt", "shirt", 890,
          (Finish("Cotton", "plain", 1.0), Finish("Check Cotton", "check", 1.1, 1.5),
-          Finish("Silk", "silk", 1.6)),
+          Finish("Striped Cotton", "stripe", 1.05)),
          ((M, 0.55), (W, 0.35), (K, 0.1)), ("SHIRTS", "CLOTHING")),
     Item("KNITWEAR", "Sweater", "sweater", 1290,
          (Finish("Cashmere", "knit", 1.0, 1.5), Finish("Check Cashmere", "check", 1.1),
@@ -176,7 +176,8 @@ ITEMS: tuple[Item, ...] = (
                        ("Navy", "Brit")),
          template="{colour} {noun} {variant}"),
     Item("LIPSTICKS", "Lipstick", "lipstick", 38,
-         (Finish("Kisses Matte", "plain", 1.0), Finish("Kisses Sheer", "silk", 1.05)),
+         (Finish("Kisses Matte", "plain", 1.0),  # black case; the sheer one comes in gold
+          Finish("Kisses Sheer", "silk", 1.05, flags=("gold_case",))),
          ((W, 1.0),), ("MAKE-UP", "BEAUTY"), colours=("Red", "Pink", "Beige"),
          template="{colour} {finish} {noun}"),
 )

@@ -27,7 +27,7 @@ GRAIN_SIDE = 1280
 
 #: Texture keys a finish can use; see :func:`texture`.
 TEXTURES = ("plain", "leather", "check", "quilted", "monogram", "alligator", "silk",
-            "argyle", "knit", "nylon", "glass")
+            "argyle", "knit", "nylon", "glass", "stripe")
 
 
 @dataclass(frozen=True)
@@ -137,6 +137,9 @@ def texture(kind: str, colour: RGB, w: int, h: int, rng: np.random.Generator) ->
         diag = (np.abs((xx + yy * 0.667) % period) < period * 0.03) | (
             np.abs((xx - yy * 0.667 + 50 * period) % period) < period * 0.03)
         img[diag] = dark
+    elif kind == "stripe":  # pinstripes: light bands about ten to a product's width
+        period = w / 10.0
+        img[:, _lines(w, period, [(0.0, 0.28)], phase) > 0] = light
     elif kind == "knit":
         period = max(w / 45.0, 3.0)
         img *= (1 + 0.07 * np.sin(2 * np.pi * (xx + phase) / period))[..., None]

@@ -390,8 +390,9 @@ def fragrance(p: Pen) -> None:
 def lipstick(p: Pen) -> None:
     p.body([(0.2, 0.42), (0.8, 0.42), (0.8, 0.12), (0.2, 0.0)])
     p.part_rect((0.12, 0.4, 0.88, 0.5), GOLD)
-    p.part_rect((0.04, 0.5, 0.96, 1.0), DARK, 0.06)
-    p.part_rect((0.04, 0.56, 0.96, 0.6), GOLD)
+    gold = "gold_case" in p.flags
+    p.part_rect((0.04, 0.5, 0.96, 1.0), GOLD if gold else DARK, 0.06)
+    p.part_rect((0.04, 0.56, 0.96, 0.6), DARK if gold else GOLD)
 
 
 #: shape key -> (bounding box aspect ratio width/height, drawing function)

@@ -140,15 +140,40 @@ def _slug(title: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
 
 
-def _products(cfg: SynthConfig) -> tuple[list[dict[str, Any]], list[RenderSpec], list[Path]]:
-    """Clean rows (in BURBERRY_SCHEMA order), their photo specs and image file paths."""
+@dataclass(frozen=True)
+class Attributes:
+    """The visible choices behind one product: what its photo shows."""
+
+    item: A.Item
+    variant: A.Variant
+    colour: str
+    finish: A.Finish
+
+
+@dataclass
+class Products:
+    """Clean catalog rows (BURBERRY_SCHEMA order) with their photo specs, paths, attributes."""
+
+    rows: list[dict[str, Any]]
+    specs: list[RenderSpec]
+    paths: list[Path]
+    attributes: list[Attributes]
+
+
+def sample_products(cfg: SynthConfig) -> Products:
+    """The products ``cfg`` describes, before faults and without drawing anything.
+
+    >>> p = sample_products(SynthConfig(n=3, seed=0))
+    >>> [a.item.category3 for a in p.attributes] == [r["category3_code"] for r in p.rows]
+    True
+    """
     from productvlm.catalog.render import RenderSpec
 
     images = (cfg.out / "images").resolve()
     rng = np.random.default_rng(cfg.seed)
     items = A.ITEMS
     codes = (rng.choice(8_090_000 - 3_450_000, cfg.n, replace=False) + 3_450_000) * 10 + 1
-    rows, specs, paths = [], [], []
+    rows, specs, paths, attrs = [], [], [], []
     for i in range(cfg.n):
         item = _pick(rng, items, [it.weight for it in items])
         finish = _pick(rng, item.finishes, [f.weight for f in item.finishes])
@@ -188,7 +213,8 @@ def _products(cfg: SynthConfig) -> tuple[list[dict[str, Any]], list[RenderSpec],
         specs.append(RenderSpec(item.shape_for(variant), finish.texture, A.COLOURS[colour],
                                 scale, w, h, int(rng.integers(2**63 - 1)), finish.flags))
         paths.append(images / name)
-    return rows, specs, paths
+        attrs.append(Attributes(item, variant, colour, finish))
+    return Products(rows, specs, paths, attrs)
 
 
 def _inject_faults(cfg: SynthConfig, rows: list[dict[str, Any]]) -> list[tuple]:
@@ -302,7 +328,8 @@ def run_synth(cfg: SynthConfig) -> SynthResult:
     t0 = time.perf_counter()
     out = _prepare_out(cfg)
     images = out / "images"
-    rows, specs, paths = _products(cfg)
+    products = sample_products(cfg)
+    rows, specs, paths = products.rows, products.specs, products.paths
     faults = _inject_faults(cfg, rows)
     kind_of = {row: kind for row, _, kind, _ in faults}
     # no file for "N.A.", for a URL that must 404, or for a duplicate (the earlier row's photo)
