@@ -22,7 +22,7 @@ attribute      drawn as                            in the answer
 item (20)      silhouette (tote, Lola chain bag,   category3_code (TOTE BAGS, ...), the
                trench coat, sneakers, ...)         title's noun, the base price
 finish         texture: check, quilting, leather   title words ("Check Cashmere"), price
-               gloss, monogram, alligator, silk    x 0.7 .. x 19 (alligator)
+               gloss, monogram, stripes, silk ...  x 0.7 .. x 19 (alligator)
 variant        share of the frame (Mini .. Large,  first title word ("Medium", "Long",
                30ml .. 100ml) or silhouette        "Cat-eye Frame"), price x 0.55 .. x 1.8
 colour (8)     body colour                         title word; fragrance line (Her, Hero)
