@@ -290,3 +290,12 @@ def test_cli_writes_config_and_refuses_to_overwrite_silently(tmp_path):
     res = runner.invoke(app, [*args, "--overwrite", "--seed", "8"])
     assert res.exit_code == 0, res.output
     assert not stale.exists() and load_saved_config(SynthConfig, out).seed == 8
+
+    # a YAML file's synth: section, with flags overriding it
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("synth:\n  n: 9\n  seed: 3\n  max_side: 80\nprepare:\n  seed: 1\n")
+    res = runner.invoke(app, ["synth", "--config", str(yaml_file), "--out", str(tmp_path / "y"),
+                              "-n", "6"])
+    assert res.exit_code == 0, res.output
+    cfg = load_saved_config(SynthConfig, tmp_path / "y")
+    assert (cfg.n, cfg.seed, cfg.max_side) == (6, 3, 80)

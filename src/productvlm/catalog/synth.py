@@ -384,17 +384,17 @@ def register(app: typer.Typer) -> None:
 
     @app.command("synth")
     def synth_command(
-        out: Path = typer.Option(None, "--out", "-o", help="Output folder [default: data/synth]."),
-        n: int = typer.Option(None, "-n", "--n", help="Number of catalog rows [default: 1000]."),
-        seed: int = typer.Option(None, help="Random seed; same seed, same bytes [default: 0]."),
+        out: Path = typer.Option(None, "--out", "-o", help="Output folder (default data/synth)."),
+        n: int = typer.Option(None, "-n", "--n", help="Number of catalog rows (default 1000)."),
+        seed: int = typer.Option(None, help="Random seed; same seed, same bytes (default 0)."),
         fault_rate: float = typer.Option(
-            None, help="Share of rows with a fault, 0..0.5 [default: 0]."),
+            None, help="Share of rows with a fault, 0..0.5 (default 0)."),
         image_base_url: str = typer.Option(
             None, help="imageurl = URL + file name, for a server of images/ "
-            "[default: absolute file paths]."),
-        max_side: int = typer.Option(None, help="Longest image side in px [default: 960]."),
-        jpeg_quality: int = typer.Option(None, help="JPEG quality [default: 90]."),
-        workers: int = typer.Option(None, help="Render processes; 0 = one per core [default: 0]."),
+            "(default: absolute file paths)."),
+        max_side: int = typer.Option(None, help="Longest image side in px (default 960)."),
+        jpeg_quality: int = typer.Option(None, help="JPEG quality (default 90)."),
+        workers: int = typer.Option(None, help="Render processes; 0 = one per core (default 0)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier output."),
         config: Path = typer.Option(None, "--config", help="YAML config (its synth: section)."),
     ) -> None:
