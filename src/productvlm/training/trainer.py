@@ -168,6 +168,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         activation_checkpointing=cfg.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False},
         dataloader_pin_memory=torch.cuda.is_available(),
+        # without CUDA, say so: accelerate then runs torchrun's processes as MULTI_CPU (gloo)
+        use_cpu=not torch.cuda.is_available(),
         remove_unused_columns=False,  # the collator needs the raw rows (image, price, ...)
         dataloader_num_workers=cfg.num_workers,
         report_to=report_to,
