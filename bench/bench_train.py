@@ -11,6 +11,7 @@ Also prints the wall time and peak memory of the whole training call.
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import tempfile
 import time
@@ -85,8 +86,7 @@ def trainer_path(data: Path, model_dir: Path, out: Path, steps: int, batch: int,
     t0 = time.perf_counter()
     train(cfg)
     wall = time.perf_counter() - t0
-    log = [__import__("json").loads(x) for x in (out / "train_log.jsonl").read_text().split("\n")
-           if x]
+    log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
     rates = [e["samples_per_second"] for e in log if "samples_per_second" in e][warmup:]
     return sum(rates) / len(rates), wall
 

@@ -67,7 +67,11 @@ class ThroughputCallback(TrainerCallback):
         now = time.perf_counter()
         steps = state.global_step - self._step0
         if steps > 0:
-            logs["samples_per_second"] = round(steps * self.samples_per_step / (now - self._t0), 3)
+            rate = round(steps * self.samples_per_step / (now - self._t0), 3)
+            logs["samples_per_second"] = rate
+            last = state.log_history[-1] if state.log_history else {}
+            if last.get("step") == state.global_step and "loss" in last:
+                last["samples_per_second"] = rate  # the Trainer copied logs before this ran
         self._t0, self._step0 = now, state.global_step
 
 
