@@ -55,25 +55,15 @@ def version() -> None:
 
 
 def _register_commands() -> None:
-    # Imported here so `productvlm --help` stays quick: each module imports its heavy
-    # dependencies (torch, transformers) inside its command functions.
-    import importlib
+    # Each stage module adds its own command(s); they import their heavy dependencies
+    # (torch, transformers, datasets) inside the command functions, so --help stays quick.
+    from productvlm import demo, predict_cli
+    from productvlm.catalog import prepare, synth
+    from productvlm.evaluation import evaluate
+    from productvlm.serving import app as serving_app
+    from productvlm.training import trainer
 
-    for mod in (
-        "productvlm.catalog.synth",
-        "productvlm.catalog.prepare",
-        "productvlm.training.trainer",
-        "productvlm.evaluation.evaluate",
-        "productvlm.inference",
-        "productvlm.serving.app",
-        "productvlm.demo",
-    ):
-        try:
-            module = importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name == mod:  # stage not built yet
-                continue
-            raise
+    for module in (synth, prepare, trainer, evaluate, predict_cli, serving_app, demo):
         module.register(app)
 
 

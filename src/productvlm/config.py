@@ -46,7 +46,7 @@ def _describe(err: ValidationError, source: str) -> str:
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping, with a one-line error naming the file when it is not one.
 
-    >>> load_yaml("configs/demo.yaml")["train"]["epochs"]  # doctest: +SKIP
+    >>> load_yaml("configs/burberry-phi3v-lora.yaml")["train"]["epochs"]  # doctest: +SKIP
     """
     p = Path(path)
     if not p.is_file():
@@ -74,7 +74,7 @@ def resolve_config(
     used whole.
 
     >>> from productvlm.catalog.prepare import PrepareConfig  # doctest: +SKIP
-    >>> resolve_config(PrepareConfig, "configs/demo.yaml", {"seed": 3}, section="prepare")
+    >>> resolve_config(PrepareConfig, "prepare.yaml", {"seed": 3}, section="prepare")
     """
     data: dict[str, Any] = {}
     source = "defaults"

@@ -365,9 +365,3 @@ class _Bar:
     def close(self) -> None:
         self.progress.stop()
 
-
-def register(app: Any) -> None:
-    """Add the `predict` command (defined in :mod:`productvlm.predict_cli`)."""
-    from productvlm.predict_cli import register as register_predict
-
-    register_predict(app)

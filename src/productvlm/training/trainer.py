@@ -115,7 +115,8 @@ def _precision(cfg: TrainConfig) -> tuple[bool, bool]:
 def train(cfg: TrainConfig) -> TrainResult:
     """Fine-tune per ``cfg`` and write the run directory; returns where and how far.
 
-    >>> train(resolve_config(TrainConfig, "configs/demo.yaml", section="train"))  # doctest: +SKIP
+    >>> cfg = resolve_config(TrainConfig, "configs/burberry-phi3v-lora.yaml", section="train")
+    >>> train(cfg)  # doctest: +SKIP
     """
     import torch
     from transformers import Trainer, set_seed
