@@ -64,3 +64,19 @@ def test_max_length_truncates_answer_not_prompt(tiny_processor) -> None:
     assert torch.equal(cut["input_ids"][0], full["input_ids"][0, : n - 3])
     with pytest.raises(ProductVLMError, match="max_length"):
         Phi3VCollator(tiny_processor, max_length=20)([ROWS[0]])
+
+
+def test_hflip_mirrors_only_marked_rows(tiny_processor) -> None:
+    from PIL import ImageOps
+
+    from productvlm.training.collate import AUGMENT
+
+    half = Image.new("RGB", (224, 224), "white")
+    half.paste(Image.new("RGB", (112, 224), "black"))  # left half black: a flip shows
+    row = {"title": "Medium Lola Bag", "category": "BAGS", "price": 2290.0, "image": half}
+    plain = Phi3VCollator(tiny_processor)([row])["pixel_values"]
+    mirrored = Phi3VCollator(tiny_processor)([{**row, "image": ImageOps.mirror(half)}])
+    flip_all = Phi3VCollator(tiny_processor, hflip=1.0)
+    assert torch.equal(flip_all([row])["pixel_values"], plain)  # evaluation rows: untouched
+    out = flip_all([{**row, AUGMENT: True}])["pixel_values"]
+    assert torch.equal(out, mirrored["pixel_values"]) and not torch.equal(out, plain)

@@ -27,6 +27,7 @@ from productvlm.prompts import (
 )
 
 IGNORE_INDEX = -100
+AUGMENT = "_augment"  # column marking rows whose photos may be mirrored (the train split)
 ROW_FIELDS = ("title", "category", "price", "image")
 
 
@@ -71,10 +72,18 @@ class Phi3VCollator:
     target_format: TargetFormat = "seed"
     question: str = QUESTION
     max_length: int = 4096
+    hflip: float = 0.0  # chance of mirroring a photo of a row marked AUGMENT (training rows)
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         tok = self.processor.tokenizer
         examples = [row_to_example(r, tok, self.target_format, self.question) for r in rows]
+        if self.hflip:
+            from PIL import ImageOps
+
+            for row, ex in zip(rows, examples, strict=True):
+                # torch's RNG: seeded by the Trainer, and per loader worker
+                if row.get(AUGMENT) and torch.rand(()).item() < self.hflip:
+                    ex.image = ImageOps.mirror(ex.image)
         batch = self.processor(
             text=[e.prompt for e in examples],
             images=[[e.image] for e in examples],

@@ -29,6 +29,7 @@ class TrainConfig(StageConfig):
     max_length: int = Field(4096, ge=16, description="max tokens per example, image included")
     target_format: TargetFormat = Field("seed", description="'seed' (cookbook) or 'json'")
     question: str = Field(QUESTION, description="the user turn after the image tag")
+    hflip: float = Field(0.0, ge=0, le=1, description="chance of mirroring a training photo")
 
     mode: Literal["lora", "qlora", "full"] = Field("lora", description="what is trained")
     lora_r: int = Field(64, ge=1, description="LoRA rank")

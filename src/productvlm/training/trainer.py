@@ -128,7 +128,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         InterruptCallback,
         ThroughputCallback,
     )
-    from productvlm.training.collate import Phi3VCollator
+    from productvlm.training.collate import AUGMENT, Phi3VCollator
 
     if cfg.resume:
         _check_resume(cfg)
@@ -139,7 +139,8 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     model = load_model(cfg.model, cfg=cfg, bf16=bf16)
     processor = load_processor(cfg.model, num_crops=cfg.num_crops)
-    collator = Phi3VCollator(processor, cfg.target_format, cfg.question, cfg.max_length)
+    collator = Phi3VCollator(processor, cfg.target_format, cfg.question, cfg.max_length,
+                             hflip=cfg.hflip)
 
     ckpt_dir = cfg.out / "checkpoints"
     args = _training_arguments(
@@ -188,7 +189,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     trainer = Trainer(
         model=model,
         args=args,
-        train_dataset=ds["train"],
+        train_dataset=(ds["train"].add_column(AUGMENT, [True] * len(ds["train"]))
+                       if cfg.hflip else ds["train"]),
         eval_dataset=ds["validation"],
         data_collator=collator,
         processing_class=processor,
