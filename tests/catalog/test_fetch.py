@@ -22,7 +22,7 @@ import pytest
 from PIL import ExifTags, Image
 
 from productvlm.catalog.fetch import FetchConfig, FetchResult, fetch_images, open_image
-from productvlm.catalog.fetch_http import retry_after_seconds
+from productvlm.catalog.fetch_http import ClientPools, retry_after_seconds
 from productvlm.errors import ProductVLMError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -338,8 +338,8 @@ def test_damaged_cache_entry_is_fetched_again(server, tmp_path):
     url = server.add("/d.jpg", Resp(body=jpeg()))
     config = cfg(cache_dir=tmp_path / "cache")
     fetch([url], config)
-    [entry] = [p for p in (tmp_path / "cache").rglob("*.bin")]
-    entry.write_bytes(entry.read_bytes()[:-100])  # what a non-atomic writer could leave
+    [pack] = (tmp_path / "cache" / "packs").glob("*.pack")
+    pack.write_bytes(pack.read_bytes()[:-100])  # what a writer killed mid-append leaves
     [r] = fetch([url], config)
     assert r.ok and not r.cached and server.hits["/d.jpg"] == 2
 
@@ -376,7 +376,8 @@ def test_resume_after_kill_9_downloads_nothing_twice(server, tmp_path):
     assert all(r.ok for r in results)
     assert [r.cached for r in results] == [True] * 10 + [False] * 20
     assert all(server.served[f"/r{i}.jpg"] == 1 for i in range(30)), server.served
-    assert not list((cache / "tmp").iterdir())  # no half-written entries left behind
+    packs = sorted((cache / "packs").glob("*.pack"))
+    assert len(packs) == 2  # the killed run's pack, still read, and this run's
 
 
 # --- local files --------------------------------------------------------------------------
@@ -479,3 +480,30 @@ def test_unusable_cache_dir_or_local_root_fails_at_the_call(tmp_path):
         fetch_images(["a.jpg"], cfg(local_root=tmp_path / "nope"))
     with pytest.raises(ProductVLMError, match=r"cache_dir .*file: cannot use it"):
         fetch_images(["a.jpg"], cfg(cache_dir=a_file))
+
+
+def test_cache_keeps_entries_before_a_torn_record_and_appends_after_it(server, tmp_path):
+    urls = [server.add(f"/t{i}.jpg", Resp(body=jpeg(i))) for i in range(3)]
+    config = cfg(cache_dir=tmp_path / "cache")
+    fetch(urls, config)
+    [pack] = (tmp_path / "cache" / "packs").glob("*.pack")
+    with pack.open("ab") as f:
+        f.write(b'PVC1 {"source": "http://half')  # a header cut short by kill -9
+    again = fetch([*urls, server.add("/t3.jpg", Resp(body=jpeg(3)))], config)
+    assert [r.cached for r in again] == [True, True, True, False]
+    assert fetch(urls[:1] + [again[3].source], config)[1].cached  # the new pack is read too
+
+
+def test_proxy_variables_are_honoured_once_per_fetch(monkeypatch):
+    import asyncio
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.corp:3128")
+    monkeypatch.setenv("NO_PROXY", "images.internal,127.0.0.1")
+
+    async def proxies():
+        async with ClientPools(FetchConfig()) as pools:
+            return [pools.proxy_for(u) for u in
+                    ("https://cdn.example.com/a.jpg", "https://images.internal/b.jpg",
+                     "http://127.0.0.1:8000/c.jpg")]
+
+    assert asyncio.run(proxies()) == ["http://proxy.corp:3128", None, None]

@@ -1,18 +1,14 @@
 """Fetch catalog images: concurrent, polite, validated, cached, resumable.
 
 ``fetch_images(sources, cfg)`` turns a stream of image URLs or paths into ``FetchResult``s
-in input order. An asyncio loop in a background thread downloads (httpx2, bounded overall and
+in input order. An asyncio loop in a background thread downloads (aiohttp, bounded overall and
 per host, retries with backoff on timeouts/429/5xx honouring Retry-After, streamed with a size
 cap), a thread pool sized to the cores validates and normalises the bytes (Pillow releases the
 GIL while decoding), and the caller's thread reorders results and draws the progress bar.
 At most ``window`` sources are between admission and being yielded, so a 20,000-image
 catalog streams through in bounded memory. With ``cache_dir`` every outcome worth keeping is
-written atomically as soon as it is known, so a rerun, or a run resumed after ``kill -9``,
+appended to the cache as soon as it is known, so a rerun, or a run resumed after ``kill -9``,
 downloads nothing twice.
-
-We use ``httpx2`` (the maintained fork of httpx, same API, already required by
-huggingface_hub): httpx 0.28's connection pool costs ~10 ms of CPU per request at 64
-connections, which alone would cap a fetch at ~100 images/s; httpx2's costs ~1 ms.
 """
 
 from __future__ import annotations
@@ -31,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx2 as httpx
 from pydantic import Field
+from yarl import URL
 
 from productvlm import __version__
 from productvlm.catalog.fetch_cache import FetchCache
@@ -150,6 +146,8 @@ class _Fetcher:
             self.out.put(_DONE)
             self.loop.close()
             self.pool.shutdown(wait=False, cancel_futures=True)
+            if self.cache is not None:
+                self.cache.close()
 
     def release(self) -> None:
         """One result left the reorder buffer: admit one more source."""
@@ -206,7 +204,7 @@ class _Fetcher:
                 hit = await self._in_pool(self._cached, source.strip())
                 if hit is not None:
                     return dataclasses.replace(hit, source=source)
-            sem = self.hosts[httpx.URL(target).host]
+            sem = self.hosts[URL(target).host or ""]
             raw = await download(self.pools, target, self.cfg, sem, self.overall)
             return await self._in_pool(self._finish, source, raw, True)
         except Fail as f:

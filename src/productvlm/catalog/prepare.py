@@ -244,7 +244,7 @@ def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
-    for pkg in ("productvlm", "datasets", "pyarrow", "pillow", "pandas", "httpx"):
+    for pkg in ("productvlm", "datasets", "pyarrow", "pillow", "pandas", "aiohttp"):
         with contextlib.suppress(PackageNotFoundError):
             out[pkg] = version(pkg)
     return out
