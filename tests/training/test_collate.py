@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -80,3 +81,21 @@ def test_hflip_mirrors_only_marked_rows(tiny_processor) -> None:
     assert torch.equal(flip_all([row])["pixel_values"], plain)  # evaluation rows: untouched
     out = flip_all([{**row, AUGMENT: True}])["pixel_values"]
     assert torch.equal(out, mirrored["pixel_values"]) and not torch.equal(out, plain)
+
+
+def test_shift_moves_the_photo_and_fills_with_its_background() -> None:
+    from productvlm.training.collate import augment
+
+    photo = Image.new("RGB", (100, 80), (240, 235, 230))
+    photo.paste((200, 20, 20), (40, 30, 60, 50))  # a red 20x20 product in the middle
+    torch.manual_seed(0)
+    moved = [augment(photo, hflip=0.0, shift=0.1) for _ in range(20)]
+    assert all(m.size == photo.size for m in moved)
+    arrays = [np.asarray(m) for m in moved]
+    red = [np.argwhere((a == (200, 20, 20)).all(-1)) for a in arrays]
+    assert all(len(r) == 400 for r in red)  # never cut: the whole product, as big as before
+    offsets = {(int(r[0][1]) - 40, int(r[0][0]) - 30) for r in red}
+    assert len(offsets) > 5 and all(abs(dx) <= 10 and abs(dy) <= 8 for dx, dy in offsets)
+    rest = np.concatenate([a.reshape(-1, 3) for a in arrays])
+    assert set(map(tuple, rest.tolist())) == {(240, 235, 230), (200, 20, 20)}  # no black edges
+    assert augment(photo, hflip=0.0, shift=0.0) is photo

@@ -149,3 +149,24 @@ def test_two_cpu_processes_match_one_process(base_model, prepared, tmp_path) -> 
     assert a[4] < 0.97 * a[1]  # the curve moves, so matching it means something
     for step in a:
         assert b[step] == pytest.approx(a[step], rel=0.02), step
+
+
+def test_vision_lr_gives_the_image_side_its_own_rate(tmp_path) -> None:
+    from transformers import TrainingArguments
+
+    from productvlm.models.phi3v.tiny import tiny_model
+    from productvlm.training.trainer import _trainer_class
+
+    model = tiny_model()
+    args = TrainingArguments(output_dir=str(tmp_path), learning_rate=1e-3, weight_decay=0.01,
+                             use_cpu=True, report_to=[])
+    optimizer = _trainer_class(5e-3)(model=model, args=args).create_optimizer()
+    groups = [(g["lr"], g["weight_decay"], p) for g in optimizer.param_groups for p in g["params"]]
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert sorted(id(p) for *_, p in groups) == sorted(id(p) for p in trainable.values())
+    rate = {id(p): lr for lr, _, p in groups}
+    for name, p in trainable.items():
+        assert rate[id(p)] == (5e-3 if "vision_embed_tokens" in name else 1e-3), name
+    # weight decay still spares biases and norms on both sides
+    assert {(lr, wd) for lr, wd, _ in groups} == {(1e-3, 0.01), (1e-3, 0.0), (5e-3, 0.01),
+                                                  (5e-3, 0.0)}

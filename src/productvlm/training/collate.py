@@ -27,7 +27,7 @@ from productvlm.prompts import (
 )
 
 IGNORE_INDEX = -100
-AUGMENT = "_augment"  # column marking rows whose photos may be mirrored (the train split)
+AUGMENT = "_augment"  # column marking rows whose photos may be augmented (the train split)
 ROW_FIELDS = ("title", "category", "price", "image")
 
 
@@ -59,6 +59,31 @@ def row_to_example(
     )
 
 
+def augment(image: Any, hflip: float, shift: float) -> Any:
+    """Mirror (with chance ``hflip``) and move (up to ``shift`` of each side) a product photo.
+
+    Only changes that keep every label true: a mirrored or moved bag is the same bag, of the
+    same colour, and fills as much of the frame (the size words). Vacated pixels take the
+    colour of the photo's corner, i.e. its background. torch's RNG drives it: the Trainer
+    seeds it, and per loader worker.
+
+    >>> augment(photo, hflip=0.5, shift=0.1).size == photo.size  # doctest: +SKIP
+    True
+    """
+    from PIL import Image, ImageOps
+
+    if hflip and torch.rand(()).item() < hflip:
+        image = ImageOps.mirror(image)
+    if shift:
+        w, h = image.size
+        dx, dy = ((torch.rand(2) * 2 - 1) * shift * torch.tensor([w, h])).round().int().tolist()
+        if dx or dy:
+            moved = Image.new("RGB", (w, h), image.getpixel((0, 0)))
+            moved.paste(image, (dx, dy))
+            image = moved
+    return image
+
+
 @dataclass
 class Phi3VCollator:
     """Batches rows of any size and mixed image sizes into model inputs with labels.
@@ -73,17 +98,15 @@ class Phi3VCollator:
     question: str = QUESTION
     max_length: int = 4096
     hflip: float = 0.0  # chance of mirroring a photo of a row marked AUGMENT (training rows)
+    shift: float = 0.0  # largest move of such a photo, as a share of its width and height
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         tok = self.processor.tokenizer
         examples = [row_to_example(r, tok, self.target_format, self.question) for r in rows]
-        if self.hflip:
-            from PIL import ImageOps
-
+        if self.hflip or self.shift:
             for row, ex in zip(rows, examples, strict=True):
-                # torch's RNG: seeded by the Trainer, and per loader worker
-                if row.get(AUGMENT) and torch.rand(()).item() < self.hflip:
-                    ex.image = ImageOps.mirror(ex.image)
+                if row.get(AUGMENT):
+                    ex.image = augment(ex.image, self.hflip, self.shift)
         batch = self.processor(
             text=[e.prompt for e in examples],
             images=[[e.image] for e in examples],

@@ -30,6 +30,9 @@ class TrainConfig(StageConfig):
     target_format: TargetFormat = Field("seed", description="'seed' (cookbook) or 'json'")
     question: str = Field(QUESTION, description="the user turn after the image tag")
     hflip: float = Field(0.0, ge=0, le=1, description="chance of mirroring a training photo")
+    shift: float = Field(
+        0.0, ge=0, le=0.5, description="largest random move of a training photo (share of side)"
+    )
 
     mode: Literal["lora", "qlora", "full"] = Field("lora", description="what is trained")
     lora_r: int = Field(64, ge=1, description="LoRA rank")
@@ -44,6 +47,9 @@ class TrainConfig(StageConfig):
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
 
     learning_rate: float = Field(2e-4, gt=0)
+    vision_lr: float | None = Field(
+        None, gt=0, description="learning rate of the vision tower and projection; None: the same"
+    )
     epochs: float = Field(3.0, gt=0)
     max_steps: int = Field(-1, description="stop after this many optimizer steps (-1: epochs)")
     batch_size: int = Field(4, ge=1, description="per device")

@@ -112,6 +112,31 @@ def _precision(cfg: TrainConfig) -> tuple[bool, bool]:
     return cfg.precision == "bf16", cfg.precision == "fp16"
 
 
+def _trainer_class(vision_lr: float | None) -> type:
+    """transformers' Trainer, or one that gives the image side its own learning rate."""
+    from transformers import Trainer
+
+    if vision_lr is None:
+        return Trainer
+
+    class VisionLRTrainer(Trainer):
+        # Each of Trainer's groups (decay / no decay) is split in two, so weight decay, the
+        # schedule's warm-up and decay, and checkpoints of the optimizer all work as before.
+        def create_optimizer(self, model: Any = None) -> Any:
+            optimizer = super().create_optimizer(model)
+            vision = {id(p) for n, p in (model or self.model).named_parameters()
+                      if "vision_embed_tokens" in n}
+            for group in list(optimizer.param_groups):
+                moved = [p for p in group["params"] if id(p) in vision]
+                if moved:
+                    group["params"] = [p for p in group["params"] if id(p) not in vision]
+                    extra = {k: v for k, v in group.items() if k != "params"}
+                    optimizer.add_param_group({**extra, "params": moved, "lr": vision_lr})
+            return optimizer
+
+    return VisionLRTrainer
+
+
 def train(cfg: TrainConfig) -> TrainResult:
     """Fine-tune per ``cfg`` and write the run directory; returns where and how far.
 
@@ -119,7 +144,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     >>> train(cfg)  # doctest: +SKIP
     """
     import torch
-    from transformers import Trainer, set_seed
+    from transformers import set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
     from productvlm.models.loading import load_model, load_processor
@@ -140,7 +165,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     model = load_model(cfg.model, cfg=cfg, bf16=bf16)
     processor = load_processor(cfg.model, num_crops=cfg.num_crops)
     collator = Phi3VCollator(processor, cfg.target_format, cfg.question, cfg.max_length,
-                             hflip=cfg.hflip)
+                             hflip=cfg.hflip, shift=cfg.shift)
 
     ckpt_dir = cfg.out / "checkpoints"
     args = _training_arguments(
@@ -186,11 +211,11 @@ def train(cfg: TrainConfig) -> TrainResult:
     callbacks: list[Any] = [interrupt]
     if cfg.eval_samples:
         callbacks.append(GenerationEvalCallback(processor, ds["validation"], cfg))
-    trainer = Trainer(
+    trainer = _trainer_class(cfg.vision_lr)(
         model=model,
         args=args,
         train_dataset=(ds["train"].add_column(AUGMENT, [True] * len(ds["train"]))
-                       if cfg.hflip else ds["train"]),
+                       if cfg.hflip or cfg.shift else ds["train"]),
         eval_dataset=ds["validation"],
         data_collator=collator,
         processing_class=processor,
