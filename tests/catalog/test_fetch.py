@@ -22,7 +22,7 @@ import pytest
 from PIL import ExifTags, Image
 
 from productvlm.catalog.fetch import FetchConfig, FetchResult, fetch_images, open_image
-from productvlm.catalog.fetch_http import ClientPools, retry_after_seconds
+from productvlm.catalog.fetch_http import HttpSession, retry_after_seconds
 from productvlm.errors import ProductVLMError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -501,8 +501,8 @@ def test_proxy_variables_are_honoured_once_per_fetch(monkeypatch):
     monkeypatch.setenv("NO_PROXY", "images.internal,127.0.0.1")
 
     async def proxies():
-        async with ClientPools(FetchConfig()) as pools:
-            return [pools.proxy_for(u) for u in
+        async with HttpSession(FetchConfig()) as http:
+            return [http.proxy_for(u) for u in
                     ("https://cdn.example.com/a.jpg", "https://images.internal/b.jpg",
                      "http://127.0.0.1:8000/c.jpg")]
 

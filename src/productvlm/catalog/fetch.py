@@ -32,7 +32,7 @@ from yarl import URL
 
 from productvlm import __version__
 from productvlm.catalog.fetch_cache import FetchCache
-from productvlm.catalog.fetch_http import ClientPools, Fail, classify_source, download
+from productvlm.catalog.fetch_http import Fail, HttpSession, classify_source, download
 from productvlm.catalog.images import (
     DEFAULT_MAX_PIXELS,
     ImageRejected,
@@ -171,7 +171,7 @@ class _Fetcher:
             lambda: asyncio.Semaphore(cfg.per_host)
         )
         self.inflight: dict[str, asyncio.Task] = {}
-        async with ClientPools(cfg) as self.pools, asyncio.TaskGroup() as tg:
+        async with HttpSession(cfg) as self.http, asyncio.TaskGroup() as tg:
             for index, source in enumerate(sources):
                 await self.slots.acquire()
                 if self.stopping:
@@ -198,14 +198,14 @@ class _Fetcher:
             kind, target = classify_source(source)
             if kind == "file":
                 return await self._in_pool(self._local, source, target)
-            # A miss is one stat() here, so requests still reach the network in source
+            # A miss is one index lookup here, so requests still reach the network in source
             # order (results are yielded in that order); hits are read in the pool.
             if self.cache is not None and self.cache.has(source.strip()):
                 hit = await self._in_pool(self._cached, source.strip())
                 if hit is not None:
                     return dataclasses.replace(hit, source=source)
             sem = self.hosts[URL(target).host or ""]
-            raw = await download(self.pools, target, self.cfg, sem, self.overall)
+            raw = await download(self.http, target, self.cfg, sem, self.overall)
             return await self._in_pool(self._finish, source, raw, True)
         except Fail as f:
             # Remember answers that a retry would not change (404, HTML page) so a rerun does

@@ -117,11 +117,11 @@ def backoff_seconds(attempt: int, base: float, cap: float) -> float:
     return delay / 2 + random.uniform(0, delay / 2)
 
 
-class ClientPools:
+class HttpSession:
     """The aiohttp session every download of one fetch shares (one pool, keep-alive).
 
-    >>> async with ClientPools(cfg) as pools:  # doctest: +SKIP
-    ...     data = await download(pools, url, cfg, host_slots, overall_slots)
+    >>> async with HttpSession(cfg) as http:  # doctest: +SKIP
+    ...     data = await download(http, url, cfg, host_slots, overall_slots)
     """
 
     def __init__(self, cfg: FetchConfig) -> None:
@@ -129,7 +129,7 @@ class ClientPools:
         self.session: aiohttp.ClientSession | None = None
         self.proxies: dict[str, str] = {}
 
-    async def __aenter__(self) -> ClientPools:
+    async def __aenter__(self) -> HttpSession:
         cfg = self.cfg
         self.session = aiohttp.ClientSession(
             # our semaphores bound requests per host; the connector bounds sockets overall
@@ -159,14 +159,14 @@ class ClientPools:
 
 
 async def download(
-    pools: ClientPools,
+    http: HttpSession,
     url: str,
     cfg: FetchConfig,
     host_slots: asyncio.Semaphore,
     overall_slots: asyncio.Semaphore,
 ) -> bytes:
     """GET ``url`` with retries; slots are held only while a request is on the wire."""
-    assert pools.session is not None, "use ClientPools as an async context manager"
+    assert http.session is not None, "use HttpSession as an async context manager"
     last = "no attempt"
     for attempt in range(cfg.retries + 1):
         wait = None
@@ -174,7 +174,7 @@ async def download(
         async with host_slots, overall_slots:
             try:
                 async with asyncio.timeout(cfg.timeout_s):
-                    return await _get_once(pools.session, url, cfg, pools.proxy_for(url))
+                    return await _get_once(http.session, url, cfg, http.proxy_for(url))
             except _Retry as r:
                 last, wait = r.reason, r.wait
             except TimeoutError:  # asyncio's, and aiohttp's socket/connect timeouts
