@@ -97,6 +97,39 @@ def cpu_section(samples: int, rounds: int) -> None:
         rates[bs] = samples / best
         print(f"batch {bs}: {rates[bs]:.1f} samples/s ({best:.2f} s for {samples} samples)")
     print(f"ratio batch 8 / batch-1 loop: {rates[8] / rates[1]:.2f}x (target >= 3x)")
+    gemm_ceiling(cfg, batches[8], rates)
+
+
+def gemm_ceiling(cfg: Phi3VConfig, batches: list, rates: dict[int, float]) -> None:
+    """How fast any batching could be here: the step's FLOPs at this CPU's matmul speed.
+
+    Batching pays on a GPU because small matmuls leave it idle; a CPU core runs even the
+    batch-1 matmuls near its peak, so batching can only remove per-step overhead (Python,
+    kernel launches, the optimizer step). The ceiling is the batch-1 loop's time per sample
+    over the time the step's FLOPs take at the best rate measured for the model's own matmul.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = tiny_model(cfg, seed=0).train()
+    samples = flops = 0
+    for batch in batches:
+        with FlopCounterMode(display=False) as counter:
+            model(**batch).loss.backward()
+        flops += counter.get_total_flops()
+        samples += batch["input_ids"].shape[0]
+    rows = int(batches[0]["attention_mask"].sum())
+    a, b = torch.randn(rows, cfg.hidden_size), torch.randn(cfg.hidden_size, 4 * cfg.hidden_size)
+    best = float("inf")
+    for _ in range(50):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    rate = 2 * a.shape[0] * a.shape[1] * b.shape[1] / best
+    floor = flops / samples / rate  # seconds per sample with every FLOP at that rate
+    print(f"GEMM ceiling: {flops / samples / 1e9:.2f} GFLOP per sample (forward + backward), "
+          f"matmul peak here {rate / 1e9:.0f} GFLOP/s -> at best {1 / floor:.0f} samples/s, "
+          f"i.e. at most {(1 / floor) / rates[1]:.2f}x the batch-1 loop; batch 8 reaches "
+          f"{rates[8] * floor:.0%} of that speed")
 
 
 def lora_step_figures(cfg: Phi3VConfig, device: str, batch_size: int = 2, steps: int = 5,

@@ -280,3 +280,14 @@ def test_full_size_configs_build_the_hub_architecture(conformance_dir) -> None:
         tower = vision + "img_processor.vision_model."
         assert shapes[tower + "embeddings.position_embedding.weight"] == (577, 1024)
         assert shapes[tower + "encoder.layers.23.mlp.fc1.weight"] == (4096, 1024)
+
+
+def test_torch_vision_init_changes_only_the_image_side() -> None:
+    cfg = tiny_config(VOCAB)
+    clip, torch_init = tiny_model(cfg, seed=0), tiny_model(cfg, seed=0, vision_init="torch")
+    pos = "model.vision_embed_tokens.img_processor.vision_model.embeddings.position_embedding"
+    clip_sd, torch_sd = clip.state_dict(), torch_init.state_dict()
+    assert clip_sd[f"{pos}.weight"].std() < 0.05 < 0.5 < torch_sd[f"{pos}.weight"].std()
+    for name, value in clip_sd.items():
+        if "vision_embed_tokens." not in name:
+            assert torch.equal(value, torch_sd[name]), name

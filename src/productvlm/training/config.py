@@ -51,6 +51,11 @@ class TrainConfig(StageConfig):
         None, gt=0, description="learning rate of the vision tower and projection; None: the same"
     )
     epochs: float = Field(3.0, gt=0)
+    vision_warmup_epochs: float = Field(
+        0.0, ge=0, description="first train the image side alone on category + title words "
+        "(for a tower that starts from random weights); 0: off"
+    )
+    vision_warmup_lr: float = Field(1e-3, gt=0, description="learning rate of that warm-up")
     max_steps: int = Field(-1, description="stop after this many optimizer steps (-1: epochs)")
     batch_size: int = Field(4, ge=1, description="per device")
     grad_accum: int = Field(1, ge=1, description="gradient accumulation steps")

@@ -169,6 +169,10 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     model = load_model(cfg.model, cfg=cfg, bf16=bf16)
     processor = load_processor(cfg.model, num_crops=cfg.num_crops)
+    if cfg.vision_warmup_epochs and not cfg.resume:  # a checkpoint holds the warmed weights
+        from productvlm.training.vision_warmup import warm_up_vision
+
+        warm_up_vision(model, processor, ds["train"], ds["validation"], cfg)
     collator = Phi3VCollator(processor, cfg.target_format, cfg.question, cfg.max_length,
                              hflip=cfg.hflip, shift=cfg.shift)
 

@@ -1,0 +1,186 @@
+"""Vision warm-up: teach a randomly initialised image side to see products before fine-tuning.
+
+Phi-3-vision's CLIP tower arrives pretrained. A tower that starts from random weights (the
+demo's tiny model, or a new architecture) learns slowly through the language model alone: in
+the demo, a linear probe on the tower's features after full fine-tuning reached category
+accuracy 0.74 / 0.84 (validation / test), while the same tower trained directly on the photos'
+labels reached 0.91 / 0.92. So, as real VLMs start from a pretrained tower, the warm-up first
+trains the image side (CLIP tower, separators, projection) to predict from each training photo
+its category and the words of its title (colour, finish, silhouette, size: a tagging task);
+fine-tuning then starts from a tower that already tells a tote from a shoulder bag.
+
+The heads are thrown away afterwards; only the image side's weights change. Training photos
+are augmented as in fine-tuning (``hflip``, ``shift``). It is skipped on ``--resume``: the
+checkpoint holds the warmed-up weights.
+
+>>> stats = warm_up_vision(model, processor, ds["train"], ds["validation"], cfg)  # doctest: +SKIP
+>>> stats["validation_category_accuracy"]  # doctest: +SKIP
+0.91
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from productvlm.errors import ProductVLMError
+from productvlm.training.collate import augment
+from productvlm.training.config import TrainConfig
+
+VISION_MODULE = "vision_embed_tokens"
+TAG_WEIGHT = 1.0  # title-word loss relative to the category loss
+
+
+def title_words(title: str) -> list[str]:
+    """The tags of a title: its lower-cased words.
+
+    >>> title_words("Medium Pink Check Tote")
+    ['medium', 'pink', 'check', 'tote']
+    """
+    return title.lower().split()
+
+
+def _image_side(model: Any) -> nn.Module:
+    for name, module in model.named_modules():
+        if name.endswith(VISION_MODULE):
+            return module
+    raise ProductVLMError("vision warm-up: the model has no image side (vision_embed_tokens)")
+
+
+class _Heads(nn.Module):
+    """Pooled image embedding -> category logits and title-word logits."""
+
+    def __init__(self, width: int, categories: int, words: int) -> None:
+        super().__init__()
+        self.category = nn.Linear(width, categories)
+        self.words = nn.Linear(width, words)
+
+    def forward(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.category(pooled), self.words(pooled)
+
+
+class _Photos(torch.utils.data.Dataset):
+    """Rows -> (pixel tensors, labels); augmentation runs here, in the loader's workers."""
+
+    def __init__(self, rows: Any, image_processor: Any, cats: dict[str, int],
+                 words: dict[str, int], hflip: float, shift: float) -> None:
+        self.rows, self.image_processor = rows, image_processor
+        self.cats, self.words = cats, words
+        self.hflip, self.shift = hflip, shift
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        row = self.rows[i]
+        image = augment(row["image"].convert("RGB"), self.hflip, self.shift)
+        tags = torch.zeros(len(self.words))
+        for w in title_words(row["title"]):
+            if w in self.words:
+                tags[self.words[w]] = 1.0
+        return {"image": image, "category": self.cats.get(row["category"], -100), "tags": tags}
+
+    def collate(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        vision = self.image_processor([x["image"] for x in items])
+        return {"pixel_values": vision["pixel_values"], "image_sizes": vision["image_sizes"],
+                "category": torch.tensor([x["category"] for x in items]),
+                "tags": torch.stack([x["tags"] for x in items])}
+
+
+def _pooled(side: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    dtype = next(side.parameters()).dtype
+    tokens = side(batch["pixel_values"].to(dtype), batch["image_sizes"])
+    return torch.stack([t.mean(0) for t in tokens]).float()
+
+
+def warm_up_vision(model: Any, processor: Any, train_rows: Any, val_rows: Any | None,
+                   cfg: TrainConfig) -> dict[str, Any]:
+    """Train the image side of ``model`` in place on category + title-word tags.
+
+    Returns figures (epochs, seconds, train loss, validation category accuracy), also
+    written to ``cfg.out/vision_warmup.json``.
+    """
+    from transformers import get_cosine_schedule_with_warmup
+
+    side = _image_side(model)
+    params = [p for p in side.parameters() if p.requires_grad]
+    if not params:
+        raise ProductVLMError("vision_warmup_epochs needs a trainable image side: set "
+                              "freeze_vision: false (or vision_warmup_epochs: 0)")
+    categories = sorted(set(train_rows["category"]))
+    vocab = sorted({w for t in train_rows["title"] for w in title_words(t)})
+    cats = {c: i for i, c in enumerate(categories)}
+    words = {w: i for i, w in enumerate(vocab)}
+    width = model.config.hidden_size
+    heads = _Heads(width, len(cats), len(words)).to(next(side.parameters()).device)
+    mean_tags = max(1.0, sum(len(title_words(t)) for t in train_rows["title"]) / len(train_rows))
+
+    photos = _Photos(train_rows, processor.image_processor, cats, words, cfg.hflip, cfg.shift)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    loader = torch.utils.data.DataLoader(
+        photos, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=generator,
+        collate_fn=photos.collate, num_workers=cfg.num_workers,
+        persistent_workers=cfg.num_workers > 0)
+    steps = max(1, math.ceil(cfg.vision_warmup_epochs * len(loader)))
+    optimizer = torch.optim.AdamW([*params, *heads.parameters()], lr=cfg.vision_warmup_lr,
+                                  weight_decay=0.05)
+    schedule = get_cosine_schedule_with_warmup(optimizer, max(1, steps // 20), steps)
+    device = next(side.parameters()).device
+
+    was_training = model.training
+    model.train()
+    started, step, losses = time.perf_counter(), 0, []
+    from tqdm.auto import tqdm
+
+    with tqdm(total=steps, desc="vision warm-up", unit="step") as bar:
+        while step < steps:
+            for batch in loader:
+                batch = {k: v.to(device) for k, v in batch.items()}
+                cat_logits, tag_logits = heads(_pooled(side, batch))
+                loss = nn.functional.cross_entropy(cat_logits, batch["category"]) + TAG_WEIGHT * (
+                    nn.functional.binary_cross_entropy_with_logits(
+                        tag_logits, batch["tags"], reduction="sum") / len(batch["tags"])
+                    / mean_tags)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_([*params, *heads.parameters()], 1.0)
+                optimizer.step()
+                schedule.step()
+                optimizer.zero_grad(set_to_none=True)
+                losses.append(loss.item())
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+                if step >= steps:
+                    break
+    stats: dict[str, Any] = {
+        "epochs": cfg.vision_warmup_epochs, "steps": steps, "lr": cfg.vision_warmup_lr,
+        "seconds": round(time.perf_counter() - started, 1),
+        "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4),
+    }
+    if val_rows is not None and len(val_rows):
+        stats["validation_category_accuracy"] = _accuracy(side, heads, photos, val_rows, cats)
+    model.train(was_training)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    (cfg.out / "vision_warmup.json").write_text(json.dumps(stats, indent=1))
+    return stats
+
+
+def _accuracy(side: nn.Module, heads: _Heads, photos: _Photos, rows: Any,
+              cats: dict[str, int]) -> float:
+    """Category accuracy of the warm-up head on ``rows`` (unseen categories count as wrong)."""
+    plain = _Photos(rows, photos.image_processor, cats, photos.words, 0.0, 0.0)
+    side.eval()
+    device = next(side.parameters()).device
+    right = 0
+    with torch.no_grad():
+        for start in range(0, len(rows), 32):
+            batch = plain.collate([plain[i] for i in range(start, min(start + 32, len(rows)))])
+            batch = {k: v.to(device) for k, v in batch.items()}
+            logits, _ = heads(_pooled(side, batch))
+            right += int((logits.argmax(-1) == batch["category"]).sum())
+    return round(right / len(rows), 4)
