@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import typer
 from pydantic import Field
@@ -50,6 +50,10 @@ class DemoConfig(StageConfig):
     epochs: float = Field(18.0, gt=0)
     learning_rate: float = Field(7e-4, gt=0)
     vision_lr: float = Field(1e-4, gt=0, description="learning rate of the image side")
+    vision_init: Literal["clip", "torch"] = Field(
+        "torch", description="initialisation of the tiny CLIP tower (see tiny_model)")
+    vision_warmup_epochs: float = Field(
+        12.0, ge=0, description="epochs of training the image side alone first (0: off)")
     batch_size: int = Field(8, ge=1)
     hflip: float = Field(0.5, ge=0, le=1, description="chance of mirroring a training photo")
     threads: int = Field(1, ge=1, description="torch compute threads while training")
@@ -110,7 +114,7 @@ def demo(cfg: DemoConfig) -> DemoResult:
                 "num_hidden_layers": cfg.vision_layers, "image_size": cfg.crop_size},
     )
     base = save_tiny_model(cfg.out / "base-model", config=model_cfg, tokenizer=tok,
-                           num_crops=1, seed=cfg.seed)
+                           num_crops=1, seed=cfg.seed, vision_init=cfg.vision_init)
     steps_per_epoch = max(1, len(data["train"]) // cfg.batch_size)
     train_cfg = TrainConfig(
         model=str(base), data=cfg.out / "prepared", out=cfg.out / "train", mode="full",
@@ -120,6 +124,7 @@ def demo(cfg: DemoConfig) -> DemoResult:
         logging_steps=10, eval_steps=steps_per_epoch * 3, save_steps=steps_per_epoch * 3,
         save_total_limit=2, eval_samples=32, seed=cfg.seed, report_to=cfg.report_to,
         num_workers=cfg.num_workers, hflip=cfg.hflip, vision_lr=cfg.vision_lr,
+        vision_warmup_epochs=cfg.vision_warmup_epochs,
         run_name="demo",
     )
     # One compute thread plus one loader process keeps both cores busy; two OpenMP threads
