@@ -28,7 +28,7 @@ class DemoConfig(StageConfig):
     Chosen by trial on the 2-core machine (same catalog, seed 0, test split of 95): a
     128-wide 3-layer decoder with a 128-wide 4-layer CLIP tower at 112 px, batch 8, lr 7e-4.
     The image side (tower, separators, projection) learning at 1e-4 instead of 7e-4 was the
-    one change that mattered: validation loss 0.176 vs 0.193, category accuracy 0.853 vs 0.811,
+    first change that mattered: validation loss 0.176 vs 0.193, category accuracy 0.853 vs 0.811,
     title F1 0.812 vs 0.747, MAPE 17.0% vs 22.0% (3e-4 about as good, 3e-5 worse, the tower
     alone at 1e-4 worse); 18 epochs instead of 15 gave 0.863 / 0.812 / 16.2%. No help:
     168- and 140-px crops, num_crops 4 (also twice as slow), a 5-layer tower, decoder lr 1e-3
