@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from typing import Any
 
@@ -165,8 +166,9 @@ def warm_up_vision(model: Any, processor: Any, train_rows: Any, val_rows: Any | 
     if val_rows is not None and len(val_rows):
         stats["validation_category_accuracy"] = _accuracy(side, heads, photos, val_rows, cats)
     model.train(was_training)
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    (cfg.out / "vision_warmup.json").write_text(json.dumps(stats, indent=1))
+    if int(os.environ.get("RANK", "0")) == 0:  # DDP then starts all from rank 0's weights
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        (cfg.out / "vision_warmup.json").write_text(json.dumps(stats, indent=1))
     return stats
 
 
