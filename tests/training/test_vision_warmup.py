@@ -54,3 +54,12 @@ def test_warm_up_needs_a_trainable_image_side(base_model, prepared, tmp_path) ->
     ds = load_prepared(prepared)
     with pytest.raises(ProductVLMError, match="freeze_vision: false"):
         warm_up_vision(model, processor, ds["train"], None, cfg)
+
+
+def test_warm_up_on_fewer_rows_than_a_batch(base_model, prepared, tmp_path) -> None:
+    cfg = _cfg(base_model, prepared, tmp_path / "run", batch_size=8, vision_warmup_epochs=2)
+    model = load_model(cfg.model, cfg=cfg, bf16=False)
+    processor = load_processor(cfg.model, num_crops=1)
+    ds = load_prepared(prepared)
+    stats = warm_up_vision(model, processor, ds["train"].select(range(3)), None, cfg)
+    assert stats["steps"] == 2

@@ -124,7 +124,8 @@ def warm_up_vision(model: Any, processor: Any, train_rows: Any, val_rows: Any | 
     photos = _Photos(train_rows, processor.image_processor, cats, words, cfg.hflip, cfg.shift)
     generator = torch.Generator().manual_seed(cfg.seed)
     loader = torch.utils.data.DataLoader(
-        photos, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=generator,
+        photos, batch_size=cfg.batch_size, shuffle=True, generator=generator,
+        drop_last=len(photos) > cfg.batch_size,  # a lone short batch would still be a step
         collate_fn=photos.collate, num_workers=cfg.num_workers,
         persistent_workers=cfg.num_workers > 0)
     steps = max(1, math.ceil(cfg.vision_warmup_epochs * len(loader)))
