@@ -32,8 +32,8 @@ from torch import nn
 from productvlm.errors import ProductVLMError
 from productvlm.training.collate import augment
 from productvlm.training.config import TrainConfig
+from productvlm.training.trainer import VISION_PARAMS
 
-VISION_MODULE = "vision_embed_tokens"
 TAG_WEIGHT = 1.0  # title-word loss relative to the category loss
 
 
@@ -48,7 +48,7 @@ def title_words(title: str) -> list[str]:
 
 def _image_side(model: Any) -> nn.Module:
     for name, module in model.named_modules():
-        if name.endswith(VISION_MODULE):
+        if f"{name}.".endswith(VISION_PARAMS):
             return module
     raise ProductVLMError("vision warm-up: the model has no image side (vision_embed_tokens)")
 
