@@ -65,32 +65,76 @@ class _Heads(nn.Module):
         return self.category(pooled), self.words(pooled)
 
 
+CACHE_BYTES = 1 << 30  # processed photos kept per loader process (float16)
+
+
+def mirror_pixels(pixel_values: torch.Tensor, image_size: torch.Tensor) -> torch.Tensor:
+    """The processed views of the mirror image of a photo, from the processed photo's views.
+
+    ``pixel_values`` (num_crops+1, 3, c, c): the global view, then the crops row-major. The
+    global view mirrors in place; the crops swap columns and each mirrors, so the result is
+    what the processor makes of the mirrored photo (the resizes are symmetric).
+
+    >>> views = mirror_pixels(out["pixel_values"][0], out["image_sizes"][0])  # doctest: +SKIP
+    """
+    c = pixel_values.shape[-1]
+    rows, cols = int(image_size[0]) // c, int(image_size[1]) // c
+    n = rows * cols
+    mirrored = pixel_values.clone()
+    mirrored[0] = pixel_values[0].flip(-1)
+    crops = pixel_values[1:1 + n].view(rows, cols, *pixel_values.shape[1:])
+    mirrored[1:1 + n] = crops.flip(1).flip(-1).reshape(n, *pixel_values.shape[1:])
+    return mirrored
+
+
 class _Photos(torch.utils.data.Dataset):
-    """Rows -> (pixel tensors, labels); augmentation runs here, in the loader's workers."""
+    """Rows -> (pixel tensors, labels); augmentation runs here, in the loader's workers.
+
+    Decoding a JPEG and resizing it costs more than the tiny tower's step, and the warm-up
+    sees each photo for many epochs: so each processed photo is kept (float16, up to
+    :data:`CACHE_BYTES`) and mirrored as a tensor. Moves (``shift``) change the pixels the
+    processor sees, so with ``shift`` every photo is processed afresh (and mirrored after).
+    """
 
     def __init__(self, rows: Any, image_processor: Any, cats: dict[str, int],
-                 words: dict[str, int], hflip: float, shift: float) -> None:
-        self.rows, self.image_processor = rows, image_processor
-        self.cats, self.words = cats, words
+                 words: dict[str, int], hflip: float, shift: float, keep: bool = True) -> None:
+        self.images = rows.select_columns(["image"])
+        self.titles, self.categories = rows["title"], rows["category"]
+        self.image_processor, self.cats, self.words = image_processor, cats, words
         self.hflip, self.shift = hflip, shift
+        self.cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.room = CACHE_BYTES if keep and not shift else 0
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.titles)
+
+    def _views(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if i in self.cache:
+            return self.cache[i]
+        image = self.images[i]["image"].convert("RGB")
+        if self.shift:  # the move happens before mirroring, as in fine-tuning
+            image = augment(image, 0.0, self.shift)
+        out = self.image_processor([image])
+        pixels, size = out["pixel_values"][0], out["image_sizes"][0]
+        if pixels.numel() * 2 <= self.room:
+            self.cache[i] = (pixels.half(), size)
+            self.room -= pixels.numel() * 2
+        return pixels, size
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        row = self.rows[i]
-        image = augment(row["image"].convert("RGB"), self.hflip, self.shift)
+        pixels, size = self._views(i)
+        if self.hflip and torch.rand(()).item() < self.hflip:
+            pixels = mirror_pixels(pixels, size)
         tags = torch.zeros(len(self.words))
-        for w in title_words(row["title"]):
+        for w in title_words(self.titles[i]):
             if w in self.words:
                 tags[self.words[w]] = 1.0
-        return {"image": image, "category": self.cats.get(row["category"], -100), "tags": tags}
+        return {"pixel_values": pixels.float(), "image_sizes": size,
+                "category": self.cats.get(self.categories[i], -100), "tags": tags}
 
-    def collate(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        vision = self.image_processor([x["image"] for x in items])
-        return {"pixel_values": vision["pixel_values"], "image_sizes": vision["image_sizes"],
-                "category": torch.tensor([x["category"] for x in items]),
-                "tags": torch.stack([x["tags"] for x in items])}
+    @staticmethod
+    def collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        return {k: torch.stack([torch.as_tensor(x[k]) for x in items]) for k in items[0]}
 
 
 def _pooled(side: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -176,7 +220,7 @@ def warm_up_vision(model: Any, processor: Any, train_rows: Any, val_rows: Any | 
 def _accuracy(side: nn.Module, heads: _Heads, photos: _Photos, rows: Any,
               cats: dict[str, int]) -> float:
     """Category accuracy of the warm-up head on ``rows`` (unseen categories count as wrong)."""
-    plain = _Photos(rows, photos.image_processor, cats, photos.words, 0.0, 0.0)
+    plain = _Photos(rows, photos.image_processor, cats, photos.words, 0.0, 0.0, keep=False)
     side.eval()
     device = next(side.parameters()).device
     right = 0
