@@ -291,3 +291,28 @@ def test_torch_vision_init_changes_only_the_image_side() -> None:
     for name, value in clip_sd.items():
         if "vision_embed_tokens." not in name:
             assert torch.equal(value, torch_sd[name]), name
+
+
+def test_one_crop_images_encode_their_shared_view_once(model) -> None:
+    """An image that fits one crop has global view == crop: one tower pass, same tokens."""
+    embed = model.model.vision_embed_tokens
+    pv, sizes = pixels(model.config, [(1, 1), (1, 1), (1, 2)], slots=2)
+    pv[:2, 1] = pv[:2, 0]  # what the processor makes of a photo that fits one crop
+    pv[1, 1, 0, 0, 0] += 1e-3  # ... and one whose views differ after all
+    seen = []
+    original = embed.crop_features
+
+    def counting(crops):
+        seen.append(len(crops))
+        return original(crops)
+
+    embed.crop_features = counting
+    try:
+        tokens = embed(pv, sizes)
+    finally:
+        del embed.crop_features
+    assert seen == [1 + 2 + 3]  # the shared view once, then 2 + 3 distinct views
+    for i, (h, w) in enumerate([(1, 1), (1, 1), (1, 2)]):
+        feats = original(pv[i, : 1 + h * w])
+        expected = embed.img_projection(embed.hd_tokens(feats[0], feats[1:], h, w))
+        torch.testing.assert_close(tokens[i], expected, atol=1e-5, rtol=1e-5)

@@ -104,15 +104,25 @@ class Phi3VImageEmbedding(nn.Module):
         grids = self.crop_grids(pixel_values, image_sizes)
         # Run CLIP only on the crops that exist: the processor pads every image to
         # 1+num_crops crops, and those padding crops are discarded by the reference anyway.
+        # An image that fits one crop has a global view equal to that crop (the resize is
+        # the identity): encode it once and use its features twice (half the tower's work at
+        # num_crops 1, and for small photos at any num_crops).
         slots = pixel_values.shape[1]
-        index = [i * slots + j for i, (h, w) in enumerate(grids) for j in range(1 + h * w)]
+        same = (pixel_values[:, 0] == pixel_values[:, min(1, slots - 1)]).flatten(1).all(1)
+        index: list[int] = []
+        views: list[list[int]] = []  # per image: rows of its global view and crops in feats
+        for i, ((h, w), one) in enumerate(zip(grids, same.tolist(), strict=True)):
+            first = len(index)
+            if h * w == 1 and one:
+                index.append(i * slots)
+                views.append([first, first])
+            else:
+                index.extend(i * slots + j for j in range(1 + h * w))
+                views.append(list(range(first, first + 1 + h * w)))
         crops = pixel_values.flatten(0, 1)[torch.tensor(index, device=pixel_values.device)]
         feats = self.crop_features(crops)
-        per_image, start = [], 0
-        for h, w in grids:
-            n = 1 + h * w
-            per_image.append(self.hd_tokens(feats[start], feats[start + 1 : start + n], h, w))
-            start += n
+        per_image = [self.hd_tokens(feats[rows[0]], feats[rows[1:]], h, w)
+                     for (h, w), rows in zip(grids, views, strict=True)]
         proj = self.img_projection[0].weight
         tokens = self.img_projection(torch.cat(per_image).to(proj.dtype))
         return list(tokens.split([t.shape[0] for t in per_image]))
