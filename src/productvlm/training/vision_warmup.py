@@ -112,7 +112,7 @@ class _Photos(torch.utils.data.Dataset):
         if i in self.cache:
             return self.cache[i]
         image = self.images[i]["image"].convert("RGB")
-        if self.shift:  # the move happens before mirroring, as in fine-tuning
+        if self.shift:  # moved here, mirrored in __getitem__: the same draws as augment()
             image = augment(image, 0.0, self.shift)
         out = self.image_processor([image])
         pixels, size = out["pixel_values"][0], out["image_sizes"][0]
