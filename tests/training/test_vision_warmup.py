@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from productvlm.errors import ProductVLMError
 from productvlm.models.loading import load_model, load_processor
@@ -45,8 +45,6 @@ def test_title_words_are_lower_cased_words() -> None:
     ("size", "num_crops"), [((300, 200), 1), ((200, 300), 1), ((330, 250), 4), ((180, 400), 6)]
 )
 def test_mirroring_processed_views_is_processing_the_mirrored_photo(size, num_crops) -> None:
-    from PIL import ImageOps
-
     # smooth and lopsided: an odd padding may move the mirrored photo by a pixel
     y, x = torch.meshgrid(torch.arange(size[1]), torch.arange(size[0]), indexing="ij")
     pixels = torch.stack(
