@@ -17,22 +17,10 @@ from productvlm.training.vision_warmup import mirror_pixels, title_words, warm_u
 
 
 def _cfg(base, data, out, **kw) -> TrainConfig:
-    values = dict(
-        model=str(base),
-        data=data,
-        out=out,
-        mode="full",
-        freeze_vision=False,
-        gradient_checkpointing=False,
-        precision="fp32",
-        num_crops=1,
-        batch_size=4,
-        vision_warmup_epochs=6,
-        vision_warmup_lr=3e-3,
-        hflip=0.5,
-        seed=0,
-        report_to="none",
-    )
+    values = dict(model=str(base), data=data, out=out, mode="full", freeze_vision=False,
+                  gradient_checkpointing=False, precision="fp32", num_crops=1, batch_size=4,
+                  vision_warmup_epochs=6, vision_warmup_lr=3e-3, hflip=0.5, seed=0,
+                  report_to="none")
     values.update(kw)
     return TrainConfig(**values)
 
@@ -62,8 +50,7 @@ def test_mirroring_processed_views_is_processing_the_mirrored_photo(size, num_cr
 
 
 def test_warm_up_trains_only_the_image_side_and_learns_the_categories(
-    base_model, prepared, tmp_path
-) -> None:
+        base_model, prepared, tmp_path) -> None:
     cfg = _cfg(base_model, prepared, tmp_path / "run")
     model = load_model(cfg.model, cfg=cfg, bf16=False)
     processor = load_processor(cfg.model, num_crops=1)

@@ -108,7 +108,7 @@ class Phi3VImageEmbedding(nn.Module):
         # the identity): encode it once and use its features twice (half the tower's work at
         # num_crops 1, and for small photos at any num_crops).
         slots = pixel_values.shape[1]
-        same = (pixel_values[:, 0] == pixel_values[:, min(1, slots - 1)]).flatten(1).all(1)
+        same = (pixel_values[:, 0] == pixel_values[:, 1]).flatten(1).all(1)
         index: list[int] = []
         views: list[list[int]] = []  # per image: rows of its global view and crops in feats
         for i, ((h, w), one) in enumerate(zip(grids, same.tolist(), strict=True)):
