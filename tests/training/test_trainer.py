@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -61,10 +62,19 @@ def test_resume_continues_exactly(base_model, prepared, tmp_path) -> None:
     part = tmp_path / "part"
     # stop at step 3 as an interruption would, then continue from its checkpoint
     train(_cfg(base_model, prepared, part, max_steps=3))
+    # and a `kill -9` in the middle of saving later checkpoints: one lacks trainer_state.json
+    # (the Trainer writes it last), one has it torn; --resume must pass over both
+    ckpts = part / "checkpoints"
+    shutil.copytree(ckpts / "checkpoint-3", ckpts / "checkpoint-5")
+    (ckpts / "checkpoint-5" / "trainer_state.json").unlink()
+    shutil.copytree(ckpts / "checkpoint-3", ckpts / "checkpoint-6")
+    torn = ckpts / "checkpoint-6" / "trainer_state.json"
+    torn.write_text(torn.read_text()[:40])
     train(_cfg(base_model, prepared, part, resume=True))
     a, b = _losses(full), _losses(part)
     for step in (4, 5, 6):
         assert b[step] == pytest.approx(a[step], rel=1e-4, abs=1e-5), step
+    assert json.loads(torn.read_text())["global_step"] == 6  # saved over at step 6
 
 
 def test_resume_with_changed_config_is_refused(base_model, prepared, tmp_path) -> None:

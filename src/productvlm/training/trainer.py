@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,6 +79,31 @@ def _check_resume(cfg: TrainConfig) -> None:
             f"{saved_path}: --resume with a changed config ({diff}); "
             "restore those values or train into a new --out"
         )
+
+
+def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
+    """The newest checkpoint that was saved to the end, or None.
+
+    A `kill -9` while a checkpoint is written leaves a folder without (or with a torn)
+    trainer_state.json, which the Trainer writes last; resuming skips such a folder, and
+    the run saves over it when it gets there again.
+
+    >>> last_complete_checkpoint(Path("runs/demo/checkpoints"))  # doctest: +SKIP
+    'runs/demo/checkpoints/checkpoint-120'
+    """
+    found = []
+    for path in ckpt_dir.glob("checkpoint-*") if ckpt_dir.is_dir() else ():
+        if re.fullmatch(r"checkpoint-\d+", path.name):
+            found.append((int(path.name.split("-")[1]), path))
+    for step, path in sorted(found, reverse=True):
+        try:
+            state = json.loads((path / "trainer_state.json").read_text())
+            if state["global_step"] == step:
+                return str(path)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        print(f"{path}: incomplete (interrupted while saving); skipped", file=sys.stderr)
+    return None
 
 
 def _report_to(cfg: TrainConfig) -> list[str]:
@@ -150,7 +177,6 @@ def train(cfg: TrainConfig) -> TrainResult:
     """
     import torch
     from transformers import set_seed
-    from transformers.trainer_utils import get_last_checkpoint
 
     from productvlm.models.loading import load_model, load_processor
     from productvlm.training.callbacks import (
@@ -238,7 +264,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                   "currency": _currency(ds["train"])}
         (cfg.out / "labels.json").write_text(json.dumps(labels, indent=1))
 
-    last = get_last_checkpoint(str(ckpt_dir)) if cfg.resume and ckpt_dir.is_dir() else None
+    last = last_complete_checkpoint(ckpt_dir) if cfg.resume else None
     if cfg.resume and last is None:
         raise ProductVLMError(f"{ckpt_dir}: no checkpoint to resume from; drop --resume")
     with interrupt.installed():
