@@ -17,14 +17,13 @@ from rich.console import Console
 
 from productvlm.evaluation.baselines import compute_baselines, median_price
 from productvlm.evaluation.metrics import UNPARSED, all_metrics
-from productvlm.evaluation.report import (
+from productvlm.evaluation.outputs import (
     PredictionRow,
-    best_and_worst,
     console_table,
     log_to_wandb,
     write_predictions_jsonl,
-    write_report,
 )
+from productvlm.evaluation.report import best_and_worst, write_report
 from productvlm.prompts import ProductFields as T
 from productvlm.prompts import parse_answer
 

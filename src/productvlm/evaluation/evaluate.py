@@ -58,13 +58,13 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
 
     from productvlm.evaluation.baselines import compute_baselines, fields_from_records, median_price
     from productvlm.evaluation.metrics import all_metrics
-    from productvlm.evaluation.report import (
+    from productvlm.evaluation.outputs import (
         PredictionRow,
         console_table,
         log_to_wandb,
         write_predictions_jsonl,
-        write_report,
     )
+    from productvlm.evaluation.report import write_report
     from productvlm.inference import Predictor
     from productvlm.prompts import ParsedAnswer, ProductFields
 

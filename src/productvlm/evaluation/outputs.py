@@ -1,0 +1,205 @@
+"""What evaluation leaves behind besides report.html: predictions.jsonl, the console table
+and the W&B logs, all built from the same rows and metric dicts (see report.py for the page).
+
+Example::
+
+    rows = [PredictionRow(id, truth, raw_answer, parse_answer(raw_answer), image), ...]
+    metrics = all_metrics([r.truth for r in rows], [r.parsed for r in rows], fallback_price=m)
+    write_predictions_jsonl(out / "predictions.jsonl", rows, fallback_price=m)
+    rich.print(console_table(metrics, baseline_metrics))
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from rich.table import Table
+
+from productvlm.evaluation.baselines import BASELINE_NAMES
+from productvlm.evaluation.metrics import row_scores
+from productvlm.evaluation.plots import error_histogram, open_image, png, price_scatter
+from productvlm.prompts import ParsedAnswer, ProductFields, format_price
+
+
+@dataclass
+class PredictionRow:
+    """One evaluated example.
+
+    ``image``: a PIL image, a file path, encoded bytes or None. A row whose image could not
+    be read keeps its place with ``answer=""`` and ``parsed=ParsedAnswer(error="image ...")``,
+    so it is reported and scored as unparsed rather than dropped.
+    """
+
+    id: str
+    truth: ProductFields
+    answer: str
+    parsed: ParsedAnswer
+    image: Any = None
+
+
+#: Headline metrics in display order: key, label, format, whether higher is better.
+METRICS: list[tuple[str, str, str, bool]] = [
+    ("price_mae", "Price MAE", "money", False),
+    ("price_mape", "Price MAPE", "pct", False),
+    ("price_median_ape", "Price median APE", "pct", False),
+    ("price_within_10pct", "Price within 10%", "pct", True),
+    ("price_within_25pct", "Price within 25%", "pct", True),
+    ("price_rmse_log", "RMSE of log price", "float", False),
+    ("category_accuracy", "Category accuracy", "pct", True),
+    ("category_macro_f1", "Category macro-F1", "pct", True),
+    ("title_exact_match", "Title exact match", "pct", True),
+    ("title_token_f1", "Title token F1", "pct", True),
+    ("title_chrf", "Title chrF (0-100)", "score", True),
+    ("parse_rate", "Parse rate", "pct", True),
+]
+
+
+_LEVEL = re.compile(r"(category\d+)_(accuracy|macro_f1)")
+
+
+def metric_specs(metrics: Mapping[str, Any]) -> list[tuple[str, str, str, bool]]:
+    """METRICS plus deeper category levels (``category1_accuracy``, ...) found in ``metrics``."""
+    levels = [(k, m[1].capitalize(), m[2]) for k in metrics if (m := _LEVEL.fullmatch(k))]
+    return METRICS + [
+        (k, f"{level} {'accuracy' if what == 'accuracy' else 'macro-F1'}", "pct", True)
+        for k, level, what in levels
+    ]
+
+
+def format_metric(value: Any, kind: str) -> str:
+    """``format_metric(0.1234, "pct") == "12.3%"``; missing or NaN values show as "–"."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if kind == "pct":
+        return f"{100 * value:.1f}%"
+    if kind == "money":
+        return format_price(value)
+    if kind == "score":
+        return f"{value:.1f}"
+    return f"{value:.3f}" if kind == "float" else str(value)
+
+
+def baseline_label(name: str) -> str:
+    return BASELINE_NAMES.get(name, name)
+
+
+def jsonable(x: Any) -> Any:
+    """NaN/inf become null: metrics.json must stay valid JSON for every reader."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, Mapping):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [jsonable(v) for v in x]
+    return x.item() if isinstance(x, np.generic) else x
+
+
+def write_predictions_jsonl(
+    path: str | Path, rows: Sequence[PredictionRow], *, fallback_price: float | None = None
+) -> Path:
+    """One JSON object a row: id, truth, raw answer, parsed fields, parse error, scores."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for r in rows:
+            parsed = r.parsed.to_dict()
+            record = {
+                "id": r.id,
+                "truth": asdict(r.truth),
+                "answer": r.answer,
+                "parsed": {k: v for k, v in parsed.items() if k != "error"},
+                "ok": r.parsed.ok,
+                "error": r.parsed.error,
+                "scores": row_scores(r.truth, r.parsed, fallback_price=fallback_price),
+            }
+            f.write(json.dumps(jsonable(record), ensure_ascii=False) + "\n")
+    return path
+
+
+def console_table(
+    metrics: Mapping[str, Any], baseline_metrics: Mapping[str, Mapping[str, Any]]
+) -> Table:
+    """A rich table of every metric beside the baselines: ``rich.print(console_table(m, b))``."""
+    table = Table(title="Evaluation", title_style="bold")
+    table.add_column("metric")
+    table.add_column("model", justify="right", style="bold")
+    for name in baseline_metrics:
+        table.add_column(baseline_label(name), justify="right", style="dim")
+    for key, label, kind, _ in metric_specs(metrics):
+        if key in metrics:
+            table.add_row(
+                label,
+                format_metric(metrics[key], kind),
+                *(format_metric(b.get(key), kind) for b in baseline_metrics.values()),
+            )
+    return table
+
+
+def log_to_wandb(
+    run: Any,
+    rows: Sequence[PredictionRow],
+    metrics: Mapping[str, Any],
+    baseline_metrics: Mapping[str, Mapping[str, Any]],
+    *,
+    prefix: str = "eval",
+    max_table_rows: int = 500,
+) -> None:
+    """Log to an active W&B run: metrics (also in the summary), plots and a predictions table.
+
+    Keys: ``{prefix}/{metric}``, ``{prefix}/baseline/{name}/{metric}``,
+    ``{prefix}/price_scatter``, ``{prefix}/price_error_hist``, ``{prefix}/predictions``.
+    """
+    import wandb  # imported here: the rest of the module works without W&B set up
+
+    flat = {f"{prefix}/{k}": v for k, v in jsonable(dict(metrics)).items() if v is not None}
+    for name, bm in baseline_metrics.items():
+        flat |= {
+            f"{prefix}/baseline/{name}/{k}": v
+            for k, v in jsonable(dict(bm)).items()
+            if v is not None
+        }
+    table = wandb.Table(
+        columns=[
+            "id",
+            "image",
+            "true_title",
+            "true_category",
+            "true_price",
+            "answer",
+            "title",
+            "category",
+            "price",
+            "error",
+        ]
+    )
+    for r in rows[:max_table_rows]:
+        img = open_image(r.image)
+        table.add_data(
+            r.id,
+            wandb.Image(img.convert("RGB")) if img is not None else None,
+            r.truth.title,
+            r.truth.category,
+            r.truth.price,
+            r.answer,
+            r.parsed.title,
+            r.parsed.category,
+            r.parsed.price,
+            r.parsed.error,
+        )
+    plots = {
+        f"{prefix}/price_scatter": wandb.Image(Image.open(io.BytesIO(png(price_scatter(rows))))),
+        f"{prefix}/price_error_hist": wandb.Image(
+            Image.open(io.BytesIO(png(error_histogram(rows))))
+        ),
+    }
+    run.log({**flat, **plots, f"{prefix}/predictions": table})
+    run.summary.update(flat)
