@@ -26,7 +26,7 @@ from rich.table import Table
 
 from productvlm.evaluation.baselines import BASELINE_NAMES
 from productvlm.evaluation.metrics import row_scores
-from productvlm.evaluation.plots import error_histogram, open_image, png, price_scatter
+from productvlm.evaluation.plots import error_histogram, image_or_none, png, price_scatter
 from productvlm.prompts import ParsedAnswer, ProductFields, format_price
 
 
@@ -182,7 +182,7 @@ def log_to_wandb(
         ]
     )
     for r in rows[:max_table_rows]:
-        img = open_image(r.image)
+        img = image_or_none(r.image)
         table.add_data(
             r.id,
             wandb.Image(img.convert("RGB")) if img is not None else None,

@@ -12,12 +12,14 @@ import base64
 import io
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
+
+from productvlm.catalog.images import open_image
+from productvlm.errors import ProductVLMError
 
 if TYPE_CHECKING:
     from productvlm.evaluation.outputs import PredictionRow
@@ -99,21 +101,18 @@ def data_uri(png: bytes, mime: str = "image/png") -> str:
     return f"data:{mime};base64,{base64.b64encode(png).decode('ascii')}"
 
 
-def open_image(image: Any) -> Image.Image | None:
+def image_or_none(image: Any) -> Image.Image | None:
+    """A row's image as PIL, or None where it is missing or broken: a report must not fail."""
+    if image is None or isinstance(image, Image.Image):
+        return image
     try:
-        if isinstance(image, Image.Image):
-            return image
-        if isinstance(image, bytes | bytearray):
-            return Image.open(io.BytesIO(image))
-        if isinstance(image, str | Path) and Path(image).is_file():
-            return Image.open(image)
-    except (OSError, ValueError):  # a broken image must not break the report
+        return open_image(image)
+    except ProductVLMError:
         return None
-    return None
 
 
 def thumbnail(image: Any, size: int = 168) -> str | None:
-    img = open_image(image)
+    img = image_or_none(image)
     if img is None:
         return None
     img = img.convert("RGB")
