@@ -1,4 +1,4 @@
-"""constrained.py: the answer-format state machine, on real tokenizers (no model needed).
+"""productvlm.constrained: the answer-format state machine, on real tokenizers (no model needed).
 
 Three vocabularies: Phi-3's real SentencePiece one (from the conformance kit), and two built
 here with the `tokenizers` library: a byte-level BPE (GPT-2 style, multi-character tokens

@@ -1,183 +1,27 @@
-"""Constrained decoding: every generated answer is forced into the target format, so it parses.
+"""The answer format's NFA over token surface strings, and the logits processor that masks
+every token leaving it (see the package docstring for how and why).
 
-The answer format is a sequence of segments (see :func:`answer_template`), for the seed format
-
-    "Product: " <title> ", Category: " <one training category> ", Full Price: " <number> <|end|>
-
-and a character-level NFA over that template decides which tokens may come next: a token is
-allowed when the text so far plus the token's *surface string* stays consistent with the
-template. Working on surface strings (not token ids) makes tokens that span a segment
-boundary (" Med" after "Product:", "S," after "BAG") work, and works the same for
-SentencePiece ("▁") and byte-level vocabularies.
-
-Speed: the allowed-token mask depends only on a small key per NFA state (the literal prefix
-typed so far; for free text only "empty?" and "over the cap?"), so masks are computed once,
-mostly with vectorised numpy checks, and cached. A step costs one NFA advance per row plus a
-cached lookup.
-
-Budget: every state knows the fewest tokens that can finish the answer (``need``); near the
-end of ``max_new_tokens`` only tokens that still allow finishing in time are allowed, so even
-a random model's answer ends with ``<|end|>`` and parses.
-
->>> grammar = AnswerGrammar(TokenVocab.from_tokenizer(tok), answer_template("seed", ["BAGS"]))
->>> model.generate(**inputs, logits_processor=[grammar.logits_processor(64)])  # doctest: +SKIP
+>>> g = AnswerGrammar(TokenVocab.from_tokenizer(tok), answer_template("seed", ["BAGS"]))
+>>> model.generate(**inputs, logits_processor=[g.logits_processor(64)])  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import bisect
-import json
 import time
-import unicodedata
 from dataclasses import dataclass
-from functools import cache
 from typing import Any
 
 import numpy as np
 import torch
 from transformers import LogitsProcessor
 
-from productvlm.prompts import END, TargetFormat
+from productvlm.constrained.template import JSON_NUM, SEED_NUM, Free, Lit, Number, Segment
+from productvlm.constrained.vocab import TokenVocab
 
 # ("L", seg, typed) | ("F", seg, n, in_escape) | ("N", seg, q, nonzero, n) | ("E", seg) | ("D",)
 State = tuple
 DONE: State = ("D",)
 INF = 10**6
-
-
-@dataclass(frozen=True)
-class Lit:
-    """One of a few fixed strings (a literal, or the list of categories)."""
-
-    options: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Free:
-    """Free text: at least one character, the first not a space, no forbidden characters.
-
-    ``max_chars`` is a soft cap: once reached, the text may only end (one token may overrun).
-    ``json_escapes``: a backslash starts an escape (``\\"``, ``\\\\``, ``\\/``), as
-    ``json.dumps`` writes a title with quotes in it.
-    """
-
-    forbid: str
-    max_chars: int
-    json_escapes: bool = False
-
-    def ok(self, c: str) -> bool:
-        return c not in self.forbid and unicodedata.category(c)[0] != "C" and c != "\ufffd"
-
-
-@dataclass(frozen=True)
-class Number:
-    """A positive price: seed style ``2,290.00`` or a JSON number (no commas, no leading 0)."""
-
-    json: bool
-    max_chars: int = 12
-
-
-@dataclass(frozen=True)
-class End:
-    """The ``<|end|>`` token."""
-
-
-Segment = Lit | Free | Number | End
-
-# Number DFAs: state -> {char class -> next state}; "d" = any digit, "n" = 1-9.
-_SEED_NUM = {"s": {"d": "i"}, "i": {"d": "i", ",": "i", ".": "f"}, "f": {"d": "f"}}
-_JSON_NUM = {"s": {"0": "z", "n": "i"}, "z": {".": "p"}, "i": {"d": "i", ".": "p"},
-             "p": {"d": "f"}, "f": {"d": "f"}}
-
-
-def answer_template(
-    fmt: TargetFormat, categories: list[str] | None, *, title_max_chars: int = 120
-) -> tuple[Segment, ...]:
-    """The segments of an answer in ``fmt``; ``categories=None`` leaves the category free text.
-
-    >>> answer_template("seed", ["BAGS"])[3]
-    Lit(options=('BAGS',))
-    """
-    cats = sorted({c for c in categories or [] if c and c.strip()})
-    if fmt == "json":
-        title = Free(forbid='"\\', max_chars=title_max_chars, json_escapes=True)
-        category: Segment = (Lit(tuple(json.dumps(c, ensure_ascii=False)[1:-1] for c in cats))
-                             if cats else Free(forbid='"\\', max_chars=60, json_escapes=True))
-        return (Lit(('{"title": "', ' {"title": "')), title, Lit(('", "category": "',)),
-                category, Lit(('", "price": ',)), Number(json=True), Lit(("}",)), End())
-    title = Free(forbid="", max_chars=title_max_chars)
-    category = Lit(tuple(cats)) if cats else Free(forbid=",", max_chars=60)
-    # The leading-space variant: a target tokenized on its own starts with "▁Product".
-    return (Lit(("Product: ", " Product: ")), title, Lit((", Category: ",)), category,
-            Lit((", Full Price: ",)), Number(json=False), End())
-
-
-class TokenVocab:
-    """Each token's surface string, computed once; None for special and partial-byte tokens."""
-
-    def __init__(self, surfaces: list[str | None], end_id: int, stop_ids: tuple[int, ...]) -> None:
-        self.surfaces = surfaces
-        self.end_id = end_id
-        self.stop_ids = stop_ids  # tokens a finished row may produce (end, EOS, pad)
-        self.by_surface: dict[str, list[int]] = {}
-        for i, s in enumerate(surfaces):
-            if s:
-                self.by_surface.setdefault(s, []).append(i)
-        self.ids = np.array([i for i, s in enumerate(surfaces) if s], dtype=np.int64)
-        self.ids = self.ids[np.argsort([surfaces[i] for i in self.ids], kind="stable")]
-        self.sorted = [surfaces[i] for i in self.ids]
-        rev = sorted((s[::-1], i) for i, s in enumerate(surfaces) if s)
-        self.rev_sorted = [r for r, _ in rev]
-        self.rev_ids = np.array([i for _, i in rev], dtype=np.int64)
-        self.lengths = np.array([len(s) if s else 0 for s in surfaces], dtype=np.int64)
-
-    @classmethod
-    def from_tokenizer(cls, tokenizer: Any) -> TokenVocab:
-        """Surfaces by decoding ``[anchor, t]`` minus ``[anchor]``: that keeps the leading
-        space of "▁word" pieces, which decoding ``[t]`` alone strips."""
-        n = len(tokenizer)
-        special = set(tokenizer.all_special_ids)
-        special |= set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
-        anchor = tokenizer.encode("a", add_special_tokens=False)[-1]
-        kw = {"skip_special_tokens": False, "clean_up_tokenization_spaces": False}
-        head = tokenizer.decode([anchor], **kw)
-        pairs = tokenizer.batch_decode([[anchor, t] for t in range(n)], **kw)
-        surfaces: list[str | None] = []
-        for t, text in enumerate(pairs):
-            ok = t not in special and text.startswith(head) and len(text) > len(head)
-            surf = text[len(head):] if ok else None
-            surfaces.append(None if surf is None or "\ufffd" in surf else surf)
-        end_id = tokenizer.convert_tokens_to_ids(END)
-        if end_id is None or end_id == tokenizer.unk_token_id:
-            end_id = tokenizer.eos_token_id
-        stops = {end_id, tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
-        return cls(surfaces, end_id, tuple(sorted(stops)))
-
-    def startswith(self, prefix: str) -> np.ndarray:
-        """Ids of tokens whose surface starts with ``prefix`` and is longer than it."""
-        lo = bisect.bisect_right(self.sorted, prefix)
-        hi = bisect.bisect_left(self.sorted, prefix + "\U0010ffff")
-        return self.ids[lo:hi]
-
-    def endswith(self, suffix: str) -> np.ndarray:
-        """Ids of tokens whose surface ends with ``suffix`` (equal included)."""
-        r = suffix[::-1]
-        lo = bisect.bisect_left(self.rev_sorted, r)
-        hi = bisect.bisect_left(self.rev_sorted, r + "\U0010ffff")
-        return self.rev_ids[lo:hi]
-
-    @cache  # noqa: B019 - one vocab per predictor, a handful of classes
-    def class_runs(self, seg: Free) -> tuple[np.ndarray, np.ndarray]:
-        """Per token, the length of its longest prefix and suffix made of ``seg``'s characters."""
-        head = np.zeros(len(self.surfaces), dtype=np.int64)
-        tail = np.zeros(len(self.surfaces), dtype=np.int64)
-        for i, s in enumerate(self.surfaces):
-            if not s:
-                continue
-            bad = [j for j, c in enumerate(s) if not seg.ok(c)]
-            head[i] = bad[0] if bad else len(s)
-            tail[i] = len(s) - 1 - bad[-1] if bad else len(s)
-        return head, tail
 
 
 @dataclass
@@ -276,7 +120,7 @@ class AnswerGrammar:
                 return ("F", i, s[2] + 1, True)
             return ("F", i, s[2] + 1, False) if seg.ok(c) and (s[2] or not c.isspace()) else None
         if kind == "N":
-            table = (_JSON_NUM if self.t[i].json else _SEED_NUM)[s[2]]
+            table = (JSON_NUM if self.t[i].json else SEED_NUM)[s[2]]
             digit = c in "0123456789"
             q = table.get(c) or (table.get("n") if digit and c != "0" else None) or (
                 table.get("d") if digit else None)

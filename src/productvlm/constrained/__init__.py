@@ -1,0 +1,30 @@
+"""Constrained decoding: every generated answer is forced into the target format, so it parses.
+
+The answer format is a sequence of segments (see :func:`answer_template`), for the seed format
+
+    "Product: " <title> ", Category: " <one training category> ", Full Price: " <number> <|end|>
+
+and a character-level NFA over that template decides which tokens may come next: a token is
+allowed when the text so far plus the token's *surface string* stays consistent with the
+template. Working on surface strings (not token ids) makes tokens that span a segment
+boundary (" Med" after "Product:", "S," after "BAG") work, and works the same for
+SentencePiece ("▁") and byte-level vocabularies.
+
+Speed: the allowed-token mask depends only on a small key per NFA state (the literal prefix
+typed so far; for free text only "empty?" and "over the cap?"), so masks are computed once,
+mostly with vectorised numpy checks, and cached. A step costs one NFA advance per row plus a
+cached lookup.
+
+Budget: every state knows the fewest tokens that can finish the answer (``need``); near the
+end of ``max_new_tokens`` only tokens that still allow finishing in time are allowed, so even
+a random model's answer ends with ``<|end|>`` and parses.
+
+>>> grammar = AnswerGrammar(TokenVocab.from_tokenizer(tok), answer_template("seed", ["BAGS"]))
+>>> model.generate(**inputs, logits_processor=[grammar.logits_processor(64)])  # doctest: +SKIP
+"""
+
+from productvlm.constrained.grammar import AnswerGrammar, AnswerLogitsProcessor
+from productvlm.constrained.template import answer_template
+from productvlm.constrained.vocab import TokenVocab
+
+__all__ = ["AnswerGrammar", "AnswerLogitsProcessor", "TokenVocab", "answer_template"]
