@@ -11,11 +11,12 @@ Four passes, none of which holds the images in memory:
 1. read the source in batches, map its columns, validate every row (title, category, price,
    image source; exact duplicate rows dropped as "duplicate of row N");
 2. fetch the images of the valid rows (concurrent, content-cached, results in input order)
-   and append each fetched row, image bytes included, to a staging Arrow file;
+   and append each fetched row, image bytes included, to a staging Arrow file (``staging.py``);
 3. split: rows sharing a product code or an image sha256 stay together, categories are
    stratified, the seed decides (``split.py``);
 4. copy the staging file batch by batch into one Arrow file per split, laid out as
-   ``DatasetDict.save_to_disk`` does, plus manifest.json, failures.csv and config.yaml.
+   ``DatasetDict.save_to_disk`` does (``staging.py``), plus manifest.json, failures.csv and
+   config.yaml.
 
 Every input row ends in ``dataset/`` or in ``failures.csv``: rows in = prepared + failed.
 Rerunning after an interruption re-reads the catalog but takes every image already fetched
@@ -26,10 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import json
 import platform
-import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -40,25 +39,19 @@ from typing import Any
 import typer
 from pydantic import Field, field_validator, model_validator
 
-from productvlm.catalog.fetch import FetchConfig, fetch_images
+from productvlm.catalog.fetch import FetchConfig
 from productvlm.catalog.schema import (
-    PREPARED_COLUMNS,
     Record,
     code_value,
-    prepared_features,
     reason_key,
     resolve_column_map,
     validate_row,
 )
 from productvlm.catalog.sources import CatalogSource, open_source
 from productvlm.catalog.split import SPLITS, assign_splits, group_rows
+from productvlm.catalog.staging import fetch_and_stage, write_dataset
 from productvlm.config import StageConfig, resolve_config, save_config
 from productvlm.errors import ProductVLMError
-
-# Staging batches are flushed at whichever limit comes first: small enough to keep memory
-# flat with large photos, large enough that Arrow's per-batch overhead does not matter.
-STAGE_ROWS = 64
-STAGE_BYTES = 32 << 20
 
 
 class PrepareConfig(StageConfig):
@@ -139,105 +132,6 @@ def _read_and_validate(src: CatalogSource, mapping: dict[str, str], cfg: Prepare
             continue
         items.append(got)
     return items, n
-
-
-def _fetch_and_stage(items: list[Record], cfg: PrepareConfig, staging: Path, progress: bool,
-                     failures: list[tuple[int, str, str]]) -> tuple[list[tuple], Counter]:
-    """Pass 2: fetch images in order, append fetched rows to the staging Arrow stream.
-
-    Returns (product_code, category, sha256) per staged row and image counts.
-    """
-    import pyarrow as pa
-
-    schema = prepared_features().arrow_schema
-    keys: list[tuple[str, str, str]] = []
-    stats: Counter = Counter()
-    buf: dict[str, list] = {c: [] for c in PREPARED_COLUMNS}
-    size = 0
-    with pa.OSFile(str(staging), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-        def flush() -> None:
-            nonlocal size
-            if buf["source_row"]:
-                writer.write_batch(pa.RecordBatch.from_pydict(buf, schema=schema))
-            for v in buf.values():
-                v.clear()
-            size = 0
-
-        results = fetch_images([it.image for it in items], cfg.fetch, progress=progress)
-        for it, res in zip(items, results, strict=True):
-            if not res.ok:
-                failures.append((it.row, it.product_code, f"image: {res.error}"))
-                stats["failed"] += 1
-                continue
-            stats["cached" if res.cached else "fetched"] += 1
-            stats["bytes"] += len(res.data)
-            for c in PREPARED_COLUMNS[:7]:
-                buf[c].append(getattr(it, c))
-            buf["image"].append({"bytes": res.data, "path": None})
-            buf["image_sha256"].append(res.sha256)
-            buf["source_row"].append(it.row)
-            keys.append((it.product_code, it.category, res.sha256))
-            size += len(res.data)
-            if len(buf["source_row"]) >= STAGE_ROWS or size >= STAGE_BYTES:
-                flush()
-        flush()
-    return keys, stats
-
-
-def _write_dataset(staging: Path, split_of: list[str], dest: Path) -> dict[str, int]:
-    """Pass 4: stream the staging file into ``dest`` in ``DatasetDict.save_to_disk`` layout.
-
-    datasets writes the metadata (features, state) of three empty splits; we add the data
-    files ourselves, streaming, because ``save_to_disk`` would read the whole staged data
-    through one memory map and count every image page in this process's RSS.
-    """
-    import datasets
-    import numpy as np
-    import pyarrow as pa
-
-    features = prepared_features()
-    tmp = dest.with_name(dest.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    empty = {c: [] for c in features}
-    bars_were_off = datasets.are_progress_bars_disabled()
-    datasets.disable_progress_bars()
-    try:
-        datasets.DatasetDict({
-            s: datasets.Dataset.from_dict(empty, features=features) for s in SPLITS
-        }).save_to_disk(str(tmp))
-    finally:
-        if not bars_were_off:
-            datasets.enable_progress_bars()
-    codes = np.array([SPLITS.index(s) for s in split_of], dtype=np.int8)
-    name = "data-00000-of-00001.arrow"
-    sizes = dict.fromkeys(SPLITS, 0)
-    digests = {s: hashlib.sha256(s.encode()) for s in SPLITS}
-    writers = {s: pa.ipc.new_stream(str(tmp / s / name), features.arrow_schema) for s in SPLITS}
-    try:
-        with pa.OSFile(str(staging), "rb") as f:
-            offset = 0
-            for batch in pa.ipc.open_stream(f):
-                part = codes[offset : offset + batch.num_rows]
-                offset += batch.num_rows
-                for k, s in enumerate(SPLITS):
-                    mask = part == k
-                    if mask.any():
-                        sub = batch.filter(pa.array(mask))
-                        writers[s].write_batch(sub)
-                        sizes[s] += sub.num_rows
-                        digests[s].update("".join(sub.column("image_sha256").to_pylist()).encode())
-    finally:
-        for w in writers.values():
-            w.close()
-    for s in SPLITS:  # point the split's state at its data file; a content-derived fingerprint
-        state_path = tmp / s / "state.json"
-        state = json.loads(state_path.read_text())
-        state.update(_data_files=[{"filename": name}], _split=s,
-                     _fingerprint=digests[s].hexdigest()[:16])
-        state_path.write_text(json.dumps(state, indent=2, sort_keys=True))
-    shutil.rmtree(dest, ignore_errors=True)
-    tmp.rename(dest)
-    return sizes
 
 
 def _versions() -> dict[str, str]:
@@ -337,11 +231,11 @@ def prepare(
     say(f"{rows_in} rows read, {len(items)} valid; fetching {len(items)} images")
     staging = out / ".staging.arrow"
     try:
-        keys, img_stats = _fetch_and_stage(items, cfg, staging, progress, failures)
+        keys, img_stats = fetch_and_stage(items, cfg.fetch, staging, progress, failures)
         del items
         split_of = assign_splits([k[0] for k in keys], [k[1] for k in keys],
                                  [k[2] for k in keys], cfg.fractions, cfg.seed)
-        sizes = _write_dataset(staging, split_of, out / "dataset")
+        sizes = write_dataset(staging, split_of, out / "dataset")
     finally:
         staging.unlink(missing_ok=True)
 
