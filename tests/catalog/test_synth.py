@@ -21,10 +21,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from productvlm.catalog import assortment as A
+from productvlm.catalog.faults import FAULT_KINDS
 from productvlm.catalog.render import GRAIN_SIDE
 from productvlm.catalog.schema import BURBERRY_SCHEMA
 from productvlm.catalog.synth import (
-    FAULT_KINDS,
     MAX_SIDE,
     USD_TO_EUR,
     SynthConfig,

@@ -58,6 +58,7 @@ import typer
 from pydantic import Field, field_validator
 
 from productvlm.catalog import assortment as A
+from productvlm.catalog.faults import FAULT_KINDS, damaged, inject_faults
 from productvlm.catalog.schema import BURBERRY_SCHEMA
 from productvlm.config import StageConfig, save_config
 from productvlm.errors import ProductVLMError
@@ -66,14 +67,9 @@ from productvlm.prompts import format_price
 if TYPE_CHECKING:  # the renderer (PIL) loads on first use: `productvlm --help` stays quick
     from productvlm.catalog.render import RenderSpec
 
-FAULT_KINDS = ("na_url", "http_404", "not_image", "truncated_jpeg", "price_missing",
-               "price_string", "duplicate_code")
 USD_TO_EUR = 0.9168  # ECB reference rate around the real catalog's date, 2023-11-17
 MAX_SIDE = 1280  # = render.GRAIN_SIDE: larger photos would get no grain
 OUR_FILES = ("catalog.parquet", "catalog.csv", "faults.csv", "config.yaml")
-NOT_AN_IMAGE = (b"<!DOCTYPE html>\n<html><head><title>Access Denied</title></head>\n"
-                b"<body><h1>Access Denied</h1><p>You don't have permission to access this "
-                b"resource.</p></body></html>\n")
 
 
 class SynthConfig(StageConfig):
@@ -217,49 +213,12 @@ def sample_products(cfg: SynthConfig) -> Products:
     return Products(rows, specs, paths, attrs)
 
 
-def _inject_faults(cfg: SynthConfig, rows: list[dict[str, Any]]) -> list[tuple]:
-    """Pick fault rows (kinds in turn, so each appears) and apply the catalog-side faults.
-
-    Returns (row, product_code, kind, detail) tuples; image-side faults are applied when
-    the images are written. A separate random stream keeps the products identical to a
-    clean run with the same seed.
-    """
-    k = round(cfg.fault_rate * cfg.n) if cfg.n > 1 else 0
-    if k == 0:
-        return []
-    rng = np.random.default_rng([cfg.seed, 1])
-    picked = sorted(int(x) + 1 for x in rng.choice(cfg.n - 1, min(k, cfg.n - 1), replace=False))
-    order = rng.permutation(len(picked))
-    kinds = {picked[j]: FAULT_KINDS[rank % len(FAULT_KINDS)] for rank, j in enumerate(order)}
-    faults = []
-    for row in picked:
-        kind, r, detail = kinds[row], rows[row], ""
-        if kind == "na_url":
-            r["imageurl"] = "N.A."
-        elif kind == "price_missing":
-            r["full_price"] = r["full_price_eur"] = None
-        elif kind == "price_string":
-            detail = f"catalog.csv full_price {format_price(r['full_price'])!r}; Parquet keeps it"
-        elif kind == "duplicate_code":
-            clean = [j for j in range(row) if j not in kinds]
-            src = clean[int(rng.integers(len(clean)))]
-            cat2 = A.MERCH_CATEGORY2[int(rng.integers(len(A.MERCH_CATEGORY2)))]
-            rows[row] = {**rows[src], "category2_code": cat2}
-            detail = f"same product as row {src}"
-        elif kind == "http_404":
-            detail = "image file not written"
-        faults.append((row, rows[row]["product_code"], kind, detail))
-    return faults
-
-
 def _write_image(task: tuple[Path, RenderSpec, str, int]) -> int:
     """Render one photo and write it, damaged as its fault kind says; returns bytes written."""
     from productvlm.catalog.render import jpeg_bytes, render
 
     path, spec, kind, quality = task
-    data = NOT_AN_IMAGE if kind == "not_image" else jpeg_bytes(render(spec), quality)
-    if kind == "truncated_jpeg":
-        data = data[: len(data) * (30 + spec.seed % 40) // 100]
+    data = damaged(lambda: jpeg_bytes(render(spec), quality), kind, spec.seed)
     path.write_bytes(data)
     return len(data)
 
@@ -330,7 +289,7 @@ def run_synth(cfg: SynthConfig) -> SynthResult:
     images = out / "images"
     products = sample_products(cfg)
     rows, specs, paths = products.rows, products.specs, products.paths
-    faults = _inject_faults(cfg, rows)
+    faults = inject_faults(cfg.n, cfg.seed, cfg.fault_rate, rows)
     kind_of = {row: kind for row, _, kind, _ in faults}
     # no file for "N.A.", for a URL that must 404, or for a duplicate (the earlier row's photo)
     skip = ("na_url", "http_404", "duplicate_code")
