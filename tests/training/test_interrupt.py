@@ -4,9 +4,11 @@ last checkpoint; `--resume` continues from there."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -72,3 +74,35 @@ def test_kill_9_then_resume(base_model, prepared, tmp_path) -> None:
     steps = [e["step"] for e in lines if "loss" in e]
     assert steps[-1] == 8
     assert min(steps) <= 4  # the resumed history carries the steps before the kill
+
+
+def test_ctrl_c_in_the_vision_warm_up_then_resume(base_model, prepared, tmp_path) -> None:
+    out = tmp_path / "run"
+    args = _args(base_model, prepared, out, 2, 1000) + [
+        "--set", "mode=full", "--set", "freeze_vision=false",
+        "--set", "gradient_checkpointing=false", "--set", "vision_warmup_epochs=100",
+        "--set", "num_workers=0"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seen = bytearray()
+
+    def pump() -> None:  # tqdm redraws with "\r": read what comes, not lines
+        for chunk in iter(lambda: proc.stderr.read1(4096), b""):
+            seen.extend(chunk)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    _wait_for(lambda: re.search(rb"vision warm-up: +\d+%\|[^|]*\| *[1-9]\d*/", bytes(seen)), proc)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=300)
+    reader.join(timeout=10)
+    err = bytes(seen).decode(errors="replace")
+    assert proc.returncode == 2, err
+    assert "interrupted in the vision warm-up at step" in err and "Traceback" not in err
+    step = int(re.search(r"warm-up at step (\d+)", err)[1])
+    assert not (out / "checkpoints").exists()
+
+    done = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    stats = json.loads((out / "vision_warmup.json").read_text())
+    assert stats["resumed_at_step"] == step and stats["steps"] == 100 * 12 > step
+    assert (out / "merged" / "config.json").is_file()

@@ -85,3 +85,36 @@ def test_warm_up_on_fewer_rows_than_a_batch(base_model, prepared, tmp_path) -> N
     ds = load_prepared(prepared)
     stats = warm_up_vision(model, processor, ds["train"].select(range(3)), None, cfg)
     assert stats["steps"] == 2
+
+
+def test_an_interrupted_warm_up_resumes_from_its_saved_state(base_model, prepared,
+                                                              tmp_path) -> None:
+    cfg = _cfg(base_model, prepared, tmp_path / "run")
+    processor = load_processor(cfg.model, num_crops=1)
+    ds = load_prepared(prepared)
+    total = 6 * (len(ds["train"]) // 4)
+
+    def side(model) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in model.named_parameters()
+                if "vision_embed_tokens." in n}
+
+    first = load_model(cfg.model, cfg=cfg, bf16=False)
+    calls = iter(range(10**6))
+    with pytest.raises(ProductVLMError, match=rf"warm-up at step 5 of {total}.*--resume"):
+        warm_up_vision(first, processor, ds["train"], None, cfg,
+                       should_stop=lambda: next(calls) == 4)  # "Ctrl-C" during step 5
+    state = torch.load(tmp_path / "run" / "vision_warmup" / "state.pt", weights_only=True)
+    assert state["step"] == 5 and not state["done"]
+    assert all(torch.equal(state["side"][n.split("vision_embed_tokens.", 1)[1]], p)
+               for n, p in side(first).items())
+
+    second = load_model(cfg.model, cfg=cfg, bf16=False)  # a new process: fresh weights
+    stats = warm_up_vision(second, processor, ds["train"], ds["validation"], cfg, resume=True)
+    assert stats["steps"] == total and stats["resumed_at_step"] == 5
+    assert stats["validation_category_accuracy"] == 1.0
+    done = side(second)
+
+    # once done, a later --resume (killed before fine-tuning saved anything) reuses the result
+    third = load_model(cfg.model, cfg=cfg, bf16=False)
+    assert warm_up_vision(third, processor, ds["train"], None, cfg, resume=True) == stats
+    assert all(torch.equal(p, done[n]) for n, p in side(third).items())

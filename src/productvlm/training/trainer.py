@@ -81,6 +81,11 @@ def _check_resume(cfg: TrainConfig) -> None:
         )
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a distributed run (torchrun / accelerate set RANK), or a single process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
     """The newest checkpoint that was saved to the end, or None.
 
@@ -185,9 +190,16 @@ def train(cfg: TrainConfig) -> TrainResult:
         ThroughputCallback,
     )
     from productvlm.training.collate import AUGMENT, Phi3VCollator
+    from productvlm.training.vision_warmup import warm_up_vision, warmup_state_path
 
+    ckpt_dir = cfg.out / "checkpoints"
+    last = None
     if cfg.resume:
         _check_resume(cfg)
+        last = last_complete_checkpoint(ckpt_dir)
+        if last is None and not (cfg.vision_warmup_epochs and
+                                 warmup_state_path(cfg.out).is_file()):
+            raise ProductVLMError(f"{ckpt_dir}: no checkpoint to resume from; drop --resume")
     ds = load_prepared(cfg.data)
     set_seed(cfg.seed)
     bf16, fp16 = _precision(cfg)
@@ -195,14 +207,19 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     model = load_model(cfg.model, cfg=cfg, bf16=bf16)
     processor = load_processor(cfg.model, num_crops=cfg.num_crops)
-    if cfg.vision_warmup_epochs and not cfg.resume:  # a checkpoint holds the warmed weights
-        from productvlm.training.vision_warmup import warm_up_vision
-
-        warm_up_vision(model, processor, ds["train"], ds["validation"], cfg)
+    if is_main_process():  # before the warm-up, so that an interrupted one can --resume
+        save_config(cfg, cfg.out)
+        labels = {"categories": sorted(set(ds["train"]["category"])),
+                  "currency": _currency(ds["train"])}
+        (cfg.out / "labels.json").write_text(json.dumps(labels, indent=1))
+    interrupt = InterruptCallback()
+    if cfg.vision_warmup_epochs and last is None:  # a checkpoint holds the warmed weights
+        with interrupt.installed():
+            warm_up_vision(model, processor, ds["train"], ds["validation"], cfg,
+                           resume=cfg.resume, should_stop=lambda: interrupt.fired)
     collator = Phi3VCollator(processor, cfg.target_format, cfg.question, cfg.max_length,
                              hflip=cfg.hflip, shift=cfg.shift)
 
-    ckpt_dir = cfg.out / "checkpoints"
     args = _training_arguments(
         output_dir=str(ckpt_dir),
         run_name=cfg.run_name or cfg.out.name,
@@ -241,7 +258,6 @@ def train(cfg: TrainConfig) -> TrainResult:
         disable_tqdm=False,
         ddp_find_unused_parameters=False,
     )
-    interrupt = InterruptCallback()
     throughput = ThroughputCallback(cfg.batch_size * cfg.grad_accum)
     callbacks: list[Any] = [interrupt]
     if cfg.eval_samples:
@@ -258,15 +274,6 @@ def train(cfg: TrainConfig) -> TrainResult:
     )
     # first in line, so the reporting callbacks (W&B, TensorBoard) log the figure it adds
     trainer.callback_handler.callbacks.insert(0, throughput)
-    if trainer.is_world_process_zero():
-        save_config(cfg, cfg.out)
-        labels = {"categories": sorted(set(ds["train"]["category"])),
-                  "currency": _currency(ds["train"])}
-        (cfg.out / "labels.json").write_text(json.dumps(labels, indent=1))
-
-    last = last_complete_checkpoint(ckpt_dir) if cfg.resume else None
-    if cfg.resume and last is None:
-        raise ProductVLMError(f"{ckpt_dir}: no checkpoint to resume from; drop --resume")
     with interrupt.installed():
         output = trainer.train(resume_from_checkpoint=last)
     if interrupt.fired:

@@ -10,8 +10,14 @@ its category and the words of its title (colour, finish, silhouette, size: a tag
 fine-tuning then starts from a tower that already tells a tote from a shoulder bag.
 
 The heads are thrown away afterwards; only the image side's weights change. Training photos
-are augmented as in fine-tuning (``hflip``, ``shift``). It is skipped on ``--resume``: the
-checkpoint holds the warmed-up weights.
+are augmented as in fine-tuning (``hflip``, ``shift``). It is skipped on ``--resume`` from a
+fine-tuning checkpoint: the checkpoint holds the warmed-up weights.
+
+Interruptions: the warm-up's state (image side, heads, optimizer, schedule, step) goes to
+``OUT/vision_warmup/state.pt`` at epoch ends (at most once every :data:`SAVE_SECONDS`), at a
+Ctrl-C and when it is done; ``--resume`` before the first fine-tuning checkpoint continues
+from there. The photos' order and mirroring after such a restart are fresh draws: the run is
+statistically, not bitwise, the same as an uninterrupted one.
 
 >>> stats = warm_up_vision(model, processor, ds["train"], ds["validation"], cfg)  # doctest: +SKIP
 >>> stats["validation_category_accuracy"]  # doctest: +SKIP
@@ -24,6 +30,8 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,9 +40,15 @@ from torch import nn
 from productvlm.errors import ProductVLMError
 from productvlm.training.collate import augment
 from productvlm.training.config import TrainConfig
-from productvlm.training.trainer import VISION_PARAMS
+from productvlm.training.trainer import VISION_PARAMS, is_main_process
 
 TAG_WEIGHT = 1.0  # title-word loss relative to the category loss
+SAVE_SECONDS = 60.0  # least time between two saves of the warm-up's state at epoch ends
+
+
+def warmup_state_path(out: Path) -> Path:
+    """Where the warm-up keeps its resumable state: ``OUT/vision_warmup/state.pt``."""
+    return out / "vision_warmup" / "state.pt"
 
 
 def title_words(title: str) -> list[str]:
@@ -144,11 +158,14 @@ def _pooled(side: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def warm_up_vision(model: Any, processor: Any, train_rows: Any, val_rows: Any | None,
-                   cfg: TrainConfig) -> dict[str, Any]:
+                   cfg: TrainConfig, *, resume: bool = False,
+                   should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
     """Train the image side of ``model`` in place on category + title-word tags.
 
     Returns figures (epochs, seconds, train loss, validation category accuracy), also
-    written to ``cfg.out/vision_warmup.json``.
+    written to ``cfg.out/vision_warmup.json``. ``resume``: continue from the saved state, if
+    any. ``should_stop`` (checked after every step): save the state and raise
+    ProductVLMError, as a Ctrl-C does to fine-tuning.
     """
     from transformers import get_cosine_schedule_with_warmup
 
@@ -178,12 +195,41 @@ def warm_up_vision(model: Any, processor: Any, train_rows: Any, val_rows: Any | 
     schedule = get_cosine_schedule_with_warmup(optimizer, max(1, steps // 20), steps)
     device = next(side.parameters()).device
 
+    state_path = warmup_state_path(cfg.out)
+    step, losses, spent = 0, [], 0.0
+    if resume and state_path.is_file():
+        saved = torch.load(state_path, map_location="cpu", weights_only=True)
+        side.load_state_dict(saved["side"])
+        if saved["done"]:
+            print(f"vision warm-up: done in an earlier run; weights from {state_path}")
+            return saved["stats"]
+        heads.load_state_dict(saved["heads"])
+        optimizer.load_state_dict(saved["optimizer"])
+        schedule.load_state_dict(saved["schedule"])
+        generator.set_state(saved["generator"])
+        step, losses, spent = saved["step"], saved["losses"], saved["seconds"]
+    first_step = step
+
+    def save(done: bool, stats: dict[str, Any] | None = None) -> None:
+        if not is_main_process():
+            return
+        state: dict[str, Any] = {"done": done, "side": side.state_dict(), "stats": stats}
+        if not done:
+            state |= {"heads": heads.state_dict(), "optimizer": optimizer.state_dict(),
+                      "schedule": schedule.state_dict(), "generator": generator.get_state(),
+                      "step": step, "losses": losses[-20:],
+                      "seconds": spent + time.perf_counter() - started}
+        state_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = state_path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, state_path)  # a kill -9 mid-save leaves the previous state whole
+
     was_training = model.training
     model.train()
-    started, step, losses = time.perf_counter(), 0, []
+    started = last_save = time.perf_counter()
     from tqdm.auto import tqdm
 
-    with tqdm(total=steps, desc="vision warm-up", unit="step") as bar:
+    with tqdm(total=steps, initial=step, desc="vision warm-up", unit="step") as bar:
         while step < steps:
             for batch in loader:
                 batch = {k: v.to(device) for k, v in batch.items()}
@@ -201,19 +247,30 @@ def warm_up_vision(model: Any, processor: Any, train_rows: Any, val_rows: Any | 
                 step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+                if should_stop is not None and should_stop():
+                    save(False)
+                    raise ProductVLMError(
+                        f"interrupted in the vision warm-up at step {step} of {steps}; state "
+                        f"saved in {state_path.parent}; continue with --resume")
                 if step >= steps:
                     break
+            if step < steps and time.perf_counter() - last_save >= SAVE_SECONDS:
+                save(False)
+                last_save = time.perf_counter()
     stats: dict[str, Any] = {
         "epochs": cfg.vision_warmup_epochs, "steps": steps, "lr": cfg.vision_warmup_lr,
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": round(spent + time.perf_counter() - started, 1),
         "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4),
     }
+    if first_step:
+        stats["resumed_at_step"] = first_step
     if val_rows is not None and len(val_rows):
         stats["validation_category_accuracy"] = _accuracy(side, heads, photos, val_rows, cats)
     model.train(was_training)
-    if int(os.environ.get("RANK", "0")) == 0:  # DDP then starts all from rank 0's weights
+    if is_main_process():  # DDP then starts all from rank 0's weights
         cfg.out.mkdir(parents=True, exist_ok=True)
         (cfg.out / "vision_warmup.json").write_text(json.dumps(stats, indent=1))
+    save(True, stats)
     return stats
 
 
