@@ -118,3 +118,13 @@ def test_an_interrupted_warm_up_resumes_from_its_saved_state(base_model, prepare
     third = load_model(cfg.model, cfg=cfg, bf16=False)
     assert warm_up_vision(third, processor, ds["train"], None, cfg, resume=True) == stats
     assert all(torch.equal(p, done[n]) for n, p in side(third).items())
+
+    # a fresh run into the same folder drops that state at once: killed before it saves its
+    # own, nothing stale is left for a later --resume
+    def killed() -> bool:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        warm_up_vision(load_model(cfg.model, cfg=cfg, bf16=False), processor, ds["train"], None,
+                       cfg, should_stop=killed)
+    assert not (tmp_path / "run" / "vision_warmup" / "state.pt").exists()

@@ -208,6 +208,8 @@ def warm_up_vision(model: Any, processor: Any, train_rows: Any, val_rows: Any | 
         schedule.load_state_dict(saved["schedule"])
         generator.set_state(saved["generator"])
         step, losses, spent = saved["step"], saved["losses"], saved["seconds"]
+    elif is_main_process():  # a fresh run: an earlier run's state must not be resumed later
+        state_path.unlink(missing_ok=True)
     first_step = step
 
     def save(done: bool, stats: dict[str, Any] | None = None) -> None:
