@@ -1,18 +1,10 @@
 """Model conformance with the reference Phi-3-vision, on ../shared/phi3v-conformance/tiny.
 
 Uses the stored ``input_ids`` / ``pixel_values`` / ``image_sizes`` of each case, so it does not
-depend on the processor (tests/models/test_phi3v_processor.py checks that side).
-
-About ``greedy_8``: for the cases with images the stored tokens are not what the reference
-model generates from those inputs. Its image embedding clamps ``input_ids`` *in place*
-(``clamp_min_(0)``), so the kit's generate() call received ids whose image positions already
-held token 0, with no image positions left: a text-only run. Two facts show it: the first stored
-token is not the argmax of the stored ``logits_last`` (which were computed with the images),
-and the eight stored tokens are reproduced exactly, with the KV cache, from the clamped ids.
-This file therefore checks (a) the stored ``greedy_8`` exactly on the input the reference
-decoded (the text-only case as is; image cases with image positions set to 0), and (b) that
-our generation with the images starts at the stored logits' argmax and that the KV cache
-changes nothing.
+depend on the processor (tests/models/test_phi3v_processor.py checks that side). Checked: loading
+(every tensor, the ``wte`` copy tolerated), the last 8 logits and the answer loss, and the 8
+tokens the reference generates greedily *with the images*, exactly, for all 10 cases: with the KV
+cache, with a full forward pass per step, and with every case in one left-padded batch.
 """
 
 from __future__ import annotations
@@ -22,10 +14,13 @@ import shutil
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 import productvlm.models.phi3v  # noqa: F401  registers the Auto classes
 from productvlm.models.phi3v import Phi3VForCausalLM
+
+PAD_ID = 32000  # <|endoftext|>, the tokenizer's pad token
 
 
 @pytest.fixture(scope="module")
@@ -83,28 +78,58 @@ def test_logits_and_answer_loss_match_the_reference(kit) -> None:
             assert abs(out.loss.item() - case["answer_loss"].item()) < 1e-4, name
 
 
-def test_greedy_8_matches_the_reference_decoding(kit) -> None:
+def generate(model, ids, mask, images: dict, cache: bool) -> list[list[int]]:
+    """Greedy 8 new tokens per row, with the KV cache or by a full forward pass per step."""
+    if cache:
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8,
+                             do_sample=False, use_cache=True, **images)
+        return out[:, ids.shape[1]:].tolist()
+    new = []
+    with torch.no_grad():
+        for _ in range(8):
+            # left padding: positions count from each row's first real token
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                           use_cache=False, **images).logits[:, -1]
+            token = logits.argmax(-1, keepdim=True)
+            new.append(token)
+            ids = torch.cat([ids, token], dim=1)
+            mask = torch.cat([mask, torch.ones_like(token)], dim=1)
+    return torch.cat(new, dim=1).tolist()
+
+
+@pytest.mark.parametrize("cache", [True, False], ids=["kv_cache", "full_forward"])
+def test_greedy_8_matches_the_reference_with_images(kit, cache) -> None:
     _, model, cases = kit
     for name, case in cases.items():
-        # what the reference's generate() received: image positions already clamped to 0
-        ids = case["input_ids"].clamp(min=0)
-        out = model.generate(input_ids=ids, attention_mask=case["attention_mask"],
-                             max_new_tokens=8, do_sample=False, use_cache=True)
-        assert out[0, ids.shape[1]:].tolist() == case["greedy_8"].tolist(), name
+        new = generate(model, case["input_ids"], case["attention_mask"], image_kwargs(case),
+                       cache)
+        assert new[0] == case["greedy_8"].tolist(), f"{name} (cache={cache})"
+        assert new[0][0] == case["logits_last"][-1].argmax().item(), name
 
 
-@pytest.mark.parametrize("name", ["crops1_two", "crops4_img3"])
-def test_generation_with_images_follows_the_reference_logits(kit, name) -> None:
+def left_padded_batch(cases: list[dict]) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The cases as one left-padded batch, as the processor batches for generation: images
+    listed row by row, each padded with zero crops to the batch's largest crop count."""
+    width = max(c["input_ids"].shape[1] for c in cases)
+    ids = torch.stack([F.pad(c["input_ids"][0], (width - c["input_ids"].shape[1], 0),
+                             value=PAD_ID) for c in cases])
+    mask = torch.stack([F.pad(c["attention_mask"][0], (width - c["attention_mask"].shape[1], 0))
+                        for c in cases])
+    with_images = [c for c in cases if "pixel_values" in c]
+    slots = max(c["pixel_values"].shape[1] for c in with_images)
+    pixels = torch.cat([F.pad(c["pixel_values"].float(),
+                              (0, 0, 0, 0, 0, 0, 0, slots - c["pixel_values"].shape[1]))
+                        for c in with_images])
+    sizes = torch.cat([c["image_sizes"].reshape(-1, 2) for c in with_images])
+    return ids, mask, {"pixel_values": pixels, "image_sizes": sizes}
+
+
+def test_a_left_padded_batch_gives_each_case_its_tokens(kit) -> None:
     _, model, cases = kit
-    case = cases[name]
-    ids = case["input_ids"]
-    out = model.generate(input_ids=ids, attention_mask=case["attention_mask"], max_new_tokens=8,
-                         do_sample=False, use_cache=True, **image_kwargs(case))
-    new = out[0, ids.shape[1]:]
-    assert new[0].item() == case["logits_last"][-1].argmax().item()
-    # the KV cache changes nothing: one pass over prompt + answer picks the same tokens
-    with torch.no_grad():
-        logits = model(input_ids=out, **image_kwargs(case)).logits[0, -9:-1]
-    assert logits.argmax(-1).tolist() == new.tolist()
-    # and the images matter: it is not the text-only continuation the reference stored
-    assert new.tolist() != case["greedy_8"].tolist()
+    # every case in one batch: one and two images, 1 and 4 crops, text only, 15-775 tokens
+    names = sorted(cases)
+    ids, mask, images = left_padded_batch([cases[n] for n in names])
+    new = generate(model, ids, mask, images, cache=True)
+    for name, tokens in zip(names, new, strict=True):
+        assert tokens == cases[name]["greedy_8"].tolist(), name
