@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from productvlm.catalog.fetch import FetchConfig, fetch_images  # noqa: E402
-from productvlm.catalog.images import normalize_image_bytes, open_image  # noqa: E402
+from productvlm.images import normalize_image_bytes, open_image  # noqa: E402
 
 DATA = ROOT / "bench" / "out" / "fetch"
 PLACEHOLDER = "http://images.invalid/"
@@ -74,7 +74,7 @@ def serve(images: Path, latency: float, port_q: mp.Queue) -> None:
 
 def make_catalog(n: int) -> Path:
     """A fault-free synth catalog of n products (made once, reused by later runs)."""
-    from productvlm.catalog.synth import synth
+    from productvlm.synth.generate import synth
 
     out = DATA / f"synth-{n}"
     if not (out / "catalog.parquet").is_file():

@@ -116,7 +116,7 @@ def main() -> None:
     ]
     print(f"{'':28} {'seconds':>8} {'answers/s':>10} {'tokens':>7} {'ms/token':>9} {'parsed':>7}")
     for name, secs, toks, preds in rows:
-        parsed = sum(p.parsed.ok for p in preds)
+        parsed = sum(p.ok for p in preds)
         print(f"{name:28} {secs:8.2f} {args.n / secs:10.2f} {toks:7d} "
               f"{1000 * secs / max(toks, 1):9.2f} {parsed:4d}/{len(preds)}")
     print(f"batched vs one at a time: {t_single / t_batch:.2f}x answers/s (target >= 4x); "

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from productvlm.catalog.synth import synth  # noqa: E402
+from productvlm.synth.generate import synth  # noqa: E402
 
 
 def _cpu_s() -> float:
@@ -63,8 +63,8 @@ def learnability(tmp: Path, n: int = 1200, n_test: int = 200, epochs: int = 15) 
     from PIL import Image
     from torch import nn
 
-    from productvlm.catalog.assortment import price_point
-    from productvlm.catalog.synth import SynthConfig, sample_products
+    from productvlm.synth.assortment import price_point
+    from productvlm.synth.generate import SynthConfig, sample_products
 
     torch.manual_seed(0)
     torch.set_num_threads(2)

@@ -22,10 +22,10 @@ import torch
 
 def make_data(tmp: Path, n: int) -> tuple[Path, Path]:
     from productvlm.catalog.prepare import prepare
-    from productvlm.catalog.synth import synth
     from productvlm.demo import DemoConfig, _tokenizer
     from productvlm.models.phi3v.tiny import save_tiny_model, tiny_config
-    from productvlm.training.trainer import load_prepared
+    from productvlm.prepared import load_prepared
+    from productvlm.synth.generate import synth
 
     cat = synth(tmp / "catalog", n=n, seed=0, overwrite=True)
     prepare(str(cat.parquet), tmp / "prepared", progress=False, verbose=False)
@@ -46,8 +46,8 @@ def bare_loop(data: Path, model_dir: Path, steps: int, batch: int, warmup: int) 
 
     from productvlm.models.phi3v import Phi3VForCausalLM
     from productvlm.models.phi3v.processing import Phi3VProcessor
+    from productvlm.prepared import load_prepared
     from productvlm.training.collate import Phi3VCollator
-    from productvlm.training.trainer import load_prepared
 
     torch.manual_seed(0)
     ds = load_prepared(data)["train"]

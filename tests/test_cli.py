@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from productvlm.cli import app, parse_pairs
+from productvlm.cli import app
+from productvlm.config import parse_pairs
 from productvlm.errors import ProductVLMError
 
 EXE = Path(sys.executable).with_name("productvlm")

@@ -1,4 +1,4 @@
-"""inference.py + predict_cli.py: the one prediction path, on a real tiny random Phi-3-vision.
+"""inference.py + predict.py: the one prediction path, on a real tiny random Phi-3-vision.
 
 Random weights answer nonsense, which is the point: constrained decoding must still make
 every answer parse, batching must not change any row's greedy answer, and loading must find
@@ -20,8 +20,9 @@ import yaml
 from PIL import Image
 
 from productvlm.errors import ProductVLMError
-from productvlm.inference import Prediction, Predictor, resolve_model
+from productvlm.inference import Prediction, Predictor
 from productvlm.prompts import parse_answer
+from productvlm.rundir import resolve_model
 
 CATEGORIES = ["BAGS", "SCARVES", "COATS"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,7 +78,7 @@ def test_constrained_answers_parse_and_free_ones_do_not(predictor: Predictor,
     preds = predictor.predict(photos, progress=lambda n, total: done.append((n, total)))
     assert done[-1] == (len(photos), len(photos))
     for p in preds:
-        assert isinstance(p, Prediction) and p.parsed.ok, (p.raw, p.error)
+        assert isinstance(p, Prediction) and p.ok, (p.raw, p.error)
         assert p.category in CATEGORIES and p.price > 0 and p.title
         assert p.raw.startswith("Product: ") and p.latency_ms > 0
     predictor.constrained = False
@@ -85,7 +86,7 @@ def test_constrained_answers_parse_and_free_ones_do_not(predictor: Predictor,
         free = predictor.predict(photos)
     finally:
         predictor.constrained = True
-    assert not any(p.parsed.ok for p in free), [p.raw for p in free]
+    assert not any(p.ok for p in free), [p.raw for p in free]
     assert all(p.error and p.title is None for p in free)
 
 
@@ -122,7 +123,7 @@ def test_run_dir_without_labels_leaves_category_free(model_dir: Path, tmp_path: 
     p = Predictor.load(_run_dir(tmp_path, model_dir, "seed", labels=False), max_new_tokens=40)
     assert p.categories is None
     for pred in p.predict(photos[:3]):
-        assert pred.parsed.ok, pred.raw
+        assert pred.ok, pred.raw
 
 
 def test_adapter_run_dir_equals_its_merged_model(model_dir: Path, tmp_path: Path,
@@ -197,17 +198,18 @@ def test_predict_table_and_local_root(model_dir: Path, tmp_path: Path,
                                       photos: list[Image.Image],
                                       capsys: pytest.CaptureFixture[str],
                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from productvlm.predict_cli import predict_files
+    from productvlm.predict import PredictConfig, predict_files
 
     photos[0].save(tmp_path / "bag.jpg")
     run = _run_dir(tmp_path, model_dir, "seed")
     monkeypatch.chdir(tmp_path)
-    assert predict_files(str(run), ["bag.jpg"], max_new_tokens=24) == 0
+    assert predict_files(PredictConfig(model=str(run), images=["bag.jpg"],
+                                       max_new_tokens=24)) == 0
     out = capsys.readouterr().out
     assert "bag.jpg" in out and ("BELTS" in out or "SHOES" in out) and "GBP" in out
     # --local-root: a file outside it is refused in its row, not read
-    code = predict_files(str(run), ["bag.jpg"], json_lines=True,
-                         local_root=run, max_new_tokens=24)
+    code = predict_files(PredictConfig(model=str(run), images=["bag.jpg"], json_lines=True,
+                                       local_root=run, max_new_tokens=24))
     row = json.loads(capsys.readouterr().out)
     assert code == 1 and row["error"] == "outside local root" and row["title"] is None
 

@@ -26,21 +26,6 @@ app = typer.Typer(
 err_console = Console(stderr=True)
 
 
-def parse_pairs(pairs: list[str] | None, flag: str) -> dict[str, str]:
-    """Turn ``["title=name", "price=list_price"]`` into a dict, naming the flag on bad input.
-
-    >>> parse_pairs(["title=name"], "--map")
-    {'title': 'name'}
-    """
-    out: dict[str, str] = {}
-    for item in pairs or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key or not value:
-            raise ProductVLMError(f"{flag} {item!r}: expected KEY=VALUE, e.g. title=name")
-        out[key.strip()] = value.strip()
-    return out
-
-
 @app.callback()
 def _root() -> None:
     """productvlm: synth -> prepare -> train -> evaluate -> predict / serve."""
@@ -57,13 +42,14 @@ def version() -> None:
 def _register_commands() -> None:
     # Each stage module adds its own command(s); they import their heavy dependencies
     # (torch, transformers, datasets) inside the command functions, so --help stays quick.
-    from productvlm import demo, predict_cli
-    from productvlm.catalog import prepare, synth
+    from productvlm import demo, predict
+    from productvlm.catalog import prepare
     from productvlm.evaluation import evaluate
     from productvlm.serving import app as serving_app
+    from productvlm.synth import generate
     from productvlm.training import trainer
 
-    for module in (synth, prepare, trainer, evaluate, predict_cli, serving_app, demo):
+    for module in (generate, prepare, trainer, evaluate, predict, serving_app, demo):
         module.register(app)
 
 

@@ -96,6 +96,21 @@ def resolve_config(
         raise ProductVLMError(_describe(e, source)) from None
 
 
+def parse_pairs(pairs: list[str] | None, flag: str) -> dict[str, str]:
+    """Turn ``["title=name", "price=list_price"]`` into a dict, naming the flag on bad input.
+
+    >>> parse_pairs(["title=name"], "--map")
+    {'title': 'name'}
+    """
+    out: dict[str, str] = {}
+    for item in pairs or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise ProductVLMError(f"{flag} {item!r}: expected KEY=VALUE, e.g. title=name")
+        out[key.strip()] = value.strip()
+    return out
+
+
 def save_config(cfg: StageConfig, out_dir: str | Path, name: str = CONFIG_FILENAME) -> Path:
     """Write the resolved config as YAML into ``out_dir`` and return the path.
 

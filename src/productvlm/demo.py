@@ -23,50 +23,12 @@ from productvlm.config import StageConfig, resolve_config, save_config
 
 
 class DemoConfig(StageConfig):
-    """Sizes of the demo; the defaults finish in under 10 minutes on 2 CPU cores.
+    """Sizes of the demo: a tiny Phi-3-vision (the 4.2B model's architecture and code path)
+    trained from scratch on a synth catalog, in under 10 minutes on 2 CPU cores.
 
-    Chosen by trial on the 2-core machine (same catalog, seed 0, test split of 95): a
-    128-wide 3-layer decoder with a 128-wide 4-layer CLIP tower at 112 px, batch 8, lr 7e-4.
-    The image side (tower, separators, projection) learning at 1e-4 instead of 7e-4 was the
-    first change that mattered: validation loss 0.176 vs 0.193, category accuracy 0.853 vs 0.811,
-    title F1 0.812 vs 0.747, MAPE 17.0% vs 22.0% (3e-4 about as good, 3e-5 worse, the tower
-    alone at 1e-4 worse); 18 epochs instead of 15 gave 0.863 / 0.812 / 16.2%. No help:
-    168- and 140-px crops, num_crops 4 (also twice as slow), a 5-layer tower, decoder lr 1e-3
-    or 5e-4, weight decay 0.1, moving photos (`shift` 0.1: category accuracy 0.54); a 192-wide
-    tower reached MAPE 14.7% but title F1 0.789, with 30% more training time. Mirroring
-    half the training photos lowered the validation loss (0.203 vs 0.229 at epoch 12).
-
-    What finally moved category accuracy: the tower, not the decoder, was the limit (a linear
-    probe on the fine-tuned tower's features: 0.74 / 0.84 validation / test, about the model's
-    own accuracy). Hence the vision warm-up (training.vision_warmup: the image side alone
-    learns category + title words, 18 epochs at 1e-3) from PyTorch's default init
-    (``vision_init="torch"``), then the usual fine-tuning. Test / validation category
-    accuracy, title F1, MAPE: no warm-up 0.863 / 0.762, 0.812 / 0.810, 16.2% / 27.3%; 12
-    warm-up epochs from CLIP's init 0.863 / 0.851; 12 from torch's init 0.874 / 0.871, 0.778
-    / 0.826, 15.3% / 23.6% (category alone, no title words: 0.884 / 0.822 with F1 0.72); 18
-    warm-up + 18 fine-tuning epochs 0.958 / 0.871, 0.865 / 0.839, 12.1% / 16.4%. In the demo
-    itself (its own init draws) 18 + 18 epochs gave 0.895, 0.841, 25.2% (one perfume called a
-    dress) in 9.1 min, too close to 10; 18 + 12 gave 0.926 / 0.871, 0.840 / 0.856, 12.2% /
-    13.7% (oracle 14.9% / 12.3%) in 7.6 min. Picked on this split, so optimistic: another
-    catalog (seed 1) gave 0.832, title F1 0.803, MAPE 23.7% (oracle 15.4%).
-
-    The warm-up head's accuracy predicted the model's, so the warm-up got cheaper and longer:
-    processed photos kept in memory and mirrored as tensors, and a one-crop image's identical
-    global view and crop encoded once (36 warm-up epochs: 155 s instead of 243). On the seed-1
-    catalog (test / validation category accuracy): 18 warm-up epochs 0.842 / 0.861; 36 epochs
-    0.937 / 0.921 (head 0.960); decoder dropout 0.1 0.853 / 0.911, 0.2 0.895 / 0.891; 18
-    fine-tuning epochs instead of 12 worse (0.832 / 0.871); warm-up lr 2e-3 vs 1e-3 at 36
-    epochs: head 0.950 / 0.937 vs 0.941 / 0.916 (a rerun at 2e-3: 0.970 / 0.874: runs vary
-    by +-0.03). The defaults, 54 warm-up epochs at 2e-3, dropout 0.1, 12 fine-tuning epochs,
-    on three catalogs (test / validation): seed 0 0.926 / 0.901, F1 0.858 / 0.856, MAPE 11.9%
-    / 15.2% (oracle 14.9% / 12.3%); seed 1 0.937 / 0.960, 0.880 / 0.884, 18.1% / 12.4%
-    (15.4% / 14.8%; one scarf called a trench coat is 6.2 points of the 18.1); seed 2 0.915
-    / 0.931, 0.881 / 0.895, 14.2% / 17.9% (16.1% / 15.6%). Category and title targets met in
-    all six; MAPE below the oracle in three: a single gross category error decides it.
-    Warm-up alone on the seed-0 catalog (head accuracy, validation / test): 54 epochs 0.911 /
-    0.937; 72 epochs 0.901 / 0.937 (training loss 0.005: it overfits); batch 16 at 3e-3 0.891
-    / 0.937 (12% faster); weight decay 0.3 instead of 0.05 0.891 / 0.947; category label
-    smoothing 0.1 0.921 / 0.947: all within a sample or two, so unchanged.
+    The image side is warmed up alone first (training/vision_warmup.py), then the whole model
+    is fine-tuned; every default was chosen by trial on another catalog than the demo's own,
+    and docs/demo-trials.md records those trials and their figures.
     """
 
     out: Path = Path("runs/demo")
@@ -121,11 +83,12 @@ def demo(cfg: DemoConfig) -> DemoResult:
     from rich.console import Console
 
     from productvlm.catalog.prepare import prepare
-    from productvlm.catalog.synth import synth
     from productvlm.evaluation.evaluate import EvalConfig, evaluate
     from productvlm.models.phi3v.tiny import save_tiny_model, tiny_config
+    from productvlm.prepared import load_prepared
+    from productvlm.synth.generate import synth
     from productvlm.training.config import TrainConfig
-    from productvlm.training.trainer import load_prepared, train
+    from productvlm.training.trainer import train
 
     console = Console()
     started = time.perf_counter()

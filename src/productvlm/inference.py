@@ -15,14 +15,11 @@ Usage:
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from productvlm.errors import ProductVLMError
 from productvlm.prompts import (
@@ -33,121 +30,47 @@ from productvlm.prompts import (
     parse_answer,
     render_prompt,
 )
+from productvlm.rundir import resolve_model
 
 Progress = bool | Callable[[int, int], None] | None
 
+#: Prediction defaults, for every command that predicts (evaluate, predict, serve, audit, the
+#: training callback): photos per generation batch, and the longest answer in tokens.
+BATCH_SIZE = 16
+MAX_NEW_TOKENS = 64
+
 
 @dataclass
-class Prediction:
-    """One photo's answer: the parsed fields, the raw text, and how long its batch took."""
+class Prediction(ParsedAnswer):
+    """The one answer record: what evaluate, predict, serve and audit get for a photo.
 
-    title: str | None
-    category: str | None
-    price: float | None
-    currency: str | None
-    raw: str
-    parsed: ParsedAnswer = field(repr=False)
-    latency_ms: float = 0.0  # wall time of the batch this photo was answered in
+    The parsed fields (title, category, price; ``error`` says why one is missing), the raw
+    text, the catalog's currency, and how long its batch took. ``ok`` is False when the
+    answer did not parse, or (``raw`` None) when there was no answer at all (an unreadable
+    photo: ``error`` says why).
+    """
 
-    @property
-    def error(self) -> str | None:
-        return self.parsed.error
+    currency: str | None = None
+    raw: str | None = None
+    latency_ms: float | None = None  # wall time of the batch this photo was answered in
+
+    @classmethod
+    def from_answer(cls, raw: str, fmt: TargetFormat = "seed", *, currency: str | None = None,
+                    latency_ms: float | None = None) -> Prediction:
+        """Parse a raw answer into the record.
+
+        >>> Prediction.from_answer("Product: Lola Bag, Category: BAGS, Full Price: 2,290.00").price
+        2290.0
+        """
+        parsed = parse_answer(raw, fmt)
+        return cls(parsed.title, parsed.category, parsed.price, parsed.error, currency, raw,
+                   latency_ms)
 
     def to_dict(self) -> dict[str, Any]:
+        """The record as JSON: predict --json's rows and the HTTP API's fields."""
         out = asdict(self)
-        out.pop("parsed")
-        return {**out, "ok": self.parsed.ok, "error": self.parsed.error}
-
-
-@dataclass
-class RunInfo:
-    """What a model argument resolves to (see :func:`resolve_model`)."""
-
-    weights: str  # Hub-format folder or Hub id of the (base) model
-    processor: str  # folder or Hub id holding tokenizer + preprocessor config
-    adapter: Path | None = None  # PEFT adapter folder to apply on ``weights``
-    target_format: TargetFormat = "seed"
-    question: str = QUESTION
-    num_crops: int | None = None
-    categories: list[str] | None = None
-    currency: str | None = None
-
-
-def _has_model(folder: Path) -> bool:
-    return (folder / "config.json").is_file()
-
-
-def resolve_model(model: str | Path) -> RunInfo:
-    """A training run directory (merged model preferred, else adapter), a Hub-format model
-    folder, or a Hub id -> where the weights, processor, prompt and labels are.
-
-    >>> resolve_model("runs/demo/train").categories  # doctest: +SKIP
-    ['BAGS', 'COATS', ...]
-    """
-    path = Path(model).expanduser()
-    if not path.exists():
-        text = str(model)
-        hub_id = (text.count("/") == 1 and not text.startswith((".", "~", "/"))
-                  and not path.parent.is_dir())
-        if not hub_id:
-            raise ProductVLMError(f"{model}: model folder not found; pass a run directory "
-                                  "(from `productvlm train`), a model folder or a Hub id")
-        return RunInfo(weights=text, processor=text)  # a Hub id such as org/name
-    if not path.is_dir():
-        raise ProductVLMError(f"{model}: not a folder; pass a run directory or model folder")
-    info = RunInfo(weights=str(path), processor=str(path))
-    cfg_file, labels_file = path / "config.yaml", path / "labels.json"
-    cfg: dict[str, Any] = {}
-    if cfg_file.is_file():
-        try:
-            cfg = yaml.safe_load(cfg_file.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ProductVLMError(f"{cfg_file}: unreadable YAML ({e})") from None
-    info.target_format = cfg.get("target_format", "seed")
-    info.question = cfg.get("question", QUESTION)
-    info.num_crops = cfg.get("num_crops")
-    if labels_file.is_file():
-        try:
-            labels = json.loads(labels_file.read_text())
-        except json.JSONDecodeError as e:
-            raise ProductVLMError(f"{labels_file}: not valid JSON ({e})") from None
-        info.categories = [str(c) for c in labels.get("categories") or []] or None
-        info.currency = labels.get("currency")
-    if _has_model(path / "merged"):
-        info.weights = str(path / "merged")
-    elif (path / "adapter" / "adapter_config.json").is_file():
-        info.adapter = path / "adapter"
-        adapter_cfg = json.loads((info.adapter / "adapter_config.json").read_text())
-        base = adapter_cfg.get("base_model_name_or_path") or cfg.get("model")
-        if base and not Path(base).expanduser().exists() and cfg.get("model"):
-            base = cfg["model"]  # a relative path saved from another working directory
-        if not base:
-            raise ProductVLMError(f"{info.adapter}: adapter names no base model")
-        info.weights = str(base)
-    elif not _has_model(path):
-        raise ProductVLMError(f"{model}: no model here (no merged/, adapter/ or config.json)")
-    for candidate in (path / "processor", Path(info.weights), path):
-        if any((candidate / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
-            info.processor = str(candidate)
-            break
-    else:
-        info.processor = info.weights
-    return info
-
-
-def _device_dtype(device: str, dtype: str) -> tuple[Any, Any]:
-    import torch
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if dtype == "auto":
-        bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()
-        return torch.device(device), torch.bfloat16 if bf16 else torch.float32
-    dtypes = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-              "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-    if dtype not in dtypes:
-        raise ProductVLMError(f"--dtype {dtype!r}: use auto, float32, bfloat16 or float16")
-    return torch.device(device), dtypes[dtype]
+        error = out.pop("error")
+        return {**out, "ok": self.ok, "error": error}
 
 
 class Predictor:
@@ -170,8 +93,8 @@ class Predictor:
         question: str = QUESTION,
         categories: Sequence[str] | None = None,
         currency: str | None = None,
-        batch_size: int = 16,
-        max_new_tokens: int = 64,
+        batch_size: int = BATCH_SIZE,
+        max_new_tokens: int = MAX_NEW_TOKENS,
         constrained: bool = True,
         model_path: str | None = None,
         adapter: str | None = None,
@@ -196,9 +119,9 @@ class Predictor:
         model: str | Path,
         *,
         device: str = "auto",
-        dtype: str = "auto",
-        batch_size: int = 16,
-        max_new_tokens: int = 64,
+        precision: str = "auto",
+        batch_size: int = BATCH_SIZE,
+        max_new_tokens: int = MAX_NEW_TOKENS,
         constrained: bool = True,
         num_crops: int | None = None,
         categories: Sequence[str] | None = None,
@@ -212,12 +135,12 @@ class Predictor:
         'seed'
         """
         info = resolve_model(model)  # first: a wrong path fails before torch is imported
-        from productvlm.models.loading import load_processor
+        from productvlm.models.loading import load_processor, pick_device, pick_dtype
 
-        dev, torch_dtype = _device_dtype(device, dtype)
+        dev = pick_device(device)
         try:
             processor = load_processor(info.processor, num_crops=num_crops or info.num_crops)
-            net = _load_weights(info, torch_dtype)
+            net = _load_weights(info.weights, info.adapter, pick_dtype(precision, dev))
         except (OSError, ValueError) as e:
             if isinstance(e, ProductVLMError):
                 raise
@@ -249,7 +172,7 @@ class Predictor:
 
     def predict(self, images: Sequence[Any], progress: Progress = None) -> list[Prediction]:
         """Answer each image (PIL, RGB) in chunks of ``batch_size``; never raises on an answer
-        that does not parse (its ``parsed.error`` says why).
+        that does not parse (its ``error`` says why).
 
         ``progress``: True for a progress bar with answers/s, or ``fn(done, total)``.
         """
@@ -262,10 +185,8 @@ class Predictor:
                 t0 = time.perf_counter()
                 answers = self.generate(chunk)
                 ms = (time.perf_counter() - t0) * 1000
-                for raw in answers:
-                    parsed = parse_answer(raw, self.target_format)
-                    out.append(Prediction(parsed.title, parsed.category, parsed.price,
-                                          self.currency, raw, parsed, round(ms, 1)))
+                out += [Prediction.from_answer(raw, self.target_format, currency=self.currency,
+                                               latency_ms=round(ms, 1)) for raw in answers]
                 if bar is not None:
                     bar.advance(len(chunk))
                 elif callable(progress):
@@ -322,7 +243,7 @@ def _cut(text: str, stops: list[str]) -> str:
     return text.strip()
 
 
-def _load_weights(info: RunInfo, dtype: Any) -> Any:
+def _load_weights(weights: str, adapter: Path | None, dtype: Any) -> Any:
     from transformers.utils import logging as hf_logging
 
     from productvlm.models.loading import load_model
@@ -330,17 +251,11 @@ def _load_weights(info: RunInfo, dtype: Any) -> Any:
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # "Loading weights" bars would clutter predict's output
     try:
-        net = load_model(info.weights, dtype=dtype)
+        # the base comes from resolve_model (it may differ from the path the adapter saved)
+        return load_model(weights, adapter=adapter, dtype=dtype)
     finally:
         if bars:
             hf_logging.enable_progress_bar()
-    if info.adapter is not None:
-        from peft import PeftModel
-
-        # The base comes from resolve_model (it may differ from the path the adapter saved);
-        # merged once here, generation then runs at the base model's speed.
-        net = PeftModel.from_pretrained(net, str(info.adapter)).merge_and_unload()
-    return net
 
 
 class _Bar:

@@ -21,9 +21,10 @@ import numpy as np
 import pytest
 from PIL import ExifTags, Image
 
-from productvlm.catalog.fetch import FetchConfig, FetchResult, fetch_images, open_image
+from productvlm.catalog.fetch import FetchConfig, FetchResult, fetch_images
 from productvlm.catalog.fetch_http import HttpSession, retry_after_seconds
 from productvlm.errors import ProductVLMError
+from productvlm.images import open_image
 
 ROOT = Path(__file__).resolve().parents[2]
 

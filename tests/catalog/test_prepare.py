@@ -315,8 +315,8 @@ SYNTH_FAULT_REASONS = {
 
 def test_synth_catalog_over_http_every_fault_kind(tmp_path):
     """synth's Burberry-schema catalog, photos served over HTTP, faults injected."""
-    from productvlm.catalog.faults import FAULT_KINDS
-    from productvlm.catalog.synth import synth
+    from productvlm.synth.faults import FAULT_KINDS
+    from productvlm.synth.generate import synth
 
     cat = tmp_path / "cat"
     srv = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_CountingHandler,

@@ -17,15 +17,11 @@ from rich.console import Console
 
 from productvlm.evaluation.baselines import compute_baselines, median_price
 from productvlm.evaluation.metrics import UNPARSED, all_metrics
-from productvlm.evaluation.outputs import (
-    PredictionRow,
-    console_table,
-    log_to_wandb,
-    write_predictions_jsonl,
-)
+from productvlm.evaluation.outputs import console_table, log_to_wandb, write_predictions_jsonl
 from productvlm.evaluation.report import best_and_worst, write_report
+from productvlm.evaluation.rows import PredictionRow
+from productvlm.inference import Prediction
 from productvlm.prompts import ProductFields as T
-from productvlm.prompts import parse_answer
 
 
 def _png_bytes(color) -> bytes:
@@ -57,7 +53,8 @@ def rows(tmp_path) -> list[PredictionRow]:
         (T("Silk Scarf", "SCARVES", 400.0), "I cannot tell", b"not an image"),
     ]
     return [
-        PredictionRow(f"sku-{i}", t, a, parse_answer(a), img) for i, (t, a, img) in enumerate(spec)
+        PredictionRow(f"sku-{i}", t, Prediction.from_answer(a), img)
+        for i, (t, a, img) in enumerate(spec)
     ]
 
 
@@ -70,7 +67,7 @@ TRAIN = [
 
 def _metrics(rows):
     targets, fallback = [r.truth for r in rows], median_price(TRAIN)
-    model = all_metrics(targets, [r.parsed for r in rows], fallback_price=fallback)
+    model = all_metrics(targets, [r.prediction for r in rows], fallback_price=fallback)
     base = {
         k: all_metrics(targets, p, fallback_price=fallback)
         for k, p in compute_baselines(TRAIN, targets).items()
@@ -169,7 +166,7 @@ def test_report_is_self_contained_html_with_plots_and_tables(tmp_path, rows):
 
 def test_metrics_json_stays_valid_with_nan(tmp_path, rows):
     bad = rows[3]
-    model = all_metrics([bad.truth], [bad.parsed])  # no fallback: price metrics are NaN
+    model = all_metrics([bad.truth], [bad.prediction])  # no fallback: price metrics are NaN
     assert math.isnan(model["price_mae"])
     write_report(tmp_path, [bad], model, {})
     text = (tmp_path / "metrics.json").read_text()

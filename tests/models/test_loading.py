@@ -112,7 +112,7 @@ def test_freeze_vision_for_full_fine_tuning(folder) -> None:
 def test_train_config_drives_the_options(folder) -> None:
     from productvlm.training.config import TrainConfig
 
-    full = load_model(folder, cfg=TrainConfig(model=str(folder), mode="full"), bf16=True)
+    full = load_model(folder, cfg=TrainConfig(model=str(folder), mode="full", precision="bf16"))
     assert isinstance(full, Phi3VForCausalLM) and full.dtype == torch.float32
     lora = load_model(folder, cfg=TrainConfig(model=str(folder), lora_r=4, lora_alpha=8))
     assert isinstance(lora, PeftModel)

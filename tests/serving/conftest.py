@@ -35,8 +35,9 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def predictor(tiny_model_dir: Path) -> Any:
     """The one prediction path, loaded from the tiny folder, answers forced into the format."""
     import torch
-    Predictor = pytest.importorskip(  # noqa: N806
-        "productvlm.inference", reason="productvlm.inference is not built yet").Predictor
+
+    from productvlm.inference import Predictor
+
     torch.set_num_threads(1)  # the test machine's cores are shared
     return Predictor.load(tiny_model_dir, batch_size=8, constrained=True, max_new_tokens=32,
                           categories=CATEGORIES)
@@ -73,7 +74,8 @@ def client_for(predictor: Any) -> Iterator[Any]:
     """``client_for(**settings)``: a TestClient (lifespan running) of an app with settings."""
     from fastapi.testclient import TestClient
 
-    from productvlm.serving.app import ServeConfig, create_app
+    from productvlm.serving.app import create_app
+    from productvlm.serving.config import ServeConfig
 
     opened: list[Any] = []
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from productvlm.errors import ProductVLMError
-from productvlm.serving.app import ServeConfig, check_exposure, is_loopback
+from productvlm.serving.config import ServeConfig, check_exposure, is_loopback
 
 pytest.importorskip("fastapi")
 

@@ -24,7 +24,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 @pytest.fixture(scope="module")
 def live_server(predictor: Any) -> Iterator[str]:
     uvicorn = pytest.importorskip("uvicorn")
-    from productvlm.serving.app import ServeConfig, create_app
+    from productvlm.serving.app import create_app
+    from productvlm.serving.config import ServeConfig
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

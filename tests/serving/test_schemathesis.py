@@ -15,7 +15,8 @@ schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
 
-from productvlm.serving.app import ServeConfig, create_app  # noqa: E402
+from productvlm.serving.app import create_app  # noqa: E402
+from productvlm.serving.config import ServeConfig  # noqa: E402
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])

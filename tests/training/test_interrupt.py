@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from productvlm.training.trainer import last_complete_checkpoint
+from productvlm.rundir import last_complete_checkpoint
 
 EXE = Path(sys.executable).with_name("productvlm")
 pytestmark = pytest.mark.slow

@@ -11,8 +11,8 @@ from PIL import Image, ImageOps
 from productvlm.errors import ProductVLMError
 from productvlm.models.loading import load_model, load_processor
 from productvlm.models.phi3v.image_processing import Phi3VImageProcessor
+from productvlm.prepared import load_prepared
 from productvlm.training.config import TrainConfig
-from productvlm.training.trainer import load_prepared
 from productvlm.training.vision_warmup import mirror_pixels, title_words, warm_up_vision
 
 
@@ -52,7 +52,7 @@ def test_mirroring_processed_views_is_processing_the_mirrored_photo(size, num_cr
 def test_warm_up_trains_only_the_image_side_and_learns_the_categories(
         base_model, prepared, tmp_path) -> None:
     cfg = _cfg(base_model, prepared, tmp_path / "run")
-    model = load_model(cfg.model, cfg=cfg, bf16=False)
+    model = load_model(cfg.model, cfg=cfg)
     processor = load_processor(cfg.model, num_crops=1)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     ds = load_prepared(prepared)
@@ -71,7 +71,7 @@ def test_warm_up_trains_only_the_image_side_and_learns_the_categories(
 
 def test_warm_up_needs_a_trainable_image_side(base_model, prepared, tmp_path) -> None:
     cfg = _cfg(base_model, prepared, tmp_path / "run", mode="lora", freeze_vision=True)
-    model = load_model(cfg.model, cfg=cfg, bf16=False)
+    model = load_model(cfg.model, cfg=cfg)
     processor = load_processor(cfg.model, num_crops=1)
     ds = load_prepared(prepared)
     with pytest.raises(ProductVLMError, match="freeze_vision: false"):
@@ -80,7 +80,7 @@ def test_warm_up_needs_a_trainable_image_side(base_model, prepared, tmp_path) ->
 
 def test_warm_up_on_fewer_rows_than_a_batch(base_model, prepared, tmp_path) -> None:
     cfg = _cfg(base_model, prepared, tmp_path / "run", batch_size=8, vision_warmup_epochs=2)
-    model = load_model(cfg.model, cfg=cfg, bf16=False)
+    model = load_model(cfg.model, cfg=cfg)
     processor = load_processor(cfg.model, num_crops=1)
     ds = load_prepared(prepared)
     stats = warm_up_vision(model, processor, ds["train"].select(range(3)), None, cfg)
@@ -98,7 +98,7 @@ def test_an_interrupted_warm_up_resumes_from_its_saved_state(base_model, prepare
         return {n: p.detach().clone() for n, p in model.named_parameters()
                 if "vision_embed_tokens." in n}
 
-    first = load_model(cfg.model, cfg=cfg, bf16=False)
+    first = load_model(cfg.model, cfg=cfg)
     calls = iter(range(10**6))
     with pytest.raises(ProductVLMError, match=rf"warm-up at step 5 of {total}.*--resume"):
         warm_up_vision(first, processor, ds["train"], None, cfg,
@@ -108,14 +108,14 @@ def test_an_interrupted_warm_up_resumes_from_its_saved_state(base_model, prepare
     assert all(torch.equal(state["side"][n.split("vision_embed_tokens.", 1)[1]], p)
                for n, p in side(first).items())
 
-    second = load_model(cfg.model, cfg=cfg, bf16=False)  # a new process: fresh weights
+    second = load_model(cfg.model, cfg=cfg)  # a new process: fresh weights
     stats = warm_up_vision(second, processor, ds["train"], ds["validation"], cfg, resume=True)
     assert stats["steps"] == total and stats["resumed_at_step"] == 5
     assert stats["validation_category_accuracy"] == 1.0
     done = side(second)
 
     # once done, a later --resume (killed before fine-tuning saved anything) reuses the result
-    third = load_model(cfg.model, cfg=cfg, bf16=False)
+    third = load_model(cfg.model, cfg=cfg)
     assert warm_up_vision(third, processor, ds["train"], None, cfg, resume=True) == stats
     assert all(torch.equal(p, done[n]) for n, p in side(third).items())
 
@@ -125,6 +125,6 @@ def test_an_interrupted_warm_up_resumes_from_its_saved_state(base_model, prepare
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        warm_up_vision(load_model(cfg.model, cfg=cfg, bf16=False), processor, ds["train"], None,
+        warm_up_vision(load_model(cfg.model, cfg=cfg), processor, ds["train"], None,
                        cfg, should_stop=killed)
     assert not (tmp_path / "run" / "vision_warmup" / "state.pt").exists()

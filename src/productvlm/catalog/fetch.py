@@ -27,49 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
 from yarl import URL
 
-from productvlm import __version__
 from productvlm.catalog.fetch_cache import FetchCache
+from productvlm.catalog.fetch_config import FetchConfig
 from productvlm.catalog.fetch_http import Fail, HttpSession, classify_source, download
-from productvlm.catalog.images import (
-    DEFAULT_MAX_PIXELS,
-    ImageRejected,
-    normalize_image_bytes,
-    open_image,
-)
-from productvlm.config import StageConfig
 from productvlm.errors import ProductVLMError
+from productvlm.images import ImageRejected, normalize_image_bytes
 
-__all__ = ["FetchConfig", "FetchResult", "fetch_images", "open_image"]
-
-
-class FetchConfig(StageConfig):
-    """How ``prepare`` fetches images (the ``fetch:`` part of its config)."""
-
-    concurrency: int = Field(64, ge=1, description="requests in flight overall")
-    per_host: int = Field(16, ge=1, description="requests in flight to one host (politeness)")
-    timeout_s: float = Field(
-        20.0, gt=0, description="deadline per attempt: connect, headers and body together"
-    )
-    retries: int = Field(
-        4, ge=0, description="extra attempts after timeouts, connection errors, 408, 429, 5xx"
-    )
-    backoff_s: float = Field(0.5, ge=0, description="first retry delay; doubles, with jitter")
-    retry_after_cap_s: float = Field(60.0, ge=0, description="longest Retry-After honoured (s)")
-    max_bytes: int = Field(20_000_000, ge=1, description="larger images fail; reading stops there")
-    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="decompression-bomb guard (w*h)")
-    local_root: Path | None = Field(
-        None, description="local paths and file:// URLs are read only inside it; None: refused"
-    )
-    cache_dir: Path | None = Field(
-        None, description="content cache, so reruns and resumed runs download nothing twice"
-    )
-    window: int = Field(
-        0, ge=0, description="sources admitted but not yet yielded; 0 = max(4*concurrency, 256)"
-    )
-    user_agent: str = Field(f"productvlm/{__version__} (image fetch)", description="User-Agent")
+__all__ = ["FetchConfig", "FetchResult", "fetch_images", "read_local"]
 
 
 @dataclass
@@ -233,26 +199,7 @@ class _Fetcher:
         return FetchResult(key, True, data, meta["sha256"], width, height, cached=True)
 
     def _local(self, source: str, path: Path) -> FetchResult:
-        if self.root is None:
-            raise Fail("local file refused (set local_root to allow local images)")
-        try:
-            full = path.expanduser()
-            full = (full if full.is_absolute() else self.root / full).resolve()
-        except (OSError, RuntimeError) as e:  # e.g. a symlink loop
-            raise Fail(f"cannot resolve path ({e})") from None
-        if not full.is_relative_to(self.root):  # `..` and symlinks are resolved by now
-            raise Fail("outside local root")
-        if not full.exists():
-            raise Fail("file not found")
-        if not full.is_file():
-            raise Fail("not a file")
-        try:
-            if full.stat().st_size > self.cfg.max_bytes:
-                raise Fail(f"too large (> {self.cfg.max_bytes} bytes)")
-            raw = full.read_bytes()
-        except OSError as e:
-            raise Fail(f"cannot read file ({e.strerror or e})") from None
-        return self._finish(source, raw, False)
+        return self._finish(source, read_local(path, self.root, self.cfg.max_bytes), False)
 
     def _finish(self, source: str, raw: bytes, cacheable: bool) -> FetchResult:
         """Validate/normalise downloaded bytes and cache the outcome (worker thread)."""
@@ -269,6 +216,35 @@ class _Fetcher:
             meta = {"ok": True, "sha256": digest, "width": width, "height": height}
             cache.put(source.strip(), meta, data)
         return FetchResult(source, True, data, digest, width, height)
+
+
+def read_local(path: Path, root: Path | None, max_bytes: int) -> bytes:
+    """The bytes of a local image file, read once, if the rules allow it; else raises Fail.
+
+    Relative paths are taken inside ``root``; a path that resolves outside it (``..``,
+    symlinks) is refused, as is any local file when ``root`` is None.
+
+    >>> read_local(Path("shots/bag.jpg"), Path.cwd(), 20_000_000)  # doctest: +SKIP
+    """
+    if root is None:
+        raise Fail("local file refused (set local_root to allow local images)")
+    try:
+        full = path.expanduser()
+        full = (full if full.is_absolute() else root / full).resolve()
+    except (OSError, RuntimeError) as e:  # e.g. a symlink loop
+        raise Fail(f"cannot resolve path ({e})") from None
+    if not full.is_relative_to(root):  # `..` and symlinks are resolved by now
+        raise Fail("outside local root")
+    if not full.exists():
+        raise Fail("file not found")
+    if not full.is_file():
+        raise Fail("not a file")
+    try:
+        if full.stat().st_size > max_bytes:
+            raise Fail(f"too large (> {max_bytes} bytes)")
+        return full.read_bytes()
+    except OSError as e:
+        raise Fail(f"cannot read file ({e.strerror or e})") from None
 
 
 class _Bar:

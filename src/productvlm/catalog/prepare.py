@@ -48,10 +48,18 @@ from productvlm.catalog.schema import (
     validate_row,
 )
 from productvlm.catalog.sources import CatalogSource, open_source
-from productvlm.catalog.split import SPLITS, assign_splits, group_rows
+from productvlm.catalog.split import assign_splits, group_rows
 from productvlm.catalog.staging import fetch_and_stage, write_dataset
-from productvlm.config import StageConfig, resolve_config, save_config
+from productvlm.config import StageConfig, parse_pairs, resolve_config, save_config
 from productvlm.errors import ProductVLMError
+from productvlm.prepared import (
+    DATASET_DIR,
+    FAILURE_COLUMNS,
+    FAILURES,
+    MANIFEST,
+    ROW_NUMBERING,
+    SPLITS,
+)
 
 
 class PrepareConfig(StageConfig):
@@ -102,9 +110,9 @@ class PrepareResult:
     failures_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
-        self.dataset_dir = self.out / "dataset"
-        self.manifest_path = self.out / "manifest.json"
-        self.failures_path = self.out / "failures.csv"
+        self.dataset_dir = self.out / DATASET_DIR
+        self.manifest_path = self.out / MANIFEST
+        self.failures_path = self.out / FAILURES
 
 
 def _read_and_validate(src: CatalogSource, mapping: dict[str, str], cfg: PrepareConfig,
@@ -228,6 +236,9 @@ def prepare(
 
     failures: list[tuple[int, str, str]] = []
     items, rows_in = _read_and_validate(src, mapping, cfg, failures)
+    if rows_in == 0:
+        raise ProductVLMError(f"{src.name}: the catalog has no rows (a header at most); "
+                              "nothing to prepare: check the file or --source-split")
     say(f"{rows_in} rows read, {len(items)} valid; fetching {len(items)} images")
     staging = out / ".staging.arrow"
     try:
@@ -235,14 +246,14 @@ def prepare(
         del items
         split_of = assign_splits([k[0] for k in keys], [k[1] for k in keys],
                                  [k[2] for k in keys], cfg.fractions, cfg.seed)
-        sizes = write_dataset(staging, split_of, out / "dataset")
+        sizes = write_dataset(staging, split_of, out / DATASET_DIR)
     finally:
         staging.unlink(missing_ok=True)
 
     failures.sort()
-    with (out / "failures.csv").open("w", newline="", encoding="utf-8") as f:
+    with (out / FAILURES).open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["row", "product_code", "reason"])
+        w.writerow(FAILURE_COLUMNS)
         w.writerows(failures)
     by_reason = dict(Counter(reason_key(r) for _, _, r in failures).most_common())
     prepared = sum(sizes.values())
@@ -258,6 +269,7 @@ def prepare(
         "column_map": mapping,
         "counts": {"rows_in": rows_in, "prepared": prepared, "failed": len(failures),
                    "failed_by_reason": by_reason},
+        "row_numbering": ROW_NUMBERING,
         "splits": sizes,
         "groups": len(set(group_rows([k[0] for k in keys], [k[2] for k in keys]))),
         "categories": dict(sorted(per_category.items())),
@@ -268,7 +280,7 @@ def prepare(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "elapsed_s": round(time.time() - started, 2),
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
     save_config(cfg, out)
 
     say(f"rows in {rows_in} = prepared {prepared} + failed {len(failures)}")
@@ -278,7 +290,7 @@ def prepare(
         + f"; images fetched {img_stats['fetched']}, from cache {img_stats['cached']}")
     say(f"wrote {out}/dataset, manifest.json, failures.csv, config.yaml")
     if prepared == 0 and rows_in:
-        say(f"warning: no row could be prepared; see {out / 'failures.csv'}")
+        say(f"warning: no row could be prepared; see {out / FAILURES}")
     return PrepareResult(out, rows_in, prepared, len(failures), by_reason, sizes)
 
 
@@ -311,7 +323,6 @@ def _split_positionals(source: str, extra: list[str]) -> tuple[str, list[str]]:
 
 def register(app: typer.Typer) -> None:
     """Add ``productvlm prepare`` to the CLI."""
-    from productvlm.cli import parse_pairs
 
     @app.command(
         "prepare",

@@ -1,10 +1,10 @@
-"""Catalog schemas: the Burberry source schema, our canonical record, and column presets.
+"""Catalog schemas: our canonical record and the column presets that map a source onto it.
 
 The reference catalog is the Hugging Face dataset ``DBQ/Burberry.Product.prices.United.States``
-(3,040 rows). ``productvlm synth`` writes exactly its schema; ``productvlm prepare`` maps any
+(3,040 rows), read through the ``burberry`` preset; ``productvlm prepare`` maps any
 catalog's columns onto :data:`CANONICAL_FIELDS` with a preset or ``--map`` flags
 (:func:`resolve_column_map`), checks each row into a :class:`Record` or a failure reason
-(:func:`validate_row`) and stores :data:`PREPARED_COLUMNS` (:func:`prepared_features`).
+(:func:`validate_row`); ``productvlm.prepared`` says what is stored.
 """
 
 from __future__ import annotations
@@ -14,36 +14,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import pyarrow as pa
-
 from productvlm.catalog.sources import BadRow, Row
 from productvlm.errors import ProductVLMError
 from productvlm.prompts import parse_price
 
 BURBERRY_DATASET_ID = "DBQ/Burberry.Product.prices.United.States"
-
-#: Column names and types of the Burberry catalog, in its order.
-BURBERRY_SCHEMA = pa.schema(
-    [
-        ("website_name", pa.string()),
-        ("competence_date", pa.string()),
-        ("country_code", pa.string()),
-        ("currency_code", pa.string()),
-        ("brand", pa.string()),
-        ("category1_code", pa.string()),
-        ("category2_code", pa.string()),
-        ("category3_code", pa.string()),
-        ("product_code", pa.int64()),
-        ("title", pa.string()),
-        ("itemurl", pa.string()),
-        ("imageurl", pa.string()),
-        ("full_price", pa.float64()),
-        ("price", pa.float64()),
-        ("full_price_eur", pa.float64()),
-        ("price_eur", pa.float64()),
-        ("flg_discount", pa.int64()),
-    ]
-)
 
 #: Fields of a prepared record. ``image`` is required on input (a URL or a path);
 #: ``category`` is the one the answer carries; category1/2 are kept when the source has them.
@@ -130,11 +105,6 @@ def resolve_column_map(
     return mapping
 
 
-#: Columns of a prepared dataset split, in order (see :func:`prepared_features`).
-PREPARED_COLUMNS = ("product_code", "title", "category", "category1", "category2", "price",
-                    "currency", "image", "image_sha256", "source_row")
-
-
 @dataclass(slots=True)
 class Record:
     """A validated row, without its image (that is fetched later)."""
@@ -217,16 +187,3 @@ def reason_key(reason: str) -> str:
         return "duplicate"
     head, sep, rest = reason.partition(": ")
     return (head + sep + rest.split(": ", 1)[0]).split(" (", 1)[0]
-
-
-def prepared_features():  # -> datasets.Features; datasets is imported only when needed
-    """The features of a prepared split: images stored as bytes, sha256, source row."""
-    import datasets
-
-    return datasets.Features({
-        "product_code": datasets.Value("string"), "title": datasets.Value("string"),
-        "category": datasets.Value("string"), "category1": datasets.Value("string"),
-        "category2": datasets.Value("string"), "price": datasets.Value("float64"),
-        "currency": datasets.Value("string"), "image": datasets.Image(),
-        "image_sha256": datasets.Value("string"), "source_row": datasets.Value("int64"),
-    })

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from productvlm.errors import ProductVLMError
+from productvlm.rundir import is_hub_id
 
 SUFFIXES = {
     ".csv": "csv",
@@ -89,7 +90,7 @@ def open_source(source: str, split: str | None = None) -> CatalogSource:
         return opener(path)
     if path.is_dir():
         return _open_hf(str(path), split, local=True)
-    if source.count("/") == 1 and not source.startswith((".", "/", "~")):
+    if is_hub_id(source):
         return _open_hf(source, split, local=False)
     raise ProductVLMError(f"{source}: no such file or folder, and not a Hugging Face dataset id")
 

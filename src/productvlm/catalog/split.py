@@ -21,7 +21,7 @@ import random
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 
-SPLITS = ("train", "validation", "test")
+from productvlm.prepared import SPLITS
 
 
 class _UnionFind:

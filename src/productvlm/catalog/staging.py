@@ -16,8 +16,8 @@ from collections import Counter
 from pathlib import Path
 
 from productvlm.catalog.fetch import FetchConfig, fetch_images
-from productvlm.catalog.schema import PREPARED_COLUMNS, Record, prepared_features
-from productvlm.catalog.split import SPLITS
+from productvlm.catalog.schema import Record
+from productvlm.prepared import PREPARED_COLUMNS, SPLITS, prepared_features
 
 # Staging batches are flushed at whichever limit comes first: small enough to keep memory
 # flat with large photos, large enough that Arrow's per-batch overhead does not matter.

@@ -9,7 +9,6 @@ report.html and config.yaml; prints every metric beside the baselines; logs to W
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +18,7 @@ from pydantic import Field
 
 from productvlm.config import StageConfig, resolve_config, save_config
 from productvlm.errors import ProductVLMError
+from productvlm.inference import BATCH_SIZE, MAX_NEW_TOKENS
 
 
 class EvalConfig(StageConfig):
@@ -28,8 +28,8 @@ class EvalConfig(StageConfig):
     data: Path = Field(..., description="output folder of `productvlm prepare`")
     split: str = "test"
     out: Path | None = Field(None, description="default: <model>/eval-<split>")
-    batch_size: int = Field(16, ge=1)
-    max_new_tokens: int = Field(64, ge=1)
+    batch_size: int = Field(BATCH_SIZE, ge=1)
+    max_new_tokens: int = Field(MAX_NEW_TOKENS, ge=1)
     constrained: bool = Field(True, description="force answers into the target format")
     limit: int | None = Field(None, ge=1, description="evaluate the first N rows only")
     report_to: Literal["wandb", "none"] = "wandb"
@@ -58,15 +58,11 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
 
     from productvlm.evaluation.baselines import compute_baselines, fields_from_records, median_price
     from productvlm.evaluation.metrics import all_metrics
-    from productvlm.evaluation.outputs import (
-        PredictionRow,
-        console_table,
-        log_to_wandb,
-        write_predictions_jsonl,
-    )
+    from productvlm.evaluation.outputs import console_table, log_to_wandb, write_predictions_jsonl
     from productvlm.evaluation.report import write_report
-    from productvlm.inference import Predictor
-    from productvlm.prompts import ParsedAnswer, ProductFields
+    from productvlm.evaluation.rows import PredictionRow
+    from productvlm.inference import Prediction, Predictor
+    from productvlm.prompts import ProductFields
 
     ds = _load_split(cfg)
     split = ds[cfg.split]
@@ -100,16 +96,15 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
             truth = ProductFields(meta["title"], meta["category"], float(meta["price"]))
             row_id = str(meta.get("product_code") or meta.get("source_row") or len(rows))
             if isinstance(image, Exception):
-                parsed = ParsedAnswer(error=f"image failed to decode: {image}")
-                rows.append(PredictionRow(row_id, truth, "", parsed, None))
+                failed = Prediction(error=f"image failed to decode: {image}")
+                rows.append(PredictionRow(row_id, truth, failed, None))
                 continue
-            pred = next(preds)
-            rows.append(PredictionRow(row_id, truth, pred.raw, pred.parsed, _thumb(image)))
+            rows.append(PredictionRow(row_id, truth, next(preds), _thumb(image)))
 
     train = fields_from_records(ds["train"].select_columns(["title", "category", "price"]))
     fallback = median_price(train)
     targets = [r.truth for r in rows]
-    metrics = all_metrics(targets, [r.parsed for r in rows], fallback_price=fallback)
+    metrics = all_metrics(targets, [r.prediction for r in rows], fallback_price=fallback)
     baselines = {
         name: all_metrics(targets, preds, fallback_price=fallback)
         for name, preds in compute_baselines(train, targets).items()
@@ -133,7 +128,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
 
 
 def _load_split(cfg: EvalConfig) -> Any:
-    from productvlm.training.trainer import load_prepared
+    from productvlm.prepared import load_prepared
 
     ds = load_prepared(cfg.data)
     if cfg.split not in ds:
@@ -175,19 +170,9 @@ def _log_wandb(
     baselines: dict[str, dict[str, Any]],
     log_fn: Any,
 ) -> None:
-    import wandb
+    from productvlm.tracking import start_wandb_run
 
-    from productvlm.training.trainer import _wandb_logged_in
-
-    mode = os.environ.get("WANDB_MODE") or ("online" if _wandb_logged_in() else "offline")
-    run = wandb.init(
-        project=cfg.wandb_project,
-        job_type="evaluate",
-        dir=str(out),
-        mode=mode,
-        config=cfg.model_dump(mode="json"),
-        reinit="finish_previous",
-    )
+    run = start_wandb_run(cfg.wandb_project, "evaluate", out, cfg.model_dump(mode="json"))
     try:
         log_fn(run, rows, metrics, baselines)
     finally:

@@ -3,8 +3,8 @@ and the W&B logs, all built from the same rows and metric dicts (see report.py f
 
 Example::
 
-    rows = [PredictionRow(id, truth, raw_answer, parse_answer(raw_answer), image), ...]
-    metrics = all_metrics([r.truth for r in rows], [r.parsed for r in rows], fallback_price=m)
+    rows = [PredictionRow(id, truth, prediction, image), ...]  # prediction: Predictor's record
+    metrics = all_metrics([r.truth for r in rows], [r.prediction for r in rows], fallback_price=m)
     write_predictions_jsonl(out / "predictions.jsonl", rows, fallback_price=m)
     rich.print(console_table(metrics, baseline_metrics))
 """
@@ -16,7 +16,7 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -27,24 +27,8 @@ from rich.table import Table
 from productvlm.evaluation.baselines import BASELINE_NAMES
 from productvlm.evaluation.metrics import row_scores
 from productvlm.evaluation.plots import error_histogram, image_or_none, png, price_scatter
-from productvlm.prompts import ParsedAnswer, ProductFields, format_price
-
-
-@dataclass
-class PredictionRow:
-    """One evaluated example.
-
-    ``image``: a PIL image, a file path, encoded bytes or None. A row whose image could not
-    be read keeps its place with ``answer=""`` and ``parsed=ParsedAnswer(error="image ...")``,
-    so it is reported and scored as unparsed rather than dropped.
-    """
-
-    id: str
-    truth: ProductFields
-    answer: str
-    parsed: ParsedAnswer
-    image: Any = None
-
+from productvlm.evaluation.rows import PredictionRow
+from productvlm.prompts import format_price
 
 #: Headline metrics in display order: key, label, format, whether higher is better.
 METRICS: list[tuple[str, str, str, bool]] = [
@@ -111,15 +95,15 @@ def write_predictions_jsonl(
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as f:
         for r in rows:
-            parsed = r.parsed.to_dict()
+            p = r.prediction
             record = {
                 "id": r.id,
                 "truth": asdict(r.truth),
                 "answer": r.answer,
-                "parsed": {k: v for k, v in parsed.items() if k != "error"},
-                "ok": r.parsed.ok,
-                "error": r.parsed.error,
-                "scores": row_scores(r.truth, r.parsed, fallback_price=fallback_price),
+                "parsed": {"title": p.title, "category": p.category, "price": p.price},
+                "ok": r.prediction.ok,
+                "error": r.prediction.error,
+                "scores": row_scores(r.truth, r.prediction, fallback_price=fallback_price),
             }
             f.write(json.dumps(jsonable(record), ensure_ascii=False) + "\n")
     return path
@@ -190,10 +174,10 @@ def log_to_wandb(
             r.truth.category,
             r.truth.price,
             r.answer,
-            r.parsed.title,
-            r.parsed.category,
-            r.parsed.price,
-            r.parsed.error,
+            r.prediction.title,
+            r.prediction.category,
+            r.prediction.price,
+            r.prediction.error,
         )
     plots = {
         f"{prefix}/price_scatter": wandb.Image(Image.open(io.BytesIO(png(price_scatter(rows))))),

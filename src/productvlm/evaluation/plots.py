@@ -12,17 +12,15 @@ import base64
 import io
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
-from productvlm.catalog.images import open_image
 from productvlm.errors import ProductVLMError
-
-if TYPE_CHECKING:
-    from productvlm.evaluation.outputs import PredictionRow
+from productvlm.evaluation.rows import PredictionRow
+from productvlm.images import open_image
 
 
 def png(fig: Figure) -> bytes:
@@ -33,9 +31,9 @@ def png(fig: Figure) -> bytes:
 
 def _readable_prices(rows: Sequence[PredictionRow]) -> tuple[np.ndarray, np.ndarray]:
     pairs = [
-        (r.truth.price, r.parsed.price)
+        (r.truth.price, price)
         for r in rows
-        if r.parsed.price is not None and math.isfinite(r.parsed.price) and r.parsed.price > 0
+        if (price := r.prediction.price) is not None and math.isfinite(price) and price > 0
     ]
     arr = np.asarray(pairs, dtype=float).reshape(-1, 2)
     return arr[:, 0], arr[:, 1]

@@ -20,21 +20,21 @@ import numpy as np
 
 from productvlm.evaluation.metrics import UNPARSED, confusion_matrix, per_category, row_scores
 from productvlm.evaluation.outputs import (
-    PredictionRow,
     baseline_label,
     format_metric,
     jsonable,
     metric_specs,
 )
 from productvlm.evaluation.plots import data_uri, error_histogram, png, price_scatter, thumbnail
+from productvlm.evaluation.rows import PredictionRow
 from productvlm.prompts import format_price
 
 
 def _badness(r: PredictionRow, fallback_price: float | None) -> float:
     """How wrong one answer is: price APE (capped at 2) + wrong category + (1 − title F1)."""
-    s = row_scores(r.truth, r.parsed, fallback_price=fallback_price)
+    s = row_scores(r.truth, r.prediction, fallback_price=fallback_price)
     ape = 2.0 if s["price_ape"] is None else min(s["price_ape"], 2.0)
-    return ape + (not s["category_correct"]) + (1 - s["title_token_f1"]) + (not r.parsed.ok)
+    return ape + (not s["category_correct"]) + (1 - s["title_token_f1"]) + (not r.prediction.ok)
 
 
 def best_and_worst(
@@ -55,7 +55,7 @@ def _card(r: PredictionRow) -> str:
         if thumb
         else '<div class="noimg">no image</div>'
     )
-    p, t = r.parsed, r.truth
+    p, t = r.prediction, r.truth
     price = "–" if p.price is None else format_price(p.price)
     if p.price is not None and p.price >= 0:
         ape = (p.price - t.price) / t.price
@@ -136,7 +136,7 @@ def _headline(metrics: Mapping[str, Any], baselines: Mapping[str, Mapping[str, A
 def _confusion(rows: Sequence[PredictionRow], field: str, top: int = 12) -> str:
     """Confusion matrix as an HTML table, cells shaded by their share of the true class."""
     names, cols, matrix = confusion_matrix(
-        [r.truth for r in rows], [r.parsed for r in rows], field=field
+        [r.truth for r in rows], [r.prediction for r in rows], field=field
     )
     keep = names[:top]  # the largest classes; the rest fold into "(other)"
     col_keep = keep + (["(other)"] if len(cols) - 1 > len(keep) else []) + [UNPARSED]
@@ -213,7 +213,7 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     breakdown = per_category(
         [r.truth for r in rows],
-        [r.parsed for r in rows],
+        [r.prediction for r in rows],
         field=field,
         fallback_price=fallback_price,
     )

@@ -1,5 +1,10 @@
 """Load Phi-3-vision (+ LoRA / QLoRA) and its processor from a Hub id or a folder.
 
+The one owner of three decisions every command shares: which device and dtype a model runs
+in (:func:`pick_device`, :func:`pick_dtype`: CUDA with bf16 where it exists, else fp32 on the
+CPU, unless a precision is asked for), and how an adapter meets its base (loaded on it and
+merged, unless training goes on).
+
 A folder is either a full model (config.json with model_type ``phi3_v``, safetensors) or a
 PEFT adapter (adapter_config.json naming its base model); both load the same way:
 
@@ -23,10 +28,52 @@ import torch
 
 from productvlm.errors import ProductVLMError
 from productvlm.models.phi3v import Phi3VConfig, Phi3VForCausalLM, Phi3VProcessor
+from productvlm.rundir import is_hub_id
 
 DECODER_TARGETS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
+#: Parameter-name prefix of the image side (CLIP tower, separators, projection): what the
+#: vision warm-up trains and what ``vision_lr`` applies to.
+VISION_PARAMS = "vision_embed_tokens."
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
            "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """``auto``: the first CUDA device where there is one, else the CPU.
+
+    >>> pick_device("cpu")
+    device(type='cpu')
+    """
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ProductVLMError(f"--device {device!r}: use auto, cpu, cuda or cuda:N") from None
+
+
+def pick_dtype(precision: Any = "auto", device: torch.device | str | None = None) -> torch.dtype:
+    """The compute dtype: ``auto`` is bf16 on a CUDA device that has it, else fp32.
+
+    >>> pick_dtype("auto", "cpu"), pick_dtype("bf16")
+    (torch.float32, torch.bfloat16)
+    """
+    if isinstance(precision, torch.dtype):
+        return precision
+    if precision in (None, "auto"):
+        on_cuda = torch.device(device).type == "cuda" if device is not None else True
+        cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if on_cuda and cuda_bf16 else torch.float32
+    if precision not in _DTYPES:
+        raise ProductVLMError(f"precision {precision!r}: use {', '.join(PRECISIONS)}")
+    return _DTYPES[precision]
+
+
+def mixed_precision(precision: str) -> tuple[bool, bool]:
+    """(bf16, fp16) for the Trainer's mixed precision, from the same rule as :func:`pick_dtype`."""
+    dtype = pick_dtype(precision)
+    return dtype == torch.bfloat16, dtype == torch.float16
 
 
 @dataclass(frozen=True)
@@ -69,22 +116,6 @@ def lora_target_regex(config: Phi3VConfig, spec: LoraSpec) -> str:
     return "|".join(f"(?:{p})" for p in parts)
 
 
-def _resolve_dtype(dtype: Any) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype in (None, "auto"):
-        cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if cuda_bf16 else torch.float32
-    if dtype not in _DTYPES:
-        raise ProductVLMError(f"dtype {dtype!r} is not one of auto, {', '.join(_DTYPES)}")
-    return _DTYPES[dtype]
-
-
-def _looks_local(name: str) -> bool:
-    # Hub ids are "owner/name"; anything else that does not exist is a missing folder
-    return name.startswith((".", "/", "~")) or name.count("/") != 1 or "\\" in name
-
-
 def _check_source(name_or_path: str | os.PathLike) -> tuple[str, dict | None]:
     """(what to load, adapter_config or None), raising ProductVLMError for a bad source."""
     name = str(name_or_path)
@@ -106,7 +137,7 @@ def _check_source(name_or_path: str | os.PathLike) -> tuple[str, dict | None]:
                 "Phi-3-vision / Phi-3.5-vision checkpoints only"
             )
         return str(path), None
-    if path.exists() or _looks_local(name):
+    if path.exists() or not is_hub_id(name):
         raise ProductVLMError(f"model folder {name} does not exist (and is not a Hub id)")
     return name, None
 
@@ -132,6 +163,7 @@ def load_model(
     name_or_path: str | os.PathLike,
     *,
     dtype: Any = "auto",
+    adapter: str | os.PathLike | None = None,
     attn_implementation: str = "sdpa",
     lora: LoraSpec | None = None,
     freeze_vision: bool = False,
@@ -139,15 +171,15 @@ def load_model(
     load_in_4bit: bool = False,
     device_map: Any = None,
     cfg: Any = None,
-    bf16: bool | None = None,
 ) -> torch.nn.Module:
     """Phi3VForCausalLM from a Hub id, a model folder or an adapter folder, ready to train.
 
     ``lora`` wraps it with PEFT (trainable adapters only); ``load_in_4bit`` is QLoRA (CUDA and
     bitsandbytes). ``freeze_vision`` freezes the CLIP tower for full fine-tuning. An adapter
-    folder is loaded on its base model and merged, unless ``lora`` asks to train it further.
-    ``cfg`` (a TrainConfig: mode, lora_r, lora_alpha, lora_dropout, lora_vision,
-    freeze_vision, gradient_checkpointing, attn_implementation) and ``bf16`` set all of these.
+    (an adapter folder as ``name_or_path`` on the base it names, or ``adapter`` on
+    ``name_or_path``) is merged, unless ``lora`` asks to train it further. ``cfg`` (a
+    TrainConfig: mode, precision, lora_*, freeze_vision, gradient_checkpointing,
+    attn_implementation) sets all of these.
     """
     if cfg is not None:
         mode = getattr(cfg, "mode", "lora")
@@ -159,22 +191,29 @@ def load_model(
         gradient_checkpointing = cfg.gradient_checkpointing
         attn_implementation = cfg.attn_implementation
         # full fine-tuning keeps fp32 master weights (mixed precision does the bf16 compute)
+        bf16 = pick_dtype(cfg.precision) == torch.bfloat16
         dtype = torch.bfloat16 if bf16 and mode != "full" else torch.float32
-    elif bf16 is not None:
-        dtype = torch.bfloat16 if bf16 else torch.float32
 
-    source, adapter = _check_source(name_or_path)
-    base = adapter.get("base_model_name_or_path") if adapter else source
-    if adapter is not None and not base:
-        raise ProductVLMError(f"{source}/adapter_config.json names no base_model_name_or_path")
+    source, adapter_cfg = _check_source(name_or_path)
+    base = source
     if adapter is not None:
+        if adapter_cfg is not None:
+            raise ProductVLMError(f"{source}: an adapter folder cannot take another adapter")
+        adapter_dir, adapter_cfg = _check_source(adapter)
+        if adapter_cfg is None:
+            raise ProductVLMError(f"{adapter}: no adapter_config.json; not an adapter folder")
+        source = adapter_dir
+    elif adapter_cfg is not None:
+        base = adapter_cfg.get("base_model_name_or_path")
+        if not base:
+            raise ProductVLMError(f"{source}/adapter_config.json names no base_model_name_or_path")
         base, nested = _check_source(base)
         if nested is not None:
             raise ProductVLMError(f"{source}: its base model {base} is itself an adapter")
     if not Path(base).is_dir():
         _hub_config(base)
 
-    kwargs: dict[str, Any] = {"dtype": _resolve_dtype(dtype),
+    kwargs: dict[str, Any] = {"dtype": pick_dtype(dtype),
                               "attn_implementation": attn_implementation}
     if device_map is not None:
         kwargs["device_map"] = device_map
@@ -187,9 +226,10 @@ def load_model(
     except OSError as err:
         raise ProductVLMError(f"cannot load model weights from {base}: {err}") from err
 
-    if adapter is not None:
+    if adapter_cfg is not None:
         from peft import PeftModel
 
+        # merged once here: generation then runs at the base model's speed
         model = PeftModel.from_pretrained(model, source, is_trainable=lora is not None)
         if lora is None:
             return model.merge_and_unload().eval()
@@ -205,7 +245,7 @@ def load_model(
             )
         else:
             model.activation_checkpointing_enable({"use_reentrant": False})
-    if lora is not None and adapter is None:
+    if lora is not None and adapter_cfg is None:
         from peft import LoraConfig, get_peft_model
 
         config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
@@ -261,4 +301,5 @@ def load_processor(name_or_path: str | os.PathLike, num_crops: int | None = None
         raise ProductVLMError(f"cannot load the processor of {source}: {err}") from err
 
 
-__all__ = ["DECODER_TARGETS", "LoraSpec", "load_model", "load_processor", "lora_target_regex"]
+__all__ = ["DECODER_TARGETS", "PRECISIONS", "VISION_PARAMS", "LoraSpec", "load_model",
+           "load_processor", "lora_target_regex", "mixed_precision", "pick_device", "pick_dtype"]

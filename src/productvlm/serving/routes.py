@@ -25,8 +25,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from productvlm import __version__
-from productvlm.serving.app import STATIC_DIR, ServeConfig
+from productvlm.inference import Prediction
 from productvlm.serving.batcher import MicroBatcher, QueueFullError
+from productvlm.serving.config import STATIC_DIR, ServeConfig
 from productvlm.serving.uploads import ApiError, decode_upload, fetch_url
 
 
@@ -108,17 +109,11 @@ class BodyLimit:
         await self.app(scope, counting_receive, send)
 
 
-def _result(index: int, name: str | None, pred: Any) -> ImageResult:
-    """A Prediction from productvlm.inference as the API's JSON."""
-    parsed = getattr(pred, "parsed", None)
-    parse_error = getattr(parsed, "error", None)
-    return ImageResult(
-        index=index, filename=name, ok=parse_error is None,
-        title=getattr(pred, "title", None), category=getattr(pred, "category", None),
-        price=getattr(pred, "price", None), currency=getattr(pred, "currency", None),
-        raw=getattr(pred, "raw", None), parse_error=parse_error,
-        latency_ms=getattr(pred, "latency_ms", None),
-    )
+def _result(index: int, name: str | None, pred: Prediction) -> ImageResult:
+    """The Predictor's answer record as the API's JSON (its parse error as ``parse_error``)."""
+    fields = pred.to_dict()
+    fields["parse_error"] = fields.pop("error")
+    return ImageResult(index=index, filename=name, **fields)
 
 
 def _refused(index: int, name: str | None, err: ApiError) -> ImageResult:
@@ -148,7 +143,8 @@ def model_summary(predictor: Any, cfg: ServeConfig) -> dict[str, Any]:
 
 
 def build_app(predictor: Any, cfg: ServeConfig) -> FastAPI:
-    """See :func:`productvlm.serving.app.create_app`."""
+    """The FastAPI app over ``predictor``; :func:`productvlm.serving.app.create_app` is the
+    entry point that reports a missing [serve] extra."""
     batcher = MicroBatcher(predictor.predict, max_batch=cfg.max_batch,
                            max_wait_ms=cfg.max_wait_ms, max_queue=cfg.max_queue)
     summary = model_summary(predictor, cfg)

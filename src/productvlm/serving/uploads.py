@@ -3,7 +3,7 @@
 Every refusal is an :class:`ApiError` carrying the HTTP status and the name of the limit it
 hit (the setting a user would change), so the API can answer e.g.
 ``{"error": "shoe.jpg: 11.2 MB is over the 10 MB upload limit", "limit": "max_upload_mb",
-"status": 413}``. Decoding itself is :func:`productvlm.catalog.images.open_image`'s job
+"status": 413}``. Decoding itself is :func:`productvlm.images.open_image`'s job
 (bomb guard, EXIF orientation, RGB); this module only decides what reaches it.
 """
 
@@ -17,8 +17,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from PIL import Image, UnidentifiedImageError
 
-from productvlm.catalog.images import open_image
 from productvlm.errors import ProductVLMError
+from productvlm.images import open_image
 
 # What browsers and phones send. Judged by the bytes (Pillow's format sniffing restricted to
 # these plugins), never by the file name or the client's Content-Type.

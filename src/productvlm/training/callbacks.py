@@ -91,20 +91,20 @@ class GenerationEvalCallback(TrainerCallback):
         if model is None or len(self.rows) == 0 or not state.is_world_process_zero:
             return
         from productvlm.evaluation.metrics import all_metrics
-        from productvlm.inference import Predictor
+        from productvlm.inference import MAX_NEW_TOKENS, Predictor
         from productvlm.prompts import ProductFields
 
         predictor = Predictor(
             model=model, processor=self.processor, target_format=self.cfg.target_format,
             question=self.cfg.question, categories=self.categories,
-            batch_size=args.per_device_eval_batch_size, max_new_tokens=64,
+            batch_size=args.per_device_eval_batch_size, max_new_tokens=MAX_NEW_TOKENS,
         )
         was_training = model.training
         model.eval()
         preds = predictor.predict([r["image"] for r in self.rows])
         model.train(was_training)
         truths = [ProductFields(r["title"], r["category"], r["price"]) for r in self.rows]
-        scores = all_metrics(truths, [p.parsed for p in preds])
+        scores = all_metrics(truths, preds)
         gen = {f"eval_gen_{k}": v for k, v in scores.items() if isinstance(v, int | float)}
         if metrics is not None:
             metrics.update(gen)
@@ -122,6 +122,6 @@ class GenerationEvalCallback(TrainerCallback):
         table = wandb.Table(columns=["image", "truth", "prediction", "parsed", "step"])
         for row, truth, pred in zip(self.rows, truths, preds, strict=True):
             table.add_data(wandb.Image(row["image"]), f"{truth.title} | {truth.category} | "
-                           f"{truth.price:,.2f}", pred.raw, pred.parsed.ok, state.global_step)
+                           f"{truth.price:,.2f}", pred.raw, pred.ok, state.global_step)
         wandb.log({"eval/predictions": table, **{f"eval/{k[5:]}": v for k, v in gen.items()},
                    "train/global_step": state.global_step})

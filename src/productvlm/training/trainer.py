@@ -11,21 +11,16 @@ merged/ (Hub format), processor/, config.yaml, labels.json, train_log.jsonl.
 from __future__ import annotations
 
 import json
-import os
-import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from productvlm.config import load_saved_config, resolve_config, save_config
+from productvlm.config import load_saved_config, parse_pairs, resolve_config, save_config
 from productvlm.errors import ProductVLMError
+from productvlm.rundir import RunDir, is_main_process, last_complete_checkpoint
 from productvlm.training.config import RESUMABLE_CHANGES, TrainConfig
-
-SPLITS = ("train", "validation")
-COLUMNS = ("title", "category", "price", "image")
 
 
 @dataclass
@@ -36,38 +31,8 @@ class TrainResult:
     best_checkpoint: str | None
 
 
-def load_prepared(data: Path) -> Any:
-    """Open a `productvlm prepare` output (or a DatasetDict folder) and check what training needs.
-
-    >>> ds = load_prepared(Path("runs/demo/prepared"))  # doctest: +SKIP
-    """
-    import datasets
-
-    folder = data / "dataset" if (data / "dataset").is_dir() else data
-    if not folder.is_dir():
-        raise ProductVLMError(f"{data}: prepared dataset not found; run `productvlm prepare` first")
-    try:
-        ds = datasets.load_from_disk(str(folder))
-    except FileNotFoundError as e:
-        raise ProductVLMError(f"{folder}: not a saved dataset ({e})") from None
-    if not isinstance(ds, datasets.DatasetDict):
-        raise ProductVLMError(f"{folder}: expected a dataset with splits {SPLITS}, found one table")
-    for split in SPLITS:
-        if split not in ds:
-            raise ProductVLMError(f"{folder}: split '{split}' is missing; found {list(ds)}")
-        missing = [c for c in COLUMNS if c not in ds[split].column_names]
-        if missing:
-            raise ProductVLMError(
-                f"{folder}: split '{split}' lacks column(s) {missing}; "
-                f"present: {ds[split].column_names}"
-            )
-    if len(ds["train"]) == 0:
-        raise ProductVLMError(f"{folder}: the train split is empty")
-    return ds
-
-
 def _check_resume(cfg: TrainConfig) -> None:
-    saved_path = cfg.out / "config.yaml"
+    saved_path = RunDir(cfg.out).config
     if not saved_path.is_file():
         raise ProductVLMError(f"{cfg.out}: nothing to resume (no config.yaml); drop --resume")
     saved = load_saved_config(TrainConfig, cfg.out)
@@ -81,77 +46,11 @@ def _check_resume(cfg: TrainConfig) -> None:
         )
 
 
-def is_main_process() -> bool:
-    """Rank 0 of a distributed run (torchrun / accelerate set RANK), or a single process."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
-    """The newest checkpoint that was saved to the end, or None.
-
-    A `kill -9` while a checkpoint is written leaves a folder without (or with a torn)
-    trainer_state.json, which the Trainer writes last; resuming skips such a folder, and
-    the run saves over it when it gets there again.
-
-    >>> last_complete_checkpoint(Path("runs/demo/checkpoints"))  # doctest: +SKIP
-    'runs/demo/checkpoints/checkpoint-120'
-    """
-    found = []
-    for path in ckpt_dir.glob("checkpoint-*") if ckpt_dir.is_dir() else ():
-        if re.fullmatch(r"checkpoint-\d+", path.name):
-            found.append((int(path.name.split("-")[1]), path))
-    for step, path in sorted(found, reverse=True):
-        try:
-            state = json.loads((path / "trainer_state.json").read_text())
-            if state["global_step"] == step:
-                return str(path)
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-        print(f"{path}: incomplete (interrupted while saving); skipped", file=sys.stderr)
-    return None
-
-
-def _report_to(cfg: TrainConfig) -> list[str]:
-    if cfg.report_to != "wandb":
-        return [] if cfg.report_to == "none" else [cfg.report_to]
-    os.environ.setdefault("WANDB_PROJECT", cfg.wandb_project)
-    os.environ.setdefault("WANDB_DIR", str(cfg.out))
-    if cfg.log_model:
-        os.environ.setdefault("WANDB_LOG_MODEL", "end")
-    if "WANDB_MODE" not in os.environ and not _wandb_logged_in():
-        # offline runs are kept on disk and uploaded later with `wandb sync`
-        os.environ["WANDB_MODE"] = "offline"
-    return ["wandb"]
-
-
-def _wandb_logged_in() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    import netrc
-
-    try:
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (FileNotFoundError, netrc.NetrcParseError):
-        return False
-
-
-def _precision(cfg: TrainConfig) -> tuple[bool, bool]:
-    import torch
-
-    if cfg.precision == "auto":
-        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        return bf16, False
-    return cfg.precision == "bf16", cfg.precision == "fp16"
-
-
-# The image side: CLIP tower, separators and projection (a lower rate for the tower alone,
-# the projection learning with the decoder, did worse in the demo's trials)
-VISION_PARAMS = "vision_embed_tokens."
-
-
 def _trainer_class(vision_lr: float | None) -> type:
     """transformers' Trainer, or one that gives the image side its own learning rate."""
     from transformers import Trainer
+
+    from productvlm.models.loading import VISION_PARAMS
 
     if vision_lr is None:
         return Trainer
@@ -183,35 +82,37 @@ def train(cfg: TrainConfig) -> TrainResult:
     import torch
     from transformers import set_seed
 
-    from productvlm.models.loading import load_model, load_processor
+    from productvlm.models.loading import load_model, load_processor, mixed_precision
+    from productvlm.prepared import load_prepared
+    from productvlm.tracking import trainer_report_to
     from productvlm.training.callbacks import (
         GenerationEvalCallback,
         InterruptCallback,
         ThroughputCallback,
     )
     from productvlm.training.collate import AUGMENT, Phi3VCollator
-    from productvlm.training.vision_warmup import warm_up_vision, warmup_state_path
+    from productvlm.training.vision_warmup import warm_up_vision
 
-    ckpt_dir = cfg.out / "checkpoints"
+    run = RunDir(cfg.out)
+    ckpt_dir = run.checkpoints
     last = None
     if cfg.resume:
         _check_resume(cfg)
         last = last_complete_checkpoint(ckpt_dir)
         if last is None and not (cfg.vision_warmup_epochs and
-                                 warmup_state_path(cfg.out).is_file()):
+                                 run.vision_warmup_state.is_file()):
             raise ProductVLMError(f"{ckpt_dir}: no checkpoint to resume from; drop --resume")
     ds = load_prepared(cfg.data)
     set_seed(cfg.seed)
-    bf16, fp16 = _precision(cfg)
-    report_to = _report_to(cfg)
+    bf16, fp16 = mixed_precision(cfg.precision)
+    report_to = trainer_report_to(cfg.report_to, project=cfg.wandb_project, out=cfg.out,
+                                  log_model=cfg.log_model)
 
-    model = load_model(cfg.model, cfg=cfg, bf16=bf16)
+    model = load_model(cfg.model, cfg=cfg)
     processor = load_processor(cfg.model, num_crops=cfg.num_crops)
     if is_main_process():  # before the warm-up, so that an interrupted one can --resume
         save_config(cfg, cfg.out)
-        labels = {"categories": sorted(set(ds["train"]["category"])),
-                  "currency": _currency(ds["train"])}
-        (cfg.out / "labels.json").write_text(json.dumps(labels, indent=1))
+        run.write_labels(list(set(ds["train"]["category"])), _currency(ds["train"]))
     interrupt = InterruptCallback()
     if cfg.vision_warmup_epochs and last is None:  # a checkpoint holds the warmed weights
         with interrupt.installed():
@@ -308,21 +209,21 @@ def _currency(train_split: Any) -> str:
 
 
 def _write_outputs(trainer: Any, processor: Any, cfg: TrainConfig) -> None:
-    model = trainer.model
-    processor.save_pretrained(cfg.out / "processor")
-    with open(cfg.out / "train_log.jsonl", "w") as f:
+    model, run = trainer.model, RunDir(cfg.out)
+    processor.save_pretrained(run.processor)
+    with open(run.train_log, "w") as f:
         for entry in trainer.state.log_history:
             f.write(json.dumps(entry) + "\n")
     if cfg.mode == "full":
-        model.save_pretrained(cfg.out / "merged")
-        processor.save_pretrained(cfg.out / "merged")
+        model.save_pretrained(run.merged)
+        processor.save_pretrained(run.merged)
         return
-    model.save_pretrained(cfg.out / "adapter")
+    model.save_pretrained(run.adapter)
     if cfg.merge and cfg.mode == "lora":
         # QLoRA weights are 4-bit: merging needs a bf16 reload of the base, left to the user
         merged = model.merge_and_unload()
-        merged.save_pretrained(cfg.out / "merged")
-        processor.save_pretrained(cfg.out / "merged")
+        merged.save_pretrained(run.merged)
+        processor.save_pretrained(run.merged)
 
 
 def register(app: typer.Typer) -> None:
@@ -345,8 +246,6 @@ def register(app: typer.Typer) -> None:
         set_: list[str] | None = typer.Option(None, "--set", help="any other field: KEY=VALUE"),
     ) -> None:
         """Fine-tune on a prepared catalog; writes checkpoints, adapter and merged model."""
-        from productvlm.cli import parse_pairs
-
         flags: dict[str, Any] = dict(
             model=model, data=data, out=out, mode=mode, num_crops=num_crops, epochs=epochs,
             max_steps=max_steps, batch_size=batch_size, learning_rate=learning_rate,

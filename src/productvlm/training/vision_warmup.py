@@ -1,13 +1,12 @@
 """Vision warm-up: teach a randomly initialised image side to see products before fine-tuning.
 
 Phi-3-vision's CLIP tower arrives pretrained. A tower that starts from random weights (the
-demo's tiny model, or a new architecture) learns slowly through the language model alone: in
-the demo, a linear probe on the tower's features after full fine-tuning reached category
-accuracy 0.74 / 0.84 (validation / test), while the same tower trained directly on the photos'
-labels reached 0.91 / 0.92. So, as real VLMs start from a pretrained tower, the warm-up first
-trains the image side (CLIP tower, separators, projection) to predict from each training photo
-its category and the words of its title (colour, finish, silhouette, size: a tagging task);
-fine-tuning then starts from a tower that already tells a tote from a shoulder bag.
+demo's tiny model, or a new architecture) learns slowly through the language model alone, and
+then limits the whole model (docs/demo-trials.md has the measurements). So, as real VLMs start
+from a pretrained tower, the warm-up first trains the image side (CLIP tower, separators,
+projection) to predict from each training photo its category and the words of its title
+(colour, finish, silhouette, size: a tagging task); fine-tuning then starts from a tower that
+already tells a tote from a shoulder bag.
 
 The heads are thrown away afterwards; only the image side's weights change. Training photos
 are augmented as in fine-tuning (``hflip``, ``shift``). It is skipped on ``--resume`` from a
@@ -31,24 +30,19 @@ import math
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from productvlm.errors import ProductVLMError
+from productvlm.models.loading import VISION_PARAMS
+from productvlm.rundir import RunDir, is_main_process
 from productvlm.training.collate import augment
 from productvlm.training.config import TrainConfig
-from productvlm.training.trainer import VISION_PARAMS, is_main_process
 
 TAG_WEIGHT = 1.0  # title-word loss relative to the category loss
 SAVE_SECONDS = 60.0  # least time between two saves of the warm-up's state at epoch ends
-
-
-def warmup_state_path(out: Path) -> Path:
-    """Where the warm-up keeps its resumable state: ``OUT/vision_warmup/state.pt``."""
-    return out / "vision_warmup" / "state.pt"
 
 
 def title_words(title: str) -> list[str]:
@@ -195,7 +189,7 @@ def warm_up_vision(model: Any, processor: Any, train_rows: Any, val_rows: Any | 
     schedule = get_cosine_schedule_with_warmup(optimizer, max(1, steps // 20), steps)
     device = next(side.parameters()).device
 
-    state_path = warmup_state_path(cfg.out)
+    state_path = RunDir(cfg.out).vision_warmup_state
     step, losses, spent = 0, [], 0.0
     if resume and state_path.is_file():
         saved = torch.load(state_path, map_location="cpu", weights_only=True)
@@ -271,7 +265,7 @@ def warm_up_vision(model: Any, processor: Any, train_rows: Any, val_rows: Any | 
     model.train(was_training)
     if is_main_process():  # DDP then starts all from rank 0's weights
         cfg.out.mkdir(parents=True, exist_ok=True)
-        (cfg.out / "vision_warmup.json").write_text(json.dumps(stats, indent=1))
+        RunDir(cfg.out).vision_warmup_stats.write_text(json.dumps(stats, indent=1))
     save(True, stats)
     return stats
 

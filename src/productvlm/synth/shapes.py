@@ -9,7 +9,7 @@ its bounding-box aspect ratio (width / height) and its function.
 
 The shapes are deliberately few and far apart (a tote has two loop handles, a Lola bag a
 gold chain arc, a crossbody bag a half-moon body on a thin V strap ...) so that a tiny
-vision model at 112 px can tell them apart; see ``productvlm.catalog.synth`` for how a
+vision model at 112 px can tell them apart; see ``productvlm.synth.generate`` for how a
 shape maps to a category and title words.
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from productvlm.catalog.pen import DARK, GOLD, LENS, SHINE, SOLE, Pen, Point, arc, mirror
+from productvlm.synth.pen import DARK, GOLD, LENS, SHINE, SOLE, Pen, Point, arc, mirror
 
 # ---- bags -------------------------------------------------------------------------------
 

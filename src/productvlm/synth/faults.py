@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from productvlm.catalog import assortment as A
 from productvlm.prompts import format_price
+from productvlm.synth import assortment as A
 
 FAULT_KINDS = ("na_url", "http_404", "not_image", "truncated_jpeg", "price_missing",
                "price_string", "duplicate_code")

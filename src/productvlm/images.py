@@ -25,7 +25,10 @@ DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own default bomb threshold (~0.25 Gi
 # Formats every consumer (datasets' Image feature, browsers, Pillow) reads, so bytes in them
 # are stored as downloaded; anything else is re-encoded.
 _STORED_AS_IS = {"JPEG", "PNG", "WEBP"}
-_HTML_STARTS = (b"<!doctype html", b"<html", b"<head", b"<body", b"<?xml", b"<svg")
+# Text that servers hand out where an image was asked for, by its first bytes -> what it is
+_MARKUP = ((b"<svg", "an SVG drawing"), (b"<!doctype svg", "an SVG drawing"),
+           (b"<!doctype html", "text/html"), (b"<html", "text/html"), (b"<head", "text/html"),
+           (b"<body", "text/html"), (b"<?xml", "XML"))
 
 # Our own guard below fires first (and at the configured limit); Pillow's warning between its
 # default and twice that would only be noise. Its hard error above twice is still mapped.
@@ -40,10 +43,25 @@ class ImageRejected(Exception):
         self.reason = reason
 
 
-def looks_like_html(data: bytes) -> bool:
-    """True for HTML/XML text (error pages served with status 200, SVG), by its first bytes."""
-    head = data[:256].lstrip().lower()
-    return head.startswith(_HTML_STARTS)
+def markup_kind(data: bytes) -> str | None:
+    """What text a file is instead of an image (error pages served with status 200, SVG), by
+    its first bytes; None when it does not start like markup.
+
+    >>> markup_kind(b"<!DOCTYPE html><html>"), markup_kind(b'<?xml version="1.0"?><svg>')
+    ('text/html', 'an SVG drawing')
+    """
+    head = data[:1024].lstrip().lower()
+    if head.startswith(b"<?xml"):  # an XML declaration: an SVG drawing or some other XML
+        return "an SVG drawing" if b"<svg" in head else "XML"
+    return next((kind for start, kind in _MARKUP if head.startswith(start)), None)
+
+
+def _not_markup(data: bytes) -> None:
+    kind = markup_kind(data)
+    if kind == "an SVG drawing":
+        raise ImageRejected("not an image (an SVG drawing; convert it to PNG or JPEG)")
+    if kind is not None:
+        raise ImageRejected(f"not an image ({kind})")
 
 
 def _open_checked(fp: BinaryIO, max_pixels: int) -> Image.Image:
@@ -128,8 +146,7 @@ def normalize_image_bytes(
 
 
 def _normalize(data: bytes, max_pixels: int) -> tuple[bytes, int, int]:
-    if looks_like_html(data):
-        raise ImageRejected("not an image (text/html)")
+    _not_markup(data)
     img = _open_checked(io.BytesIO(data), max_pixels)
     w, h = img.size
     fmt = img.format or ""
@@ -150,6 +167,25 @@ def _normalize(data: bytes, max_pixels: int) -> tuple[bytes, int, int]:
     else:
         img.save(out, "PNG", compress_level=3)
     return out.getvalue(), img.width, img.height
+
+
+def decode_image(fp: BinaryIO, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode a binary file to an upright RGB image, or raise :class:`ImageRejected`.
+
+    The one decode every consumer shares: bomb guard on the header, every pixel decoded (a
+    truncated file fails here), EXIF orientation applied, transparency on white, RGB.
+    """
+    try:
+        head = fp.read(1024)
+        fp.seek(0)
+        _not_markup(head)
+        img = _open_checked(fp, max_pixels)
+        _load(img)
+        return to_rgb(upright(img, _orientation(img)))
+    except ImageRejected:
+        raise
+    except Exception as e:  # odd files fail in odd places (EXIF, frames, modes)
+        raise ImageRejected(f"corrupt image ({_short(e)})") from None
 
 
 def open_image(
@@ -175,14 +211,6 @@ def open_image(
     else:
         label, fp = getattr(data_or_path, "name", "image file"), data_or_path
     try:
-        head = fp.read(256)
-        fp.seek(0)
-        if looks_like_html(head):
-            raise ImageRejected("not an image (text/html)")
-        img = _open_checked(fp, max_pixels)
-        _load(img)
-        return to_rgb(upright(img, _orientation(img)))
+        return decode_image(fp, max_pixels)
     except ImageRejected as e:
         raise ProductVLMError(f"{label}: {e.reason}") from None
-    except Exception as e:  # odd files fail in odd places (EXIF, frames, modes)
-        raise ProductVLMError(f"{label}: corrupt image ({_short(e)})") from None

@@ -6,7 +6,7 @@ Writes into ``--out``:
 
 * ``catalog.parquet`` and ``catalog.csv``: the 17 columns of
   ``DBQ/Burberry.Product.prices.United.States`` with its Arrow types
-  (:data:`~productvlm.catalog.schema.BURBERRY_SCHEMA`), one row per product;
+  (:data:`~productvlm.synth.schema.BURBERRY_SCHEMA`), one row per product;
 * ``images/<UUID>.jpg``: one procedurally drawn photo per product (light studio background,
   mostly portrait, 600-960 px, 30-200 KB); ``imageurl`` holds its absolute path, or
   ``--image-base-url`` + file name so a local HTTP server serving ``images/`` can host them;
@@ -57,15 +57,15 @@ import numpy as np
 import typer
 from pydantic import Field, field_validator
 
-from productvlm.catalog import assortment as A
-from productvlm.catalog.faults import FAULT_KINDS, damaged, inject_faults
-from productvlm.catalog.schema import BURBERRY_SCHEMA
 from productvlm.config import StageConfig, save_config
 from productvlm.errors import ProductVLMError
 from productvlm.prompts import format_price
+from productvlm.synth import assortment as A
+from productvlm.synth.faults import FAULT_KINDS, damaged, inject_faults
+from productvlm.synth.schema import BURBERRY_SCHEMA
 
 if TYPE_CHECKING:  # the renderer (PIL) loads on first use: `productvlm --help` stays quick
-    from productvlm.catalog.render import RenderSpec
+    from productvlm.synth.render import RenderSpec
 
 USD_TO_EUR = 0.9168  # ECB reference rate around the real catalog's date, 2023-11-17
 MAX_SIDE = 1280  # = render.GRAIN_SIDE: larger photos would get no grain
@@ -163,7 +163,7 @@ def sample_products(cfg: SynthConfig) -> Products:
     >>> [a.item.category3 for a in p.attributes] == [r["category3_code"] for r in p.rows]
     True
     """
-    from productvlm.catalog.render import RenderSpec
+    from productvlm.synth.render import RenderSpec
 
     images = (cfg.out / "images").resolve()
     rng = np.random.default_rng(cfg.seed)
@@ -215,7 +215,7 @@ def sample_products(cfg: SynthConfig) -> Products:
 
 def _write_image(task: tuple[Path, RenderSpec, str, int]) -> int:
     """Render one photo and write it, damaged as its fault kind says; returns bytes written."""
-    from productvlm.catalog.render import jpeg_bytes, render
+    from productvlm.synth.render import jpeg_bytes, render
 
     path, spec, kind, quality = task
     data = damaged(lambda: jpeg_bytes(render(spec), quality), kind, spec.seed)

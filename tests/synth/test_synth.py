@@ -20,11 +20,12 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
-from productvlm.catalog import assortment as A
-from productvlm.catalog.faults import FAULT_KINDS
-from productvlm.catalog.render import GRAIN_SIDE
-from productvlm.catalog.schema import BURBERRY_SCHEMA
-from productvlm.catalog.synth import (
+from productvlm.config import load_saved_config
+from productvlm.errors import ProductVLMError
+from productvlm.prompts import parse_price
+from productvlm.synth import assortment as A
+from productvlm.synth.faults import FAULT_KINDS
+from productvlm.synth.generate import (
     MAX_SIDE,
     USD_TO_EUR,
     SynthConfig,
@@ -32,9 +33,8 @@ from productvlm.catalog.synth import (
     sample_products,
     synth,
 )
-from productvlm.config import load_saved_config
-from productvlm.errors import ProductVLMError
-from productvlm.prompts import parse_price
+from productvlm.synth.render import GRAIN_SIDE
+from productvlm.synth.schema import BURBERRY_SCHEMA
 
 
 def _rows(res) -> list[dict]:

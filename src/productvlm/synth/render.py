@@ -18,7 +18,7 @@ from functools import cache
 import numpy as np
 from PIL import Image, ImageChops, ImageFilter
 
-from productvlm.catalog.shapes import SHAPES, Pen
+from productvlm.synth.shapes import SHAPES, Pen
 
 RGB = tuple[int, int, int]
 

@@ -1,0 +1,165 @@
+"""`productvlm predict`: title, category and price for photos given as paths, globs or URLs.
+
+Usage:
+    productvlm predict --model runs/demo/train shots/*.jpg https://example.com/bag.jpg
+    productvlm predict --model runs/demo/train --json shots/*.jpg > answers.jsonl
+
+A local file is read once and decoded once by :func:`productvlm.images.open_image`, the
+decoder the server uses for uploads, so predict and serve give the model the same pixels;
+URLs go through the catalog's fetcher (timeouts, retries, size caps). An unreadable image is
+reported in its row and the others are answered. Exit status: 0 when every image was read,
+1 when some were not, 2 on a bad model or flag.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import typer
+from pydantic import Field
+
+from productvlm.config import StageConfig, resolve_config
+from productvlm.inference import BATCH_SIZE, MAX_NEW_TOKENS, Prediction, Predictor
+
+
+class PredictConfig(StageConfig):
+    """What `productvlm predict` runs with (flags, or a YAML file's ``predict:`` section)."""
+
+    model: str = Field(..., description="run directory, model folder or Hub id")
+    images: list[str] = Field(..., min_length=1, description="image paths, globs or URLs")
+    json_lines: bool = Field(False, description="one JSON object per line instead of a table")
+    batch_size: int = Field(BATCH_SIZE, ge=1, description="images per generation batch")
+    max_new_tokens: int = Field(MAX_NEW_TOKENS, ge=1, description="longest answer, in tokens")
+    constrained: bool = Field(True, description="force answers into the target format")
+    num_crops: int | None = Field(None, ge=1, description="override the run's num_crops")
+    local_root: Path | None = Field(
+        None, description="read local files only inside this folder (default: any file named)")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
+    precision: str = Field("auto", description="auto (bf16 on CUDA, else fp32), bf16, fp16, fp32")
+
+
+def expand_inputs(inputs: Sequence[str]) -> list[tuple[str, str | None]]:
+    """Each argument -> (name shown, source); globs expand to their matches, and a glob with
+    no match becomes one row with source None. Local paths become absolute."""
+    import glob
+    import os
+
+    out: list[tuple[str, str | None]] = []
+    for arg in inputs:
+        if arg.lower().startswith(("http://", "https://", "file:")):
+            out.append((arg, arg))
+        elif any(c in arg for c in "*?["):
+            matches = sorted(glob.glob(os.path.expanduser(arg), recursive=True))
+            out += [(m, str(Path(m).absolute())) for m in matches] or [(arg, None)]
+        else:
+            out.append((arg, str(Path(arg).expanduser().absolute())))
+    return out
+
+
+def read_images(sources: list[tuple[str, str | None]], local_root: Path | None) -> list[Any]:
+    """A PIL image (upright RGB) or an error message per source, in order.
+
+    >>> read_images([("bag.jpg", "/shots/bag.jpg")], None)  # doctest: +SKIP
+    [<PIL.Image.Image image mode=RGB size=800x1000>]
+    """
+    from productvlm.catalog.fetch import FetchConfig, fetch_images, read_local
+    from productvlm.catalog.fetch_http import Fail, classify_source
+    from productvlm.images import ImageRejected, decode_image
+
+    root = (local_root or Path("/")).expanduser().resolve()
+    cfg = FetchConfig(local_root=root, cache_dir=None, retries=1)
+    out: list[Any] = [None] * len(sources)
+    urls: list[tuple[int, str]] = []
+    for i, (_, source) in enumerate(sources):
+        if source is None:
+            out[i] = "no file matches this pattern"
+            continue
+        try:
+            kind, target = classify_source(source)
+            if kind == "http":
+                urls.append((i, source))
+                continue
+            data = read_local(target, root, cfg.max_bytes)
+            out[i] = decode_image(io.BytesIO(data), cfg.max_pixels)
+        except Fail as f:
+            out[i] = f.reason
+        except ImageRejected as e:
+            out[i] = e.reason
+    fetched = fetch_images([u for _, u in urls], cfg, progress=False) if urls else ()
+    for (i, _), result in zip(urls, fetched, strict=True):
+        try:  # the fetcher has checked these bytes: decoding them cannot fail but by a bug
+            out[i] = (decode_image(io.BytesIO(result.data), cfg.max_pixels) if result.ok
+                      else result.error or "unreadable")
+        except ImageRejected as e:
+            out[i] = e.reason
+    return out
+
+
+def predict_files(cfg: PredictConfig) -> int:
+    """Print an answer (or the reason there is none) per image; 0 when every image was read,
+    1 when some were not.
+
+    >>> predict_files(PredictConfig(model="runs/demo/train", images=["bag.jpg"]))  # doctest: +SKIP
+    0
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    predictor = Predictor.load(cfg.model, device=cfg.device, precision=cfg.precision,
+                               batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
+                               constrained=cfg.constrained, num_crops=cfg.num_crops)
+    sources = expand_inputs(cfg.images)
+    images = read_images(sources, cfg.local_root)
+    good = [im for im in images if not isinstance(im, str)]
+    preds = iter(predictor.predict(good, progress=sys.stderr.isatty()))
+    answers = [Prediction(error=im) if isinstance(im, str) else next(preds) for im in images]
+    if cfg.json_lines:
+        for (name, _), answer in zip(sources, answers, strict=True):
+            print(json.dumps({"image": name, **answer.to_dict()}, ensure_ascii=False))
+    else:
+        table = Table("image", "title", "category", "price", "note")
+        for (name, _), a in zip(sources, answers, strict=True):
+            price = (f"{a.price:,.2f} {a.currency or ''}".strip() if a.price is not None else "")
+            table.add_row(name, a.title or "", a.category or "", price,
+                          f"[red]{a.error}[/]" if a.error else "")
+        Console(soft_wrap=False).print(table)
+    unread = sum(isinstance(im, str) for im in images)
+    if unread:
+        print(f"{unread} of {len(images)} images could not be read", file=sys.stderr)
+    return 1 if unread else 0
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `predict` command to the typer app."""
+
+    @app.command("predict")
+    def predict_command(
+        images: list[str] = typer.Argument(..., help="image paths, globs or URLs"),
+        model: str | None = typer.Option(None, "--model", "-m",
+                                         help="run directory, model folder or Hub id"),
+        config: Path | None = typer.Option(None, "--config", "-c",
+                                           help="YAML config (its predict: section)"),
+        json_lines: bool = typer.Option(False, "--json", help="one JSON object per line"),
+        batch_size: int | None = typer.Option(None, min=1,
+                                              help=f"images per generation batch [{BATCH_SIZE}]"),
+        constrained: bool | None = typer.Option(None, "--constrained/--no-constrained",
+                                                help="force answers into the target format"),
+        local_root: Path | None = typer.Option(
+            None, help="read local files only inside this folder (default: any file named)"),
+        max_new_tokens: int | None = typer.Option(
+            None, min=1, help=f"longest answer, in tokens [{MAX_NEW_TOKENS}]"),
+        num_crops: int | None = typer.Option(None, min=1, help="override the run's num_crops"),
+        device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:1, ..."),
+        precision: str | None = typer.Option(None, help="auto, bf16, fp16 or fp32"),
+    ) -> None:
+        """Title, category and price for each product photo. Exit 1 if an image was unreadable."""
+        cfg = resolve_config(PredictConfig, config, dict(
+            model=model, images=images, json_lines=json_lines or None, batch_size=batch_size,
+            constrained=constrained, local_root=local_root, max_new_tokens=max_new_tokens,
+            num_crops=num_crops, device=device, precision=precision), section="predict")
+        raise typer.Exit(predict_files(cfg))

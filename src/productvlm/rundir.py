@@ -1,0 +1,215 @@
+"""The run directory's contract: what `productvlm train` writes and every later stage reads.
+
+A run directory holds::
+
+    config.yaml          the TrainConfig it ran with (target format, question, num_crops, ...)
+    labels.json          {"categories": [...], "currency": "USD"}: what the model was taught
+    processor/           tokenizer + preprocessor config, as trained
+    adapter/             the PEFT adapter (LoRA modes)
+    merged/              a Hub-format model (full mode, or LoRA merged into the base)
+    checkpoints/         resumable Trainer checkpoints
+    train_log.jsonl      the Trainer's log history
+    vision_warmup/       the vision warm-up's resumable state; vision_warmup.json its figures
+
+Both sides go through :class:`RunDir`; :func:`resolve_model` turns whatever a user passes as
+``--model`` (a run directory, a Hub-format folder, a Hub id) into a :class:`RunInfo`.
+
+>>> run = RunDir(Path("runs/demo/train"))  # doctest: +SKIP
+>>> run.merged  # doctest: +SKIP
+PosixPath('runs/demo/train/merged')
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from productvlm.config import CONFIG_FILENAME
+from productvlm.errors import ProductVLMError
+from productvlm.prompts import QUESTION, TargetFormat
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The paths of one run directory (nothing is created by naming them)."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG_FILENAME
+
+    @property
+    def labels(self) -> Path:
+        return self.root / "labels.json"
+
+    @property
+    def processor(self) -> Path:
+        return self.root / "processor"
+
+    @property
+    def adapter(self) -> Path:
+        return self.root / "adapter"
+
+    @property
+    def merged(self) -> Path:
+        return self.root / "merged"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def train_log(self) -> Path:
+        return self.root / "train_log.jsonl"
+
+    @property
+    def vision_warmup_state(self) -> Path:
+        return self.root / "vision_warmup" / "state.pt"
+
+    @property
+    def vision_warmup_stats(self) -> Path:
+        return self.root / "vision_warmup.json"
+
+    def write_labels(self, categories: list[str], currency: str) -> None:
+        """labels.json: the categories the model was taught and the catalog's currency."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        labels = {"categories": sorted(categories), "currency": currency}
+        self.labels.write_text(json.dumps(labels, indent=1))
+
+    def read_labels(self) -> tuple[list[str] | None, str | None]:
+        """(categories, currency) from labels.json; (None, None) when there is none."""
+        if not self.labels.is_file():
+            return None, None
+        try:
+            labels = json.loads(self.labels.read_text())
+        except json.JSONDecodeError as e:
+            raise ProductVLMError(f"{self.labels}: not valid JSON ({e})") from None
+        return [str(c) for c in labels.get("categories") or []] or None, labels.get("currency")
+
+    def read_config(self) -> dict[str, Any]:
+        """config.yaml as a plain mapping ({} when absent): read by inference, which must not
+        depend on training's typed config."""
+        if not self.config.is_file():
+            return {}
+        try:
+            return yaml.safe_load(self.config.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ProductVLMError(f"{self.config}: unreadable YAML ({e})") from None
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a distributed run (torchrun / accelerate set RANK), or a single process: the
+    one process that writes the run directory."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
+    """The newest checkpoint that was saved to the end, or None.
+
+    A `kill -9` while a checkpoint is written leaves a folder without (or with a torn)
+    trainer_state.json, which the Trainer writes last; resuming skips such a folder, and
+    the run saves over it when it gets there again.
+
+    >>> last_complete_checkpoint(Path("runs/demo/checkpoints"))  # doctest: +SKIP
+    'runs/demo/checkpoints/checkpoint-120'
+    """
+    found = []
+    for path in ckpt_dir.glob("checkpoint-*") if ckpt_dir.is_dir() else ():
+        if re.fullmatch(r"checkpoint-\d+", path.name):
+            found.append((int(path.name.split("-")[1]), path))
+    for step, path in sorted(found, reverse=True):
+        try:
+            state = json.loads((path / "trainer_state.json").read_text())
+            if state["global_step"] == step:
+                return str(path)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        print(f"{path}: incomplete (interrupted while saving); skipped", file=sys.stderr)
+    return None
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether a name that is not an existing path reads as a Hub id (``owner/name``).
+
+    >>> is_hub_id("microsoft/Phi-3-vision-128k-instruct"), is_hub_id("runs/demo/train")
+    (True, False)
+    >>> is_hub_id("./model"), is_hub_id("model"), is_hub_id("a/b/c")
+    (False, False, False)
+    """
+    return (name.count("/") == 1 and not name.startswith((".", "/", "~"))
+            and "\\" not in name and all(name.split("/")))
+
+
+def has_model(folder: Path) -> bool:
+    """A Hub-format model folder (config.json) is here."""
+    return (folder / "config.json").is_file()
+
+
+@dataclass
+class RunInfo:
+    """What a model argument resolves to (see :func:`resolve_model`)."""
+
+    weights: str  # Hub-format folder or Hub id of the (base) model
+    processor: str  # folder or Hub id holding tokenizer + preprocessor config
+    adapter: Path | None = None  # PEFT adapter folder to apply on ``weights``
+    target_format: TargetFormat = "seed"
+    question: str = QUESTION
+    num_crops: int | None = None
+    categories: list[str] | None = None
+    currency: str | None = None
+    run: RunDir | None = None  # the run directory, when the model is one
+
+
+def resolve_model(model: str | Path) -> RunInfo:
+    """A training run directory (merged model preferred, else adapter), a Hub-format model
+    folder, or a Hub id -> where the weights, processor, prompt and labels are.
+
+    >>> resolve_model("runs/demo/train").categories  # doctest: +SKIP
+    ['BAGS', 'COATS', ...]
+    """
+    path = Path(model).expanduser()
+    if not path.exists():
+        text = str(model)
+        if not is_hub_id(text) or path.parent.is_dir():
+            raise ProductVLMError(f"{model}: model folder not found; pass a run directory "
+                                  "(from `productvlm train`), a model folder or a Hub id")
+        return RunInfo(weights=text, processor=text)  # a Hub id such as org/name
+    if not path.is_dir():
+        raise ProductVLMError(f"{model}: not a folder; pass a run directory or model folder")
+    run = RunDir(path)
+    cfg = run.read_config()
+    categories, currency = run.read_labels()
+    info = RunInfo(weights=str(path), processor=str(path),
+                   target_format=cfg.get("target_format", "seed"),
+                   question=cfg.get("question", QUESTION), num_crops=cfg.get("num_crops"),
+                   categories=categories, currency=currency, run=run)
+    if has_model(run.merged):
+        info.weights = str(run.merged)
+    elif (run.adapter / "adapter_config.json").is_file():
+        info.adapter = run.adapter
+        adapter_cfg = json.loads((run.adapter / "adapter_config.json").read_text())
+        base = adapter_cfg.get("base_model_name_or_path") or cfg.get("model")
+        if base and not Path(base).expanduser().exists() and cfg.get("model"):
+            base = cfg["model"]  # a relative path saved from another working directory
+        if not base:
+            raise ProductVLMError(f"{run.adapter}: adapter names no base model")
+        info.weights = str(base)
+    elif not has_model(path):
+        raise ProductVLMError(f"{model}: no model here (no merged/, adapter/ or config.json)")
+    for candidate in (run.processor, Path(info.weights), path):
+        if any((candidate / f).is_file() for f in TOKENIZER_FILES):
+            info.processor = str(candidate)
+            break
+    else:
+        info.processor = info.weights
+    return info
