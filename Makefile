@@ -29,6 +29,7 @@ test-slow: venv
 
 lint: venv
 	$(BIN)/ruff check src tests bench
+	$(BIN)/lint-imports --no-cache pyproject.toml
 
 clean:
 	rm -rf runs .pytest_cache

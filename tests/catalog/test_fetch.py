@@ -203,6 +203,10 @@ def test_every_fault_has_its_reason_in_input_order(server):
             "not an image (text/html)"
         ),
         server.add("/lies.jpg", Resp(body=html)): "not an image (text/html)",
+        server.add("/logo.svg", Resp(body=b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.'
+                                     b'org/2000/svg"/>', ctype="image/svg+xml")): (
+            "not an image (an SVG drawing; convert it to PNG or JPEG)"
+        ),
         server.add("/cut.jpg", Resp(body=jpeg()[:-400])): "truncated image",
         server.add("/junk.jpg", Resp(body=os.urandom(3000))): "not an image (",
         server.add("/big.jpg", Resp(body=big)): "too large (> 5000 bytes)",

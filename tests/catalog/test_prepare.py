@@ -118,6 +118,7 @@ def test_counts_add_up_and_every_fault_is_reported(catalog, tmp_path):
     assert counts["failed_by_reason"]["duplicate"] == 1
     assert manifest["splits"] == r.split_sizes and sum(r.split_sizes.values()) == r.prepared
     assert set(manifest["versions"]) >= {"python", "datasets", "pyarrow"}
+    assert manifest["row_numbering"].startswith("0-based")  # failures.csv's `row`
     assert manifest["column_map"]["price"] == "price"
     cfg = load_saved_config(PrepareConfig, tmp_path / "out")
     assert cfg.preset == "simple" and cfg.fetch.local_root == catalog.resolve()
@@ -236,12 +237,16 @@ def test_cli_bad_input_is_one_line_exit_2(catalog, tmp_path):
     (["CAT", "--preset", "amazon"], "unknown preset 'amazon'"),
     (["CAT", "--map", "titel=name"], "unknown field 'titel'"),
     (["CAT", "other.csv"], "expected one catalog source, got 2"),
+    (["HEADER_ONLY", "--preset", "simple"], "header_only.csv: the catalog has no rows"),
 ])
 def test_cli_errors_in_process(args, message, catalog, tmp_path, monkeypatch, capsys):
     from productvlm import cli
 
-    args = [str(catalog / "catalog.csv") if a == "CAT" else a for a in args]
-    monkeypatch.setattr(sys, "argv", ["productvlm", "prepare", *args, "--out", str(tmp_path)])
+    (tmp_path / "header_only.csv").write_text("product_code,title,category,price,image\n")
+    files = {"CAT": str(catalog / "catalog.csv"), "HEADER_ONLY": str(tmp_path / "header_only.csv")}
+    args = [files.get(a, a) for a in args]
+    monkeypatch.setattr(sys, "argv", ["productvlm", "prepare", *args, "--out",
+                                      str(tmp_path / "out")])
     with pytest.raises(SystemExit) as e:
         cli.main()
     err = capsys.readouterr().err
