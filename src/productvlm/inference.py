@@ -158,7 +158,8 @@ class Predictor:
                 "target_format": self.target_format, "question": self.question,
                 "categories": self.categories, "currency": self.currency,
                 "batch_size": self.batch_size, "max_new_tokens": self.max_new_tokens,
-                "constrained": self.constrained, "device": str(self.model.device)}
+                "constrained": self.constrained, "device": str(self.model.device),
+                "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch.")}
 
     @property
     def grammar(self) -> Any:

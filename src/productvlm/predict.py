@@ -18,7 +18,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import typer
 from pydantic import Field
@@ -40,7 +40,8 @@ class PredictConfig(StageConfig):
     local_root: Path | None = Field(
         None, description="read local files only inside this folder (default: any file named)")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
-    precision: str = Field("auto", description="auto (bf16 on CUDA, else fp32), bf16, fp16, fp32")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="auto: bf16 on a CUDA GPU that has it, else fp32")
 
 
 def expand_inputs(inputs: Sequence[str]) -> list[tuple[str, str | None]]:

@@ -32,6 +32,9 @@ class EvalConfig(StageConfig):
     max_new_tokens: int = Field(MAX_NEW_TOKENS, ge=1)
     constrained: bool = Field(True, description="force answers into the target format")
     limit: int | None = Field(None, ge=1, description="evaluate the first N rows only")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="auto: bf16 on a CUDA GPU that has it, else fp32")
     report_to: Literal["wandb", "none"] = "wandb"
     wandb_project: str = "productvlm"
 
@@ -73,6 +76,8 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     out = cfg.out or _default_out(cfg)
     predictor = Predictor.load(
         cfg.model,
+        device=cfg.device,
+        precision=cfg.precision,
         batch_size=cfg.batch_size,
         max_new_tokens=cfg.max_new_tokens,
         constrained=cfg.constrained,
@@ -194,6 +199,8 @@ def register(app: typer.Typer) -> None:
         constrained: bool | None = typer.Option(None, "--constrained/--no-constrained"),
         limit: int | None = typer.Option(None, help="first N rows only"),
         report_to: str | None = typer.Option(None, help="wandb | none"),
+        device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:1 [auto]"),
+        precision: str | None = typer.Option(None, help="auto, bf16, fp16, fp32 [auto]"),
     ) -> None:
         """Answer the split's photos, score them beside baselines, write report.html."""
         cfg = resolve_config(
@@ -209,6 +216,8 @@ def register(app: typer.Typer) -> None:
                 constrained=constrained,
                 limit=limit,
                 report_to=report_to,
+                device=device,
+                precision=precision,
             ),
             section="evaluate",
         )

@@ -229,10 +229,9 @@ def load_model(
     if adapter_cfg is not None:
         from peft import PeftModel
 
-        # merged once here: generation then runs at the base model's speed
         model = PeftModel.from_pretrained(model, source, is_trainable=lora is not None)
         if lora is None:
-            return model.merge_and_unload().eval()
+            return merge_adapter(model).eval()
     if freeze_vision:
         model.vision_tower.requires_grad_(False)
     if gradient_checkpointing:
@@ -253,6 +252,15 @@ def load_model(
                             task_type="CAUSAL_LM")
         model = get_peft_model(model, config)
     return model
+
+
+def merge_adapter(model: Any) -> torch.nn.Module:
+    """The base model with the adapter's weights folded in (``merge_and_unload``): what
+    inference runs (at the base model's speed) and what a run saves as merged/.
+
+    >>> merged = merge_adapter(peft_model)  # doctest: +SKIP
+    """
+    return model.merge_and_unload()
 
 
 def _quantization(compute_dtype: torch.dtype) -> dict[str, Any]:
@@ -302,4 +310,5 @@ def load_processor(name_or_path: str | os.PathLike, num_crops: int | None = None
 
 
 __all__ = ["DECODER_TARGETS", "PRECISIONS", "VISION_PARAMS", "LoraSpec", "load_model",
-           "load_processor", "lora_target_regex", "mixed_precision", "pick_device", "pick_dtype"]
+           "load_processor", "lora_target_regex", "merge_adapter", "mixed_precision", "pick_device",
+           "pick_dtype"]

@@ -49,7 +49,8 @@ def load_predictor(cfg: ServeConfig) -> Any:
     """Load the run's model through the one prediction path, batched to ``max_batch``."""
     from productvlm.inference import Predictor
 
-    kwargs: dict[str, Any] = {"batch_size": cfg.max_batch, "device": cfg.device}
+    kwargs: dict[str, Any] = {"batch_size": cfg.max_batch, "device": cfg.device,
+                              "precision": cfg.precision}
     if cfg.max_new_tokens is not None:
         kwargs["max_new_tokens"] = cfg.max_new_tokens
     return Predictor.load(cfg.model, **kwargs)
@@ -96,6 +97,7 @@ def register(app: typer.Typer) -> None:
                                         help="accept public image URLs in field 'urls'"),
         max_new_tokens: int | None = typer.Option(None, help="override the run's setting"),
         device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:1 [auto]"),
+        precision: str | None = typer.Option(None, help="auto, bf16, fp16, fp32 [auto]"),
     ) -> None:
         """Serve the model: HTTP API (POST /v1/predict) and a web page at /."""
         flags = dict(
@@ -103,6 +105,6 @@ def register(app: typer.Typer) -> None:
             max_wait_ms=max_wait_ms, max_queue=max_queue, max_images=max_images,
             max_upload_mb=max_upload_mb, max_pixels=max_pixels,
             request_timeout_s=request_timeout_s, allow_urls=allow_urls or None,
-            max_new_tokens=max_new_tokens, device=device,
+            max_new_tokens=max_new_tokens, device=device, precision=precision,
         )
         serve(resolve_config(ServeConfig, config, flags, section="serve"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -42,6 +43,8 @@ class ServeConfig(StageConfig):
     url_timeout_s: float = Field(10.0, gt=0)
     max_new_tokens: int | None = Field(None, ge=1, description="override the run's setting")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="auto: bf16 on a CUDA GPU that has it, else fp32")
 
     @property
     def max_upload_bytes(self) -> int:

@@ -79,10 +79,14 @@ def train(cfg: TrainConfig) -> TrainResult:
     >>> cfg = resolve_config(TrainConfig, "configs/burberry-phi3v-lora.yaml", section="train")
     >>> train(cfg)  # doctest: +SKIP
     """
-    import torch
     from transformers import set_seed
 
-    from productvlm.models.loading import load_model, load_processor, mixed_precision
+    from productvlm.models.loading import (
+        load_model,
+        load_processor,
+        mixed_precision,
+        pick_device,
+    )
     from productvlm.prepared import load_prepared
     from productvlm.tracking import trainer_report_to
     from productvlm.training.callbacks import (
@@ -105,6 +109,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     ds = load_prepared(cfg.data)
     set_seed(cfg.seed)
     bf16, fp16 = mixed_precision(cfg.precision)
+    on_cuda = pick_device().type == "cuda"
     report_to = trainer_report_to(cfg.report_to, project=cfg.wandb_project, out=cfg.out,
                                   log_model=cfg.log_model)
 
@@ -147,9 +152,9 @@ def train(cfg: TrainConfig) -> TrainResult:
         greater_is_better=False,
         activation_checkpointing=cfg.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False},
-        dataloader_pin_memory=torch.cuda.is_available(),
+        dataloader_pin_memory=on_cuda,
         # without CUDA, say so: accelerate then runs torchrun's processes as MULTI_CPU (gloo)
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=not on_cuda,
         remove_unused_columns=False,  # the collator needs the raw rows (image, price, ...)
         dataloader_num_workers=cfg.num_workers,
         report_to=report_to,
@@ -221,7 +226,9 @@ def _write_outputs(trainer: Any, processor: Any, cfg: TrainConfig) -> None:
     model.save_pretrained(run.adapter)
     if cfg.merge and cfg.mode == "lora":
         # QLoRA weights are 4-bit: merging needs a bf16 reload of the base, left to the user
-        merged = model.merge_and_unload()
+        from productvlm.models.loading import merge_adapter
+
+        merged = merge_adapter(model)
         merged.save_pretrained(run.merged)
         processor.save_pretrained(run.merged)
 
