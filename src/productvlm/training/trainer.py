@@ -214,23 +214,18 @@ def _currency(train_split: Any) -> str:
 
 
 def _write_outputs(trainer: Any, processor: Any, cfg: TrainConfig) -> None:
+    from productvlm.models.loading import save_merged
+
     model, run = trainer.model, RunDir(cfg.out)
     processor.save_pretrained(run.processor)
     with open(run.train_log, "w") as f:
         for entry in trainer.state.log_history:
             f.write(json.dumps(entry) + "\n")
-    if cfg.mode == "full":
-        model.save_pretrained(run.merged)
-        processor.save_pretrained(run.merged)
-        return
-    model.save_pretrained(run.adapter)
-    if cfg.merge and cfg.mode == "lora":
-        # QLoRA weights are 4-bit: merging needs a bf16 reload of the base, left to the user
-        from productvlm.models.loading import merge_adapter
-
-        merged = merge_adapter(model)
-        merged.save_pretrained(run.merged)
-        processor.save_pretrained(run.merged)
+    if cfg.mode != "full":
+        model.save_pretrained(run.adapter)
+    # QLoRA weights are 4-bit: merging needs a bf16 reload of the base, left to the user
+    if cfg.mode == "full" or (cfg.merge and cfg.mode == "lora"):
+        save_merged(model, processor, run.merged, base=cfg.model)
 
 
 def register(app: typer.Typer) -> None:
