@@ -139,3 +139,23 @@ def test_bad_sources_are_clear_errors(folder, tmp_path) -> None:
 def test_qlora_without_cuda_is_a_clear_error(folder) -> None:
     with pytest.raises(ProductVLMError, match="CUDA"):
         load_model(folder, load_in_4bit=True)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error")
+def test_mode_qlora_says_in_one_line_what_it_needs(folder, monkeypatch) -> None:
+    import sys
+
+    from productvlm.training.config import TrainConfig
+
+    cfg = TrainConfig(model=str(folder), mode="qlora")
+    with pytest.raises(ProductVLMError) as err:
+        load_model(folder, cfg=cfg)
+    assert str(err.value) == ("QLoRA (load_in_4bit / mode qlora) needs a CUDA GPU; "
+                              "use mode lora")
+    # a CUDA machine without bitsandbytes
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import fails
+    with pytest.raises(ProductVLMError) as err:
+        load_model(folder, cfg=cfg)
+    assert str(err.value) == "QLoRA needs bitsandbytes: pip install 'productvlm[gpu]'"

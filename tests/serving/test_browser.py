@@ -2,11 +2,13 @@
 
 A live uvicorn server (tiny model) on loopback; the test chooses photos in the page and reads
 the product cards. Skips, with the reason, only where /usr/bin/chromium is missing (`make
-venv` installs it with apt-get where it can); Playwright's own browser download is never used.
+venv` installs it with apt-get where it can), and fails instead under CI (CI=true), where
+`make test` has installed it; Playwright's own browser download is never used.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -43,12 +45,22 @@ def live_server(predictor: Any) -> Iterator[str]:
     thread.join(timeout=10)
 
 
+def _missing(reason: str) -> None:
+    """Skip where the browser cannot be had; under CI, where `make test` installs it, fail."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true and {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="module")
 def page(live_server: str) -> Iterator[Any]:
     if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} not found: `make venv` installs Debian's chromium "
-                    "(apt-get install chromium), which needs root and the Debian mirror")
-    sync_api = pytest.importorskip("playwright.sync_api")
+        _missing(f"{CHROMIUM} not found: `make venv` installs Debian's chromium "
+                 "(apt-get install chromium), which needs root and the Debian mirror")
+    try:
+        from playwright import sync_api
+    except ImportError as e:
+        _missing(f"playwright is not installed ({e}); `make venv` installs the dev extra")
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:

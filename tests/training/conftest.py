@@ -62,3 +62,28 @@ def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
                       vision={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2})
     return save_tiny_model(tmp_path_factory.mktemp("base") / "m", config=cfg, tokenizer=tok,
                            num_crops=1)
+
+
+def _perturb_checkpoint(checkpoint: Path, std: float = 0.5, seed: int = 0) -> None:
+    """Add N(0, std) noise to every LoRA B of a Trainer checkpoint's adapter, in place.
+
+    A run resumed from it must continue from these weights: its next losses move away from
+    an unperturbed continuation's, which a restart from step 0 (ignoring the checkpoint,
+    with the same seed and data) would reproduce exactly.
+    """
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    path = checkpoint / "adapter_model.safetensors"
+    weights = load_file(path)
+    gen = torch.Generator().manual_seed(seed)
+    for name, value in weights.items():
+        if "lora_B" in name:
+            weights[name] = value + torch.randn(value.shape, generator=gen) * std
+    save_file(weights, path, metadata={"format": "pt"})
+
+
+@pytest.fixture(scope="session")
+def perturb_checkpoint():
+    """``perturb_checkpoint(checkpoint_dir, std=0.5)``: noise on its LoRA weights, in place."""
+    return _perturb_checkpoint

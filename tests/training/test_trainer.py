@@ -12,9 +12,14 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
+from peft import PeftModel
+from PIL import Image
 
 from productvlm.config import save_config
 from productvlm.errors import ProductVLMError
+from productvlm.models.loading import load_processor
+from productvlm.models.phi3v.hub_layout import compare_layout, hub_tensor_shapes, read_layout
+from productvlm.prompts import render_prompt
 from productvlm.training.config import TrainConfig
 from productvlm.training.trainer import train
 
@@ -36,6 +41,12 @@ def _losses(out: Path) -> dict[int, float]:
     return {e["step"]: e["loss"] for e in lines if "loss" in e}
 
 
+def _photo_batch(processor) -> dict:
+    images = [[Image.new("RGB", (150, 170), "tan")], [Image.new("RGB", (190, 120), "navy")]]
+    prompts = [render_prompt(processor.tokenizer)] * 2
+    return processor(text=prompts, images=images, return_tensors="pt", padding_side="left")
+
+
 def test_lora_run_writes_a_complete_run_directory(base_model, prepared, tmp_path) -> None:
     from productvlm.models.phi3v import Phi3VForCausalLM
 
@@ -54,14 +65,31 @@ def test_lora_run_writes_a_complete_run_directory(base_model, prepared, tmp_path
     # the merged model reloads in the Hub format, with LoRA folded into plain weights
     merged = Phi3VForCausalLM.from_pretrained(out / "merged")
     assert not any("lora" in k for k in merged.state_dict())
+    found, problems = read_layout(out / "merged")
+    assert problems + compare_layout(found, hub_tensor_shapes(merged.config), "F32") == []
+    # ... and it is the trained model: base + adapter's logits, not the base's
+    inputs = _photo_batch(load_processor(out / "processor"))
+    base = Phi3VForCausalLM.from_pretrained(base_model).eval()
+    with torch.no_grad():
+        plain = base(**inputs).logits
+        adapted = PeftModel.from_pretrained(base, out / "adapter").eval()(**inputs).logits
+        got = merged.eval()(**inputs).logits
+    torch.testing.assert_close(got, adapted, atol=1e-5, rtol=1e-4)
+    assert (got - plain).abs().max() > 1e-3
 
 
-def test_resume_continues_exactly(base_model, prepared, tmp_path) -> None:
+def test_resume_continues_exactly(base_model, prepared, tmp_path, perturb_checkpoint) -> None:
     full = tmp_path / "full"
     train(_cfg(base_model, prepared, full))
     part = tmp_path / "part"
     # stop at step 3 as an interruption would, then continue from its checkpoint
     train(_cfg(base_model, prepared, part, max_steps=3))
+    # the same, with the checkpoint's weights changed: the continuation must follow them (a
+    # restart from step 0 would reproduce the uninterrupted run's steps 4-6 exactly)
+    changed = tmp_path / "changed"
+    train(_cfg(base_model, prepared, changed, max_steps=3))
+    perturb_checkpoint(changed / "checkpoints" / "checkpoint-3")
+    train(_cfg(base_model, prepared, changed, resume=True))
     # and a `kill -9` in the middle of saving later checkpoints: one lacks trainer_state.json
     # (the Trainer writes it last), one has it torn; --resume must pass over both
     ckpts = part / "checkpoints"
@@ -71,9 +99,11 @@ def test_resume_continues_exactly(base_model, prepared, tmp_path) -> None:
     torn = ckpts / "checkpoint-6" / "trainer_state.json"
     torn.write_text(torn.read_text()[:40])
     train(_cfg(base_model, prepared, part, resume=True))
-    a, b = _losses(full), _losses(part)
+    a, b, c = _losses(full), _losses(part), _losses(changed)
     for step in (4, 5, 6):
         assert b[step] == pytest.approx(a[step], rel=1e-4, abs=1e-5), step
+        assert abs(c[step] - a[step]) > 0.1, (step, c[step], a[step])
+    assert [c[step] for step in (1, 2, 3)] == [b[step] for step in (1, 2, 3)]  # its history
     assert json.loads(torn.read_text())["global_step"] == 6  # saved over at step 6
 
 

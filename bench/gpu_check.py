@@ -1,0 +1,319 @@
+"""The Python half of bench/gpu_check.sh: the full-size model's figures on a CUDA GPU, each
+printed beside its target.
+
+Usage: .venv/bin/python bench/gpu_check.py [--dry-run] [--hub DIR] [--work DIR]
+
+On a GPU (random weights, nothing downloaded): the 4.2B Phi-3-vision is built directly in bf16
+on the GPU and saved as a base folder; the sample catalog comes from `productvlm synth`. Then:
+  1. LoRA steps through the training code path (load_model with the shipped LoRA config:
+     r=64 on the decoder, gradient checkpointing, frozen tower; Phi3VCollator batches) at
+     num_crops 4 and 16, batch 2 (the config's) and 8, with SDPA and, where it is installed,
+     flash-attention-2: peak GPU memory, samples/s and MFU;
+  2. batch 8 against a loop of 8 batch-1 steps (num_crops 4);
+  3. a QLoRA step (configs/burberry-phi3v-qlora.yaml: num_crops 4, batch 1);
+  4. batched generation (inference.Predictor, constrained, num_crops 16): tokens/s at batch 16
+     and one photo at a time;
+  5. `productvlm demo` on the GPU: its wall time.
+MFU is the step's model FLOPs (flops.py: gradient checkpointing's recomputation not counted)
+over the GPU's dense bf16 peak. --dry-run runs every section on the CPU with a tiny config
+(the QLoRA section then prints why it cannot run), so the script is known to work up to the
+CUDA calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import torch  # noqa: E402
+from flops import lora_step_flops  # noqa: E402
+
+KIT_HUB = ROOT.parent / "shared" / "phi3v-conformance" / "hub"
+COOKBOOK_IMAGES_PER_S_PER_GPU = 12.1 / 8  # the cookbook's LoRA run: 12.1 images/s on 8 A100s
+#: dense bf16 tensor-core peaks (TFLOP/s) by device name; --peak-tflops for others
+PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 NVL": 835.0, "H100 PCIe": 756.0,
+               "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A6000": 155.0, "L4": 121.0,
+               "A10": 125.0, "4090": 165.0}
+HUB_FILES = ("preprocessor_config.json", "tokenizer.json", "tokenizer_config.json",
+             "special_tokens_map.json")
+
+
+def gpu_peak(name: str, override: float | None) -> float | None:
+    if override:
+        return override * 1e12
+    for key, tflops in PEAK_TFLOPS.items():
+        if key in name:
+            return tflops * 1e12
+    return None
+
+
+class Clock:
+    """Wall time with the device synchronised, and peak memory since the last reset."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def reset(self) -> None:
+        gc.collect()
+        if self.cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+
+    def peak_gb(self) -> float:
+        return torch.cuda.max_memory_allocated() / 1e9 if self.cuda else float("nan")
+
+
+def build_base(args: argparse.Namespace, work: Path, device: torch.device) -> Path:
+    """A random-weight model folder (bf16, Hub layout) with a processor: full size, or tiny."""
+    from productvlm.models.loading import HUB_SHARD_SIZE
+    from productvlm.models.phi3v import Phi3VConfig, Phi3VForCausalLM
+    from productvlm.models.phi3v.hub_layout import WTE_COPY
+    from productvlm.models.phi3v.tiny import save_tiny_model, tiny_config
+    from productvlm.models.tiny_tokenizer import train_tiny_tokenizer
+
+    base = work / "base"
+    if args.dry_run:
+        tok = train_tiny_tokenizer([f"Product: item {i}, Category: BAGS" for i in range(50)],
+                                   400)
+        cfg = tiny_config(len(tok), bos_token_id=tok.bos_token_id,
+                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        return save_tiny_model(base, config=cfg, tokenizer=tok, num_crops=16)
+    if not (args.hub / "config.json").is_file():
+        sys.exit(f"{args.hub}: needs the Hub's config.json and tokenizer files (no weights)")
+    config = Phi3VConfig.from_pretrained(args.hub)
+    start = time.perf_counter()
+    with torch.device(device):
+        model = Phi3VForCausalLM._from_config(config, dtype=torch.bfloat16)
+    state = model.state_dict()
+    state[WTE_COPY] = state["model.embed_tokens.weight"].clone()
+    model.save_pretrained(base, state_dict=state, max_shard_size=HUB_SHARD_SIZE)
+    for name in HUB_FILES:
+        (base / name).write_bytes((args.hub / name).read_bytes())
+    del model, state
+    print(f"base: {config.num_hidden_layers}-layer decoder, random bf16 weights, built and "
+          f"saved in {time.perf_counter() - start:.0f} s", flush=True)
+    return base
+
+
+def sample_rows(work: Path, n: int) -> list[dict[str, Any]]:
+    from productvlm.catalog.prepare import prepare
+    from productvlm.prepared import load_prepared
+    from productvlm.synth.generate import synth
+
+    cat = synth(work / "catalog", n=n, seed=0, fault_rate=0.0, overwrite=True)
+    prepare(str(cat.parquet), work / "prepared", preset="burberry", seed=0,
+            val_fraction=0.0, test_fraction=0.0)
+    return list(load_prepared(work / "prepared")["train"])
+
+
+def train_cfg(config_file: str, base: Path, **overrides: Any) -> Any:
+    from productvlm.config import resolve_config
+    from productvlm.training.config import TrainConfig
+
+    flags = {"model": str(base), "precision": "bf16", "report_to": "none", **overrides}
+    return resolve_config(TrainConfig, ROOT / "configs" / config_file, flags, section="train")
+
+
+def time_steps(model: Any, batches: list[dict], clock: Clock, warmup: int = 2,
+               steps: int = 3) -> float:
+    """Seconds per optimizer step (forward, backward, AdamW) over ``steps`` timed steps."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=2e-4, fused=clock.cuda)
+    device = next(model.parameters()).device
+
+    def step(batch: dict) -> None:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        batch["pixel_values"] = batch["pixel_values"].to(torch.bfloat16)
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            model(**batch).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    model.train()
+    for i in range(warmup):
+        step(batches[i % len(batches)])
+    clock.sync()
+    start = time.perf_counter()
+    for i in range(steps):
+        step(batches[i % len(batches)])
+    clock.sync()
+    return (time.perf_counter() - start) / steps
+
+
+def lora_section(base: Path, rows: list, clock: Clock, device: torch.device,
+                 peak: float | None, out: dict) -> None:
+    from productvlm.models.loading import load_model, load_processor
+    from productvlm.training.collate import Phi3VCollator
+
+    attns = ["sdpa"]
+    if device.type == "cuda":
+        try:
+            import flash_attn  # noqa: F401
+
+            attns.append("flash_attention_2")
+        except ImportError:
+            print("flash-attention-2: not installed; SDPA only")
+    target = 4 * COOKBOOK_IMAGES_PER_S_PER_GPU
+    for attn in attns:
+        cfg = train_cfg("burberry-phi3v-lora.yaml", base, attn_implementation=attn)
+        clock.reset()
+        model = load_model(base, cfg=cfg).to(device)
+        lora = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        for crops in (4, 16):
+            processor = load_processor(base, num_crops=crops)
+            collate = Phi3VCollator(processor, cfg.target_format, cfg.question, cfg.max_length)
+            for bs in (cfg.batch_size, 8):
+                batches = [collate(rows[i * bs:(i + 1) * bs]) for i in range(2)]
+                clock.reset()
+                seconds = time_steps(model, batches, clock)
+                flops = sum(lora_step_flops(model.config, b, lora) for b in batches) / 2
+                mfu = flops / seconds / peak if peak else float("nan")
+                rate = bs / seconds
+                out[f"lora_{attn}_c{crops}_b{bs}"] = {"samples_per_s": rate, "mfu": mfu,
+                                                      "peak_gb": clock.peak_gb()}
+                goal = (f"; target >= 40% MFU and >= {target:.2f} samples/s (4x the cookbook's "
+                        "12.1 images/s over 8 A100s)" if crops == 16 else "")
+                print(f"LoRA r=64 {attn}, num_crops {crops}, batch {bs} "
+                      f"({int(batches[0]['attention_mask'].sum()) // bs} tokens/photo): "
+                      f"{rate:.2f} samples/s, {flops / 1e12:.1f} TFLOP/step, MFU {mfu:.1%}, "
+                      f"peak GPU memory {clock.peak_gb():.1f} GB{goal}", flush=True)
+        if attn == "sdpa":  # batch 8 against a loop of batch-1 steps, on the same photos
+            processor = load_processor(base, num_crops=4)
+            collate = Phi3VCollator(processor, cfg.target_format, cfg.question, cfg.max_length)
+            one = [collate(rows[i:i + 1]) for i in range(8)]
+            eight = [collate(rows[:8])]
+            loop = time_steps(model, one, clock, warmup=2, steps=8) * 8
+            batched = time_steps(model, eight, clock)
+            out["batch8_vs_loop"] = loop / batched
+            print(f"num_crops 4: batch 8 {8 / batched:.2f} samples/s, loop of 8 batch-1 steps "
+                  f"{8 / loop:.2f} samples/s: {loop / batched:.1f}x (target >= 3x)", flush=True)
+        del model
+        clock.reset()
+
+
+def qlora_section(base: Path, rows: list, clock: Clock, device: torch.device,
+                  out: dict) -> None:
+    from productvlm.errors import ProductVLMError
+    from productvlm.models.loading import load_model, load_processor
+    from productvlm.training.collate import Phi3VCollator
+
+    cfg = train_cfg("burberry-phi3v-qlora.yaml", base)
+    clock.reset()
+    try:
+        model = load_model(base, cfg=cfg)
+    except ProductVLMError as e:
+        print(f"QLoRA step: not run: {e}")
+        return
+    collate = Phi3VCollator(load_processor(base, num_crops=cfg.num_crops), cfg.target_format,
+                            cfg.question, cfg.max_length)
+    batches = [collate(rows[i:i + cfg.batch_size]) for i in range(2)]
+    seconds = time_steps(model, batches, clock)
+    out["qlora"] = {"samples_per_s": cfg.batch_size / seconds, "peak_gb": clock.peak_gb()}
+    print(f"QLoRA r=64 NF4, num_crops {cfg.num_crops}, batch {cfg.batch_size}: "
+          f"{cfg.batch_size / seconds:.2f} samples/s, peak GPU memory {clock.peak_gb():.1f} GB "
+          "(configs/burberry-phi3v-qlora.yaml's comment: see it)", flush=True)
+    del model
+    clock.reset()
+
+
+def generation_section(base: Path, rows: list, clock: Clock, device: torch.device,
+                       out: dict) -> None:
+    from productvlm.inference import Predictor
+    from productvlm.models.loading import load_model, load_processor
+
+    model = load_model(base, dtype="bf16").to(device).eval()
+    predictor = Predictor(model, load_processor(base, num_crops=16), batch_size=16,
+                          max_new_tokens=32, categories=sorted({r["category"] for r in rows}))
+    images = [r["image"].convert("RGB") for r in rows[:16]]
+    predictor.generate(images[:2])  # warm-up
+    rates = {}
+    for name, chunks in (("batch 16", [images]), ("one at a time", [[im] for im in images[:4]])):
+        predictor.tokens_generated = 0
+        clock.sync()
+        start = time.perf_counter()
+        for chunk in chunks:
+            predictor.generate(chunk)
+        clock.sync()
+        rates[name] = predictor.tokens_generated / (time.perf_counter() - start)
+    out["generate_tokens_per_s"] = rates
+    print(f"constrained generation, num_crops 16: {rates['batch 16']:.1f} tokens/s at batch 16, "
+          f"{rates['one at a time']:.1f} one photo at a time "
+          f"({rates['batch 16'] / rates['one at a time']:.1f}x)", flush=True)
+    del model, predictor
+    clock.reset()
+
+
+def demo_section(work: Path, dry_run: bool, timeout: float, out: dict) -> None:
+    args = [sys.executable, "-m", "productvlm.cli", "demo", "--out", str(work / "demo"),
+            "--report-to", "none"]
+    if dry_run:
+        small = work / "demo-small.yaml"
+        small.write_text("demo:\n  n: 60\n  epochs: 1\n  vision_warmup_epochs: 1\n")
+        args += ["--config", str(small)]
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=max(timeout, 1))
+    except subprocess.TimeoutExpired:
+        print(f"demo: still running after {timeout:.0f} s (the time left); stopped")
+        return
+    seconds = time.perf_counter() - start
+    out["demo_s"] = seconds
+    checks = [x for x in proc.stdout.splitlines() if x.startswith(("PASS", "MISS"))]
+    print(f"demo on {'the CPU (dry run, small)' if dry_run else 'the GPU'}: "
+          f"{seconds / 60:.1f} min wall, exit {proc.returncode} (2-core CPU: 6-7 min); "
+          + "; ".join(checks), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dry-run", action="store_true", help="tiny config on the CPU")
+    parser.add_argument("--hub", type=Path, default=KIT_HUB,
+                        help="the Hub's config.json and tokenizer files (no weights needed)")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/productvlm-gpu-check"))
+    parser.add_argument("--peak-tflops", type=float, help="dense bf16 peak, if not in the table")
+    parser.add_argument("--budget-s", type=float, default=420, help="time for all sections")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    device = torch.device("cpu" if args.dry_run else "cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("no CUDA device: run with --dry-run to check the script on a CPU")
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU (dry run)"
+    peak = gpu_peak(name, args.peak_tflops)
+    print(f"device: {name}; dense bf16 peak: "
+          f"{f'{peak / 1e12:.0f} TFLOP/s' if peak else 'unknown (--peak-tflops)'}; torch "
+          f"{torch.__version__}", flush=True)
+    if args.dry_run:
+        torch.set_num_threads(min(2, os.cpu_count() or 1))
+    args.work.mkdir(parents=True, exist_ok=True)
+    clock, out = Clock(device), {}
+    base = build_base(args, args.work, device)
+    rows = sample_rows(args.work, 16)
+    sections = [("LoRA steps", lambda: lora_section(base, rows, clock, device, peak, out)),
+                ("QLoRA step", lambda: qlora_section(base, rows, clock, device, out)),
+                ("generation", lambda: generation_section(base, rows, clock, device, out))]
+    for title, section in sections:
+        left = args.budget_s - (time.perf_counter() - started)
+        print(f"--- {title} ({left:.0f} s of the budget left)", flush=True)
+        section()
+    left = args.budget_s - (time.perf_counter() - started)
+    print(f"--- demo ({left:.0f} s of the budget left)", flush=True)
+    demo_section(args.work, args.dry_run, left, out)
+    print(f"gpu_check.py done in {time.perf_counter() - started:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
