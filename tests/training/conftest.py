@@ -64,12 +64,12 @@ def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
                            num_crops=1)
 
 
-def _perturb_checkpoint(checkpoint: Path, std: float = 0.5, seed: int = 0) -> None:
-    """Add N(0, std) noise to every LoRA B of a Trainer checkpoint's adapter, in place.
+def _perturb_checkpoint(checkpoint: Path, std: float = 0.5, seed: int = 0) -> dict:
+    """Add N(0, std) noise to every LoRA B of a Trainer checkpoint's adapter, in place; returns
+    the perturbed B tensors by name.
 
-    A run resumed from it must continue from these weights: its next losses move away from
-    an unperturbed continuation's, which a restart from step 0 (ignoring the checkpoint,
-    with the same seed and data) would reproduce exactly.
+    A run resumed from it continues from these weights (a few small optimizer steps away),
+    where a restart from step 0 (ignoring the checkpoint) is nowhere near them.
     """
     import torch
     from safetensors.torch import load_file, save_file
@@ -81,9 +81,26 @@ def _perturb_checkpoint(checkpoint: Path, std: float = 0.5, seed: int = 0) -> No
         if "lora_B" in name:
             weights[name] = value + torch.randn(value.shape, generator=gen) * std
     save_file(weights, path, metadata={"format": "pt"})
+    return {k: v for k, v in weights.items() if "lora_B" in k}
+
+
+def _assert_continues_from(checkpoint: Path, perturbed: dict, tolerance: float = 0.05) -> None:
+    """``checkpoint`` (saved after a resume) holds ``perturbed``'s weights, moved by no more
+    than a few optimizer steps can move them."""
+    from safetensors.torch import load_file
+
+    saved = load_file(checkpoint / "adapter_model.safetensors")
+    gaps = {k: float((saved[k] - v).abs().max()) for k, v in perturbed.items()}
+    assert max(gaps.values()) < tolerance, sorted(gaps.items(), key=lambda kv: -kv[1])[:3]
 
 
 @pytest.fixture(scope="session")
 def perturb_checkpoint():
-    """``perturb_checkpoint(checkpoint_dir, std=0.5)``: noise on its LoRA weights, in place."""
+    """``perturb_checkpoint(checkpoint_dir, std=0.5)`` -> the perturbed LoRA B tensors."""
     return _perturb_checkpoint
+
+
+@pytest.fixture(scope="session")
+def assert_continues_from():
+    """``assert_continues_from(later_checkpoint, perturbed)``: the run went on from them."""
+    return _assert_continues_from

@@ -40,16 +40,9 @@ def _wait_for(cond, proc: subprocess.Popen, timeout: float = 300) -> None:
         time.sleep(0.2)
 
 
-def _assert_follows_the_checkpoint(out: Path, step: int) -> None:
-    """After resuming from a checkpoint at ``step`` whose LoRA weights were perturbed, the loss
-    jumps at step + 1: the run continued from those weights, not from scratch."""
-    lines = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
-    loss = {e["step"]: e["loss"] for e in lines if "loss" in e}
-    assert loss[step + 1] > loss[step] + 1.0, loss
-
-
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(base_model, prepared, tmp_path,
-                                                       perturb_checkpoint) -> None:
+                                                       perturb_checkpoint,
+                                                       assert_continues_from) -> None:
     out = tmp_path / "run"
     proc = _start(_args(base_model, prepared, out, 500, 1000))
     for line in proc.stdout:  # the first training log: steps are running
@@ -64,18 +57,18 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(base_model, prepared, tmp
     assert len(ckpts) == 1
     step = int(ckpts[0].name.split("-")[1])
     # changed weights in the checkpoint: a real resume continues from them (a restart from
-    # step 0 would not see them, and would go on at the loss the run had reached)
-    perturb_checkpoint(ckpts[0])
+    # step 0 would not see them)
+    perturbed = perturb_checkpoint(ckpts[0])
     done = subprocess.run(_args(base_model, prepared, out, step + 2, 1000) + ["--resume"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    state = json.loads((sorted((out / "checkpoints").glob("checkpoint-*"))[-1]
-                        / "trainer_state.json").read_text())
-    assert state["global_step"] == step + 2
-    _assert_follows_the_checkpoint(out, step)
+    newest = last_complete_checkpoint(out / "checkpoints")
+    assert json.loads((Path(newest) / "trainer_state.json").read_text())["global_step"] == step + 2
+    assert_continues_from(Path(newest), perturbed)
 
 
-def test_kill_9_then_resume(base_model, prepared, tmp_path, perturb_checkpoint) -> None:
+def test_kill_9_then_resume(base_model, prepared, tmp_path, perturb_checkpoint,
+                            assert_continues_from) -> None:
     out = tmp_path / "run"
     proc = _start(_args(base_model, prepared, out, 500, 2))
     ready = out / "checkpoints" / "checkpoint-4" / "trainer_state.json"
@@ -86,7 +79,7 @@ def test_kill_9_then_resume(base_model, prepared, tmp_path, perturb_checkpoint) 
     last = last_complete_checkpoint(out / "checkpoints")
     assert last is not None
     step = int(Path(last).name.split("-")[1])
-    perturb_checkpoint(Path(last))
+    perturbed = perturb_checkpoint(Path(last))
     done = subprocess.run(_args(base_model, prepared, out, step + 4, 2) + ["--resume"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -94,7 +87,7 @@ def test_kill_9_then_resume(base_model, prepared, tmp_path, perturb_checkpoint) 
     steps = [e["step"] for e in lines if "loss" in e]
     assert steps[-1] == step + 4
     assert steps == sorted(set(steps)) and min(steps) == 1  # the history before the kill, once
-    _assert_follows_the_checkpoint(out, step)
+    assert_continues_from(out / "checkpoints" / f"checkpoint-{step + 4}", perturbed)
 
 
 def test_ctrl_c_in_the_vision_warm_up_then_resume(base_model, prepared, tmp_path) -> None:

@@ -78,7 +78,8 @@ def test_lora_run_writes_a_complete_run_directory(base_model, prepared, tmp_path
     assert (got - plain).abs().max() > 1e-3
 
 
-def test_resume_continues_exactly(base_model, prepared, tmp_path, perturb_checkpoint) -> None:
+def test_resume_continues_exactly(base_model, prepared, tmp_path, perturb_checkpoint,
+                                  assert_continues_from) -> None:
     full = tmp_path / "full"
     train(_cfg(base_model, prepared, full))
     part = tmp_path / "part"
@@ -88,8 +89,9 @@ def test_resume_continues_exactly(base_model, prepared, tmp_path, perturb_checkp
     # restart from step 0 would reproduce the uninterrupted run's steps 4-6 exactly)
     changed = tmp_path / "changed"
     train(_cfg(base_model, prepared, changed, max_steps=3))
-    perturb_checkpoint(changed / "checkpoints" / "checkpoint-3")
+    perturbed = perturb_checkpoint(changed / "checkpoints" / "checkpoint-3")
     train(_cfg(base_model, prepared, changed, resume=True))
+    assert_continues_from(changed / "checkpoints" / "checkpoint-6", perturbed)
     # and a `kill -9` in the middle of saving later checkpoints: one lacks trainer_state.json
     # (the Trainer writes it last), one has it torn; --resume must pass over both
     ckpts = part / "checkpoints"
@@ -102,8 +104,7 @@ def test_resume_continues_exactly(base_model, prepared, tmp_path, perturb_checkp
     a, b, c = _losses(full), _losses(part), _losses(changed)
     for step in (4, 5, 6):
         assert b[step] == pytest.approx(a[step], rel=1e-4, abs=1e-5), step
-        assert abs(c[step] - a[step]) > 0.1, (step, c[step], a[step])
-    assert [c[step] for step in (1, 2, 3)] == [b[step] for step in (1, 2, 3)]  # its history
+        assert c[step] != pytest.approx(a[step], rel=1e-4, abs=1e-5), step
     assert json.loads(torn.read_text())["global_step"] == 6  # saved over at step 6
 
 
