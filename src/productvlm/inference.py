@@ -1,9 +1,12 @@
-"""The one prediction path: photos -> answers -> parsed fields. evaluate, predict and serve
-all call :class:`Predictor`.
+"""The one prediction path: photos -> answers -> parsed fields, with how far to trust them.
+evaluate, predict, serve and audit all call :class:`Predictor`.
 
 Generation is batched greedy decoding with left padding and the KV cache, stopping at
 ``<|end|>`` (or EOS); answers are constrained to the target format by default
-(:mod:`productvlm.constrained`), so every answer parses.
+(:mod:`productvlm.constrained`), so every answer parses. With a calibration (a run's
+``calibration/``), each answer also gets a price interval, its category's probability and a
+confidence (:mod:`productvlm.calibration`, measured by :mod:`productvlm.measure`); the answer
+text is the same with or without it.
 
 Usage:
     productvlm predict --model runs/demo/train shots/*.jpg https://example.com/bag.jpg
@@ -15,12 +18,15 @@ Usage:
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from productvlm.calibration import Calibration, Signals, Uncertainty
 from productvlm.errors import ProductVLMError
 from productvlm.prompts import (
     END,
@@ -38,6 +44,9 @@ Progress = bool | Callable[[int, int], None] | None
 #: training callback): photos per generation batch, and the longest answer in tokens.
 BATCH_SIZE = 16
 MAX_NEW_TOKENS = 64
+#: ... the price interval's level, and the confidence under which an answer is marked as low
+INTERVAL_LEVEL = 0.8
+LOW_CONFIDENCE = 0.5
 
 
 @dataclass
@@ -47,12 +56,22 @@ class Prediction(ParsedAnswer):
     The parsed fields (title, category, price; ``error`` says why one is missing), the raw
     text, the catalog's currency, and how long its batch took. ``ok`` is False when the
     answer did not parse, or (``raw`` None) when there was no answer at all (an unreadable
-    photo: ``error`` says why).
+    photo: ``error`` says why). With a calibrated model: the price interval at
+    ``interval_level``, the probability that the category is right, and ``confidence``, the
+    chance that the category is right and the price within 25% (near 0 for a picture unlike
+    the training photos); ``low_confidence`` when it is under the predictor's threshold.
+    Without a calibration these are None.
     """
 
     currency: str | None = None
     raw: str | None = None
     latency_ms: float | None = None  # wall time of the batch this photo was answered in
+    price_low: float | None = None
+    price_high: float | None = None
+    interval_level: float | None = None
+    category_prob: float | None = None
+    confidence: float | None = None
+    low_confidence: bool | None = None
 
     @classmethod
     def from_answer(cls, raw: str, fmt: TargetFormat = "seed", *, currency: str | None = None,
@@ -98,9 +117,14 @@ class Predictor:
         constrained: bool = True,
         model_path: str | None = None,
         adapter: str | None = None,
+        calibration: Calibration | None = None,
+        interval_level: float = INTERVAL_LEVEL,
+        low_confidence: float = LOW_CONFIDENCE,
     ) -> None:
         if batch_size < 1 or max_new_tokens < 1:
             raise ProductVLMError("batch_size and max_new_tokens must be at least 1")
+        if calibration is not None:
+            calibration.margin(interval_level)  # a level it cannot give fails here, once
         self.model, self.processor = model, processor
         self.tokenizer = processor.tokenizer
         self.target_format, self.question = target_format, question
@@ -109,6 +133,8 @@ class Predictor:
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
         self.constrained = constrained
         self.model_path, self.adapter = model_path, adapter
+        self.calibration = calibration
+        self.interval_level, self.low_confidence = interval_level, low_confidence
         self._grammar: Any = None
         self.tokens_generated = 0  # answer tokens so far, stop tokens included (for benches)
         self.constraint_seconds = 0.0  # time spent masking logits (for benches)
@@ -125,11 +151,16 @@ class Predictor:
         constrained: bool = True,
         num_crops: int | None = None,
         categories: Sequence[str] | None = None,
+        calibration: str | Path | None = None,
+        interval_level: float = INTERVAL_LEVEL,
+        low_confidence: float = LOW_CONFIDENCE,
     ) -> Predictor:
-        """Load weights (+ adapter), processor, prompt, target format and training categories.
+        """Load weights (+ adapter), processor, prompt, target format, training categories
+        and calibration.
 
         ``categories`` overrides labels.json; without either, constrained decoding leaves the
-        category as free text.
+        category as free text. ``calibration``: a calibration folder other than the run's
+        own ``calibration/``; a model with neither says so on stderr and still answers.
 
         >>> Predictor.load("runs/demo/train", batch_size=16).target_format  # doctest: +SKIP
         'seed'
@@ -146,11 +177,23 @@ class Predictor:
                 raise
             raise ProductVLMError(f"{model}: cannot load the model ({e})") from None
         net.to(dev).eval()
+        folder = Path(calibration) if calibration else (info.run.calibration if info.run
+                                                        else None)
+        cal = None
+        if folder is not None and folder.is_dir():
+            cal = Calibration.load(folder)
+        elif calibration:
+            raise ProductVLMError(f"{calibration}: no calibration folder there")
+        else:
+            print(f"{model}: no calibration (calibration/ in the run directory), so answers "
+                  "carry no price interval or confidence; `productvlm evaluate` calibrates a "
+                  "model on a validation split", file=sys.stderr)
         return cls(net, processor, target_format=info.target_format, question=info.question,
                    categories=categories or info.categories, currency=info.currency,
                    batch_size=batch_size, max_new_tokens=max_new_tokens,
                    constrained=constrained, model_path=str(model),
-                   adapter=str(info.adapter) if info.adapter else None)
+                   adapter=str(info.adapter) if info.adapter else None, calibration=cal,
+                   interval_level=interval_level, low_confidence=low_confidence)
 
     def describe(self) -> dict[str, Any]:
         """How this predictor answers (shown by the server's /v1/model)."""
@@ -159,6 +202,9 @@ class Predictor:
                 "categories": self.categories, "currency": self.currency,
                 "batch_size": self.batch_size, "max_new_tokens": self.max_new_tokens,
                 "constrained": self.constrained, "device": str(self.model.device),
+                "calibrated": self.calibration is not None,
+                "interval_level": self.interval_level if self.calibration else None,
+                "low_confidence_below": self.low_confidence if self.calibration else None,
                 "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch.")}
 
     @property
@@ -184,10 +230,13 @@ class Predictor:
             for start in range(0, len(images), self.batch_size):
                 chunk = images[start:start + self.batch_size]
                 t0 = time.perf_counter()
-                answers = self.generate(chunk)
+                grid = self.calibration.grid if self.calibration else None
+                answers, signals = self.generate(chunk, grid=grid)
                 ms = (time.perf_counter() - t0) * 1000
-                out += [Prediction.from_answer(raw, self.target_format, currency=self.currency,
-                                               latency_ms=round(ms, 1)) for raw in answers]
+                for raw, sig in zip(answers, signals, strict=True):
+                    pred = Prediction.from_answer(raw, self.target_format, currency=self.currency,
+                                                  latency_ms=round(ms, 1))
+                    out.append(self.calibrated(pred, sig))
                 if bar is not None:
                     bar.advance(len(chunk))
                 elif callable(progress):
@@ -197,21 +246,59 @@ class Predictor:
                 bar.close()
         return out
 
-    def generate(self, images: Sequence[Any]) -> list[str]:
-        """Raw answer texts (up to ``<|end|>``) for one batch of images."""
+    def calibrated(self, pred: Prediction, signals: Signals | None) -> Prediction:
+        """``pred`` with the calibrated interval, category probability and confidence."""
+        if self.calibration is None or signals is None:
+            return pred
+        u: Uncertainty = self.calibration.uncertainty(signals, pred.category,
+                                                      self.interval_level)
+        pred.price_low, pred.price_high = u.price_low, u.price_high
+        pred.interval_level, pred.category_prob = u.interval_level, u.category_prob
+        pred.confidence = u.confidence
+        if u.confidence is not None:
+            pred.low_confidence = u.confidence < self.low_confidence
+        return pred
+
+    def image_features(self, images: Sequence[Any]) -> Any:
+        """Pooled image features (n x hidden) of ``images``, as the model sees them."""
+        import numpy as np
+        import torch
+
+        from productvlm.measure import ImageFeatures
+
+        out = []
+        prompt = render_prompt(self.tokenizer, self.question)
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start:start + self.batch_size]
+            batch = self._inputs(self.processor(text=[prompt] * len(chunk),
+                                                images=[[im] for im in chunk],
+                                                return_tensors="pt", padding_side="left"))
+            with ImageFeatures(self.model) as feats, torch.inference_mode():
+                feats.module(batch["pixel_values"], batch["image_sizes"])
+            out.append(feats.pooled)
+        return np.concatenate(out) if out else np.zeros((0, 0))
+
+    def _inputs(self, batch: Any) -> dict[str, Any]:
+        device = self.model.device
+        dtype = next(self.model.parameters()).dtype
+        return {k: v.to(device, dtype=dtype) if k == "pixel_values" else v.to(device)
+                for k, v in batch.items()}
+
+    def generate(self, images: Sequence[Any], grid: Sequence[float] | None = None
+                 ) -> tuple[list[str], list[Signals | None]]:
+        """Raw answer texts (up to ``<|end|>``) for one batch of images and, with a price
+        ``grid`` (the calibration's candidate prices), what :mod:`productvlm.measure` measures
+        of each answer."""
         import torch
         from transformers import GenerationConfig, LogitsProcessorList
 
         if not images:
-            return []
+            return [], []
         tok = self.tokenizer
         prompt = render_prompt(tok, self.question)
-        batch = self.processor(text=[prompt] * len(images), images=[[im] for im in images],
-                               return_tensors="pt", padding_side="left")
-        device = self.model.device
-        dtype = next(self.model.parameters()).dtype
-        batch = {k: v.to(device, dtype=dtype) if k == "pixel_values" else v.to(device)
-                 for k, v in batch.items()}
+        batch = self._inputs(self.processor(text=[prompt] * len(images),
+                                            images=[[im] for im in images],
+                                            return_tensors="pt", padding_side="left"))
         end_id = tok.convert_tokens_to_ids(END)
         stops = [i for i in (end_id, tok.eos_token_id) if i is not None and i != tok.unk_token_id]
         pad = tok.pad_token_id if tok.pad_token_id is not None else stops[-1]
@@ -221,12 +308,18 @@ class Predictor:
                 processors.append(self.grammar.logits_processor(self.max_new_tokens))
             except ValueError as e:
                 raise ProductVLMError(f"constrained decoding: {e}") from None
+        measure = grid is not None
         config = GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=False,
                                   num_beams=1, use_cache=True, eos_token_id=stops,
-                                  pad_token_id=pad)
-        with torch.inference_mode():
-            ids = self.model.generate(**batch, generation_config=config,
+                                  pad_token_id=pad, return_dict_in_generate=True,
+                                  output_logits=measure)
+        from productvlm.measure import ImageFeatures, measure_batch
+
+        feats = ImageFeatures(self.model) if measure else contextlib.nullcontext()
+        with feats, torch.inference_mode():
+            out = self.model.generate(**batch, generation_config=config,
                                       logits_processor=processors)
+        ids = out.sequences
         new = ids[:, batch["input_ids"].shape[1]:].tolist()
         self.constraint_seconds += sum(getattr(p, "seconds", 0.0) for p in processors)
         for row in new:  # a finished row is padded after its stop token: not generated
@@ -234,7 +327,12 @@ class Predictor:
                                           len(row))
         texts = tok.batch_decode(new, skip_special_tokens=False,
                                  clean_up_tokenization_spaces=False)
-        return [_cut(t, [END, tok.eos_token or END, tok.pad_token or END]) for t in texts]
+        texts = [_cut(t, [END, tok.eos_token or END, tok.pad_token or END]) for t in texts]
+        if not measure:
+            return texts, [None] * len(texts)
+        signals = measure_batch(self.model, tok, batch["input_ids"], batch["attention_mask"], out,
+                                texts, self.target_format, grid, feats.pooled)
+        return texts, list(signals)
 
 
 def _cut(text: str, stops: list[str]) -> str:

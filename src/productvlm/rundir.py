@@ -10,6 +10,8 @@ A run directory holds::
     checkpoints/         resumable Trainer checkpoints
     train_log.jsonl      the Trainer's log history
     vision_warmup/       the vision warm-up's resumable state; vision_warmup.json its figures
+    calibration/         price intervals, category probability, confidence (calibration.py)
+    training_items.json  product codes and image sha256 of the training split (for audits)
 
 Both sides go through :class:`RunDir`; :func:`resolve_model` turns whatever a user passes as
 ``--model`` (a run directory, a Hub-format folder, a Hub id) into a :class:`RunInfo`.
@@ -79,6 +81,30 @@ class RunDir:
     @property
     def vision_warmup_stats(self) -> Path:
         return self.root / "vision_warmup.json"
+
+    @property
+    def calibration(self) -> Path:
+        return self.root / "calibration"
+
+    @property
+    def training_items(self) -> Path:
+        return self.root / "training_items.json"
+
+    def write_training_items(self, product_codes: list[str], image_sha256: list[str]) -> None:
+        """What the model saw in training, so an audit can say which products it learned."""
+        items = {"product_codes": sorted({c for c in product_codes if c}),
+                 "image_sha256": sorted({h for h in image_sha256 if h})}
+        self.training_items.write_text(json.dumps(items))
+
+    def read_training_items(self) -> tuple[set[str], set[str]] | None:
+        """(product codes, image sha256) of the training split, or None when not recorded."""
+        if not self.training_items.is_file():
+            return None
+        try:
+            items = json.loads(self.training_items.read_text())
+        except json.JSONDecodeError as e:
+            raise ProductVLMError(f"{self.training_items}: not valid JSON ({e})") from None
+        return set(items.get("product_codes", [])), set(items.get("image_sha256", []))
 
     def write_labels(self, categories: list[str], currency: str) -> None:
         """labels.json: the categories the model was taught and the catalog's currency."""

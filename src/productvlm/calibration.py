@@ -1,0 +1,343 @@
+"""How far to trust an answer: calibrated price intervals, category probability, confidence.
+
+For each photo the Predictor measures three things besides the answer (:class:`Signals`):
+
+* ``price_logprobs``: the model's log-probability of every candidate price (the distinct
+  training prices, :attr:`Calibration.grid`) after its own "... Full Price: " prefix, each
+  tokenized as the collator tokenizes an answer; a distribution over prices;
+* ``answer_logprob``: the mean log-probability of the title and category tokens it chose;
+* ``features``: the image side's mean image token (what the decoder sees of the photo).
+
+A :class:`Calibration`, fitted on the validation split and stored in the run directory
+(``calibration/``), turns them into:
+
+* a **price interval** at any level from 50% to 99%: conformalized quantile regression (CQR,
+  Romano et al. 2019) on log price, locally weighted. The model's own distribution gives the
+  central band ``[q(a), q(1-a)]``; a wrong category makes that band confidently wrong, so
+  the margin around it grows with the doubt about the category: ``[q(a) - Q w, q(1-a) + Q w]``
+  with ``w = 1 + lambda (1 - category probability)``. The validation split gives ``Q``, so
+  that the interval covers the truth for ``level`` of the validation rows (split conformal:
+  the stated coverage holds on new data from the same catalog), and ``lambda`` (by 5-fold
+  cross-validation inside the validation split: the narrowest intervals);
+* the **category probability**: linear discriminant analysis on the image features (class
+  means from the training split, one shared, shrunk covariance) with a temperature fitted on
+  the validation split, read at the answer's category;
+* an overall **confidence**: the chance that the answer's category is right and its price
+  within 25% of the truth (a logistic regression on the validation split over the category
+  probability, the answer's log-probability and the price distribution's spread), times a
+  typicality gate that goes to 0 for pictures unlike every validation photo (the smallest
+  Mahalanobis distance to a category's mean, against the validation photos' distances).
+
+Where each choice came from: docs/calibration.md (measured on three synth catalogs).
+
+>>> cal = Calibration.load(Path("runs/demo/train/calibration"))  # doctest: +SKIP
+>>> cal.interval(signals.price_logprobs, 0.8)  # doctest: +SKIP
+(1650.0, 2480.0)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from productvlm.errors import ProductVLMError
+
+#: Levels the margin table covers (any level in between is interpolated).
+LEVELS = tuple(round(x, 2) for x in np.arange(0.50, 0.995, 0.01))
+USABLE_APE = 0.25  # a price within 25% of the truth counts as right, for the confidence
+TYPICAL_TAIL = 0.05  # photos stranger than all but this share of validation ones lose confidence
+PCA_DIMS = 64
+FILE_JSON, FILE_ARRAYS = "calibration.json", "features.safetensors"
+
+
+@dataclass
+class Signals:
+    """What the Predictor measured for one photo, before any calibration."""
+
+    price_logprobs: np.ndarray | None = None  # over Calibration.grid
+    answer_logprob: float | None = None  # mean over the title and category tokens
+    features: np.ndarray | None = None  # pooled image features
+
+
+@dataclass
+class Uncertainty:
+    """A calibrated reading of one answer (fields of the Prediction record)."""
+
+    price_low: float | None = None
+    price_high: float | None = None
+    interval_level: float | None = None
+    category_prob: float | None = None
+    confidence: float | None = None
+
+
+def central_band(logprobs: np.ndarray, log_grid: np.ndarray, level: float) -> tuple[float, float]:
+    """The model's own quantiles ``q((1-level)/2)``, ``q((1+level)/2)`` of log price."""
+    p = np.exp(logprobs - logprobs.max())
+    cdf = np.cumsum(p / p.sum())
+    a = (1 - level) / 2
+    lo = log_grid[min(int(np.searchsorted(cdf, a)), len(cdf) - 1)]
+    hi = log_grid[min(int(np.searchsorted(cdf, 1 - a)), len(cdf) - 1)]
+    return float(lo), float(hi)
+
+
+def spread(logprobs: np.ndarray, log_grid: np.ndarray) -> float:
+    """Standard deviation of log price under the model's distribution."""
+    p = np.exp(logprobs - logprobs.max())
+    p /= p.sum()
+    mean = float((p * log_grid).sum())
+    return math.sqrt(float((p * (log_grid - mean) ** 2).sum()))
+
+
+def conformal_quantile(scores: np.ndarray, level: float) -> float:
+    """The ceil((n+1) level)-th smallest score (inf when n is too small for the level)."""
+    n = len(scores)
+    k = math.ceil((n + 1) * level)
+    return float(np.sort(scores)[k - 1]) if 0 < k <= n else math.inf
+
+
+@dataclass
+class Calibration:
+    """Fitted on a validation split; see the module docstring. Saved as ``calibration/``."""
+
+    grid: list[float]  # candidate prices, ascending
+    margins: dict[float, float]  # level -> CQR margin Q (log price, before weighting)
+    categories: list[str]
+    temperature: float
+    confidence_coef: list[float]  # logistic weights over (logit p_cat, answer lp, log spread)
+    confidence_intercept: float
+    arrays: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+    doubt_weight: float = 0.0  # lambda: how much the margin grows with category doubt
+
+    # -- applying ------------------------------------------------------------------------
+    @property
+    def log_grid(self) -> np.ndarray:
+        return np.log(np.asarray(self.grid, dtype=np.float64))
+
+    def margin(self, level: float) -> float:
+        """The CQR margin at ``level`` (interpolated between the fitted levels)."""
+        if not LEVELS[0] <= level <= LEVELS[-1]:
+            raise ProductVLMError(f"interval level {level}: choose one from {LEVELS[0]} to "
+                                  f"{LEVELS[-1]}")
+        xs = sorted(self.margins)
+        return float(np.interp(level, xs, [self.margins[x] for x in xs]))
+
+    def interval(self, logprobs: np.ndarray, level: float,
+                 category_prob: float = 1.0) -> tuple[float, float]:
+        """(low, high) price at ``level``, from the row's price distribution and how sure
+        the category is."""
+        lo, hi = central_band(logprobs, self.log_grid, level)
+        q = self.margin(level) * (1 + self.doubt_weight * (1 - category_prob))
+        if lo - q > hi + q:  # a negative margin may cross the band: meet in the middle
+            lo = hi = (lo + hi) / 2
+        else:
+            lo, hi = lo - q, hi + q
+        return math.exp(lo), math.exp(hi)
+
+    def category_logits(self, features: np.ndarray) -> np.ndarray:
+        """LDA logits (categories x) of pooled features (n x D), temperature applied."""
+        return -0.5 * self._distances(features) / self.temperature
+
+    def category_probs(self, features: np.ndarray) -> np.ndarray:
+        z = self.category_logits(features)
+        z -= z.max(-1, keepdims=True)
+        p = np.exp(z)
+        return p / p.sum(-1, keepdims=True)
+
+    def typicality(self, features: np.ndarray) -> np.ndarray:
+        """1 for photos as typical as most validation photos, towards 0 for strange ones.
+
+        From the smallest Mahalanobis distance to a category mean: the share of validation
+        photos at least as far (a conformal p-value), over :data:`TYPICAL_TAIL`, capped at 1,
+        and past the farthest validation photo decaying exponentially with the excess.
+        """
+        d2 = self._distances(features).min(-1)
+        ref = self.arrays["validation_d2"]
+        p = (1 + (ref[None, :] >= d2[:, None]).sum(-1)) / (len(ref) + 1)
+        far, mid = float(ref.max()), float(np.median(ref))
+        p = p * np.exp(-np.clip(d2 - far, 0, None) / max(far - mid, 1e-6))
+        return np.minimum(1.0, p / TYPICAL_TAIL)
+
+    def uncertainty(self, signals: Signals, category: str | None, level: float) -> Uncertainty:
+        """The calibrated reading of one answer whose category is ``category``."""
+        out = Uncertainty(interval_level=level)
+        lp, grid = signals.price_logprobs, self.log_grid
+        if signals.features is None:
+            return out
+        feats = signals.features[None, :].astype(np.float64)
+        probs = self.category_probs(feats)[0]
+        p_cat = (float(probs[self.categories.index(category)])
+                 if category in self.categories else 0.0)
+        out.category_prob = round(p_cat, 4)
+        if lp is not None and len(lp) == len(grid):
+            low, high = self.interval(lp, level, p_cat)
+            out.price_low, out.price_high = round(low, 2), round(high, 2)
+        if lp is not None and signals.answer_logprob is not None:
+            x = self._confidence_features(p_cat, signals.answer_logprob, spread(lp, grid))
+            z = float(np.dot(self.confidence_coef, x)) + self.confidence_intercept
+            out.confidence = round(float(self.typicality(feats)[0]) / (1 + math.exp(-z)), 4)
+        return out
+
+    @staticmethod
+    def _confidence_features(p_cat: float, answer_lp: float, sd: float) -> np.ndarray:
+        p = min(max(p_cat, 1e-6), 1 - 1e-6)
+        return np.array([math.log(p / (1 - p)), answer_lp, math.log(sd + 1e-3)])
+
+    def _distances(self, features: np.ndarray) -> np.ndarray:
+        """Squared Mahalanobis distance (n x categories) in the PCA space."""
+        a = self.arrays
+        z = (np.asarray(features, dtype=np.float64) - a["pca_mean"]) @ a["pca_components"].T
+        diff = z[:, None, :] - a["class_means"][None, :, :]
+        return np.einsum("nkd,de,nke->nk", diff, a["precision"], diff)
+
+    # -- storing -------------------------------------------------------------------------
+    def save(self, folder: Path) -> Path:
+        """Write ``folder/calibration.json`` and ``folder/features.safetensors``."""
+        from safetensors.numpy import save_file
+
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = {"grid": self.grid, "margins": {f"{k:.2f}": v for k, v in self.margins.items()},
+                "categories": self.categories, "temperature": self.temperature,
+                "confidence_coef": self.confidence_coef,
+                "confidence_intercept": self.confidence_intercept,
+                "doubt_weight": self.doubt_weight, "stats": self.stats}
+        (folder / FILE_JSON).write_text(json.dumps(meta, indent=1))
+        save_file({k: np.ascontiguousarray(v) for k, v in self.arrays.items()},
+                  str(folder / FILE_ARRAYS))
+        return folder
+
+    @classmethod
+    def load(cls, folder: Path) -> Calibration:
+        """Read what :meth:`save` wrote; a clear error when it is damaged."""
+        from safetensors.numpy import load_file
+
+        try:
+            meta = json.loads((folder / FILE_JSON).read_text())
+            arrays = load_file(str(folder / FILE_ARRAYS))
+            return cls(grid=[float(x) for x in meta["grid"]],
+                       margins={float(k): float(v) for k, v in meta["margins"].items()},
+                       categories=list(meta["categories"]),
+                       temperature=float(meta["temperature"]),
+                       confidence_coef=[float(x) for x in meta["confidence_coef"]],
+                       confidence_intercept=float(meta["confidence_intercept"]),
+                       arrays={k: v.astype(np.float64) for k, v in arrays.items()},
+                       stats=dict(meta.get("stats", {})),
+                       doubt_weight=float(meta.get("doubt_weight", 0.0)))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ProductVLMError(f"{folder}: unreadable calibration ({e}); delete the folder "
+                                  "and run `productvlm evaluate` to calibrate again") from None
+
+    # -- fitting -------------------------------------------------------------------------
+    @classmethod
+    def fit(cls, grid: Sequence[float], signals: Sequence[Signals], answers: Sequence[Any],
+            truths: Sequence[Any], train_features: np.ndarray,
+            train_categories: Sequence[str]) -> Calibration:
+        """Fit on the validation rows' signals, the answers given and the truths.
+
+        ``answers`` and ``truths`` have ``.category`` and ``.price``; ``train_features`` are
+        the pooled image features of the training photos, ``train_categories`` their labels.
+        """
+        from sklearn.covariance import LedoitWolf
+        from sklearn.linear_model import LogisticRegression
+
+        if len(signals) < 10:
+            raise ProductVLMError(f"calibration needs at least 10 validation rows with an "
+                                  f"answer; got {len(signals)}")
+        grid = sorted(float(x) for x in grid)
+        log_grid = np.log(grid)
+        y = np.log([float(t.price) for t in truths])
+        lps = [s.price_logprobs for s in signals]
+
+        # LDA in a PCA space of the image features: class means + one shrunk covariance
+        x = np.asarray(train_features, dtype=np.float64)
+        labels = np.asarray(train_categories)
+        cats = sorted(set(labels.tolist()))
+        mean = x.mean(0)
+        _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+        comps = vt[:min(PCA_DIMS, len(vt))]
+        z = (x - mean) @ comps.T
+        centers = np.stack([z[labels == c].mean(0) for c in cats])
+        within = z - centers[[cats.index(c) for c in labels]]
+        precision = LedoitWolf(assume_centered=True).fit(within).precision_
+        arrays = {"pca_mean": mean, "pca_components": comps, "class_means": centers,
+                  "precision": precision}
+        cal = cls(grid=grid, margins={}, categories=cats, temperature=1.0,
+                  confidence_coef=[0.0, 0.0, 0.0], confidence_intercept=0.0, arrays=arrays)
+
+        feats = np.stack([s.features for s in signals]).astype(np.float64)
+        dist = cal._distances(feats)
+        cal.arrays["validation_d2"] = np.sort(dist.min(-1))
+        true_idx = np.array([cats.index(t.category) if t.category in cats else -1
+                             for t in truths])
+        known = true_idx >= 0
+        best = (math.inf, 1.0)
+        for t in np.exp(np.linspace(-3, 8, 111)):  # temperature: NLL of the true categories
+            logits = -0.5 * dist[known] / t
+            logits -= logits.max(-1, keepdims=True)
+            nll = -(logits[np.arange(known.sum()), true_idx[known]]
+                    - np.log(np.exp(logits).sum(-1))).mean()
+            best = min(best, (float(nll), float(t)))
+        cal.temperature = best[1]
+
+        probs = cal.category_probs(feats)
+        p_ans = np.array([float(probs[i, cats.index(a.category)]) if a.category in cats else 0.0
+                          for i, a in enumerate(answers)])
+        cal.doubt_weight, cal.margins = _fit_margins(lps, log_grid, y, p_ans)
+        rows, usable = [], []
+        for i, (s, a, t) in enumerate(zip(signals, answers, truths, strict=True)):
+            p_cat = float(probs[i, cats.index(a.category)]) if a.category in cats else 0.0
+            rows.append(cls._confidence_features(p_cat, s.answer_logprob or 0.0,
+                                                 spread(s.price_logprobs, log_grid)))
+            ok_price = a.price is not None and abs(a.price / t.price - 1) <= USABLE_APE
+            usable.append(bool(a.category == t.category and ok_price))
+        if len(set(usable)) == 2:
+            lr = LogisticRegression(C=1.0).fit(np.stack(rows), usable)
+            cal.confidence_coef = [float(c) for c in lr.coef_[0]]
+            cal.confidence_intercept = float(lr.intercept_[0])
+        else:  # every validation answer right (or none): the rate is all there is to learn
+            rate = min(max(float(np.mean(usable)), 0.01), 0.99)
+            cal.confidence_intercept = math.log(rate / (1 - rate))
+        cal.stats = {"validation_rows": len(signals), "training_photos": len(x),
+                     "doubt_weight": cal.doubt_weight,
+                     "grid_size": len(grid), "usable_rate": round(float(np.mean(usable)), 4),
+                     "temperature": round(cal.temperature, 4)}
+        return cal
+
+
+DOUBT_WEIGHTS = (0.0, 1.0, 3.0, 10.0, 30.0, 100.0)
+
+
+def _fit_margins(lps: Sequence[np.ndarray], log_grid: np.ndarray, y: np.ndarray,
+                 p_cat: np.ndarray, folds: int = 5) -> tuple[float, dict[float, float]]:
+    """(lambda, level -> Q): lambda gives the narrowest 80% intervals in 5-fold
+    cross-validation inside the validation rows; Q is then fitted on all of them."""
+    bands = {lv: np.array([central_band(lp, log_grid, lv) for lp in lps]) for lv in LEVELS}
+
+    def scores(level: float, lam: float) -> tuple[np.ndarray, np.ndarray]:
+        b = bands[level]
+        w = 1 + lam * (1 - p_cat)
+        return np.maximum(b[:, 0] - y, y - b[:, 1]) / w, w
+
+    order = np.random.default_rng(0).permutation(len(y)) % folds
+    best = (math.inf, 0.0)
+    for lam in DOUBT_WEIGHTS:
+        s, w = scores(0.8, lam)
+        widths = []
+        for f in range(folds):
+            q = conformal_quantile(s[order != f], 0.8)
+            b = bands[0.8][order == f]
+            widths += ((np.exp(b[:, 1] + q * w[order == f]) - np.exp(b[:, 0] - q * w[order == f]))
+                       / np.exp(y[order == f])).tolist()
+        best = min(best, (float(np.median(widths)), lam))
+    lam = best[1]
+    margins = {lv: conformal_quantile(scores(lv, lam)[0], lv) for lv in LEVELS}
+    margins = {k: v for k, v in margins.items() if math.isfinite(v)}
+    if not margins:
+        raise ProductVLMError("calibration: too few validation rows for any interval level")
+    return lam, margins

@@ -1,0 +1,88 @@
+"""Fit a model's calibration on a prepared dataset: what `train` does at its end and
+`evaluate` does for a model that has none (see productvlm.calibration for the method).
+
+>>> cal = fit_calibration(predictor, ds["train"], ds["validation"])  # doctest: +SKIP
+>>> cal.save(RunDir(out).calibration)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from productvlm.calibration import Calibration
+from productvlm.errors import ProductVLMError
+from productvlm.inference import Prediction
+from productvlm.prompts import ProductFields
+
+MAX_GRID = 512  # candidate prices scored per photo at most
+
+
+def price_grid(prices: Any, max_size: int = MAX_GRID) -> list[float]:
+    """The distinct training prices, thinned evenly in log price when there are too many.
+
+    >>> price_grid([10.0, 20.0, 20.0, 5.0])
+    [5.0, 10.0, 20.0]
+    """
+    unique = np.unique(np.asarray([float(p) for p in prices if p and float(p) > 0]))
+    if len(unique) > max_size:
+        keep = np.unique(np.round(np.linspace(0, len(unique) - 1, max_size)).astype(int))
+        unique = unique[keep]
+    return [float(p) for p in unique]
+
+
+def _images(split: Any, batch: int) -> Iterator[tuple[list[int], list[Any]]]:
+    """(row indices, RGB photos) a batch at a time; rows whose photo fails are left out."""
+    for start in range(0, len(split), batch):
+        rows, images = [], []
+        for i in range(start, min(start + batch, len(split))):
+            try:
+                images.append(split[i]["image"].convert("RGB"))
+                rows.append(i)
+            except Exception:  # noqa: BLE001  a broken stored photo: not a calibration row
+                continue
+        yield rows, images
+
+
+def fit_calibration(predictor: Any, train: Any, validation: Any, *,
+                    progress: bool = False) -> Calibration:
+    """Answer the validation photos with their price distributions, read the training
+    photos' image features, and fit a :class:`Calibration` (the predictor is left as it was).
+    """
+    from rich.progress import Progress
+
+    grid = price_grid(train["price"])
+    if len(grid) < 2:
+        raise ProductVLMError("calibration needs at least two distinct training prices")
+    model = predictor.model
+    was_training = getattr(model, "training", False)
+    model.eval()
+    signals, answers, truths = [], [], []
+    meta = validation.select_columns(["title", "category", "price"]).to_list()
+    train_cats = train["category"]
+    try:
+        with Progress(transient=True, disable=not progress) as bar:
+            task = bar.add_task("calibrating on the validation split", total=len(validation))
+            for rows, images in _images(validation, predictor.batch_size):
+                texts, sigs = predictor.generate(images, grid=grid)
+                for i, text, sig in zip(rows, texts, sigs, strict=True):
+                    pred = Prediction.from_answer(text, predictor.target_format)
+                    if sig is None or sig.price_logprobs is None or not pred.category:
+                        continue
+                    row = meta[i]
+                    signals.append(sig)
+                    answers.append(pred)
+                    truths.append(ProductFields(row["title"], row["category"],
+                                                float(row["price"])))
+                bar.advance(task, len(rows))
+            feats, cats = [], []
+            task = bar.add_task("image features of the training photos", total=len(train))
+            for rows, images in _images(train, predictor.batch_size):
+                feats.append(predictor.image_features(images))
+                cats += [train_cats[i] for i in rows]
+                bar.advance(task, len(rows))
+    finally:
+        model.train(was_training)
+    return Calibration.fit(grid, signals, answers, truths, np.concatenate(feats), cats)

@@ -1,0 +1,69 @@
+"""Packed candidate scoring on the generation's KV cache equals scoring each candidate alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from productvlm.models.loading import load_model, load_processor
+from productvlm.models.scoring import score_continuations
+from productvlm.prompts import render_prompt
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    from productvlm.models.phi3v.tiny import save_tiny_model
+    from productvlm.models.tiny_tokenizer import train_tiny_tokenizer
+
+    tok = train_tiny_tokenizer([f"Product: Lola Bag, Category: BAGS, Full Price: {p},290.00"
+                                for p in range(1, 9)] * 10, vocab_size=300)
+    folder = save_tiny_model(tmp_path_factory.mktemp("score") / "tiny", tokenizer=tok,
+                             num_crops=4)
+    torch.manual_seed(0)
+    return load_model(folder, dtype="fp32").eval(), load_processor(folder)
+
+
+def naive(model, processor, image, prefix_ids: list[int], cand: list[int]) -> float:
+    """log p(cand | prompt + prefix) with one plain forward pass, no cache, no padding."""
+    prompt = render_prompt(processor.tokenizer)
+    batch = processor(text=[prompt], images=[[image]], return_tensors="pt")
+    ids = torch.cat([batch["input_ids"], torch.tensor([prefix_ids + cand])], dim=1)
+    with torch.no_grad():
+        logits = model(input_ids=ids, pixel_values=batch["pixel_values"],
+                       image_sizes=batch["image_sizes"]).logits[0].float()
+    n = len(cand)
+    logp = logits[-n - 1:-1].log_softmax(-1)
+    return logp.gather(-1, torch.tensor(cand)[:, None]).sum().item()
+
+
+@pytest.mark.parametrize("matched", [5, 0])
+def test_packed_scores_equal_one_forward_per_candidate(tiny, matched: int) -> None:
+    model, processor = tiny
+    images = [Image.new("RGB", (300, 200), (200, 40, 40)),
+              Image.new("RGB", (90, 160), (20, 90, 200))]
+    prompt = render_prompt(processor.tokenizer)
+    batch = processor(text=[prompt] * 2, images=[[im] for im in images], return_tensors="pt",
+                      padding_side="left")
+    out = model.generate(**batch, max_new_tokens=8, do_sample=False, use_cache=True,
+                         return_dict_in_generate=True, min_new_tokens=8)
+    prompt_len = batch["input_ids"].shape[1]
+    gen = out.sequences[:, prompt_len:]
+    cached = out.cache.get_seq_length()
+    # keep: the prompt's real tokens and the first `matched` generated ones
+    keep = torch.zeros(2, cached, dtype=torch.bool)
+    keep[:, :prompt_len] = batch["attention_mask"].bool()
+    keep[:, prompt_len:prompt_len + matched] = True
+    last = [int(torch.where(keep[b])[0][-1]) for b in range(2)]
+    full = torch.cat([batch["input_ids"], gen], dim=1)
+    extra = [[7, 9], []]  # prefix tokens beyond what the cache holds
+    lead = [[int(full[b, last[b]])] + extra[b] for b in range(2)]
+    # shared beginnings (a token tree), a candidate that is a prefix of another, a repeat
+    candidates = [[[5, 6, 7], [8], [5, 6, 9, 10], [5, 6]], [[11, 12], [13, 14, 15, 16, 17],
+                                                          [11, 12]]]
+    got = score_continuations(model, out.cache, keep, candidates, lead)
+    assert out.cache.get_seq_length() == cached  # left as it was found
+    for b in range(2):
+        prefix = gen[b, :matched].tolist() + extra[b]
+        want = [naive(model, processor, images[b], prefix, c) for c in candidates[b]]
+        assert torch.allclose(got[b], torch.tensor(want), atol=1e-4), (b, got[b], want)
