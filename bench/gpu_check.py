@@ -43,7 +43,7 @@ COOKBOOK_IMAGES_PER_S_PER_GPU = 12.1 / 8  # the cookbook's LoRA run: 12.1 images
 #: dense bf16 tensor-core peaks (TFLOP/s) by device name; --peak-tflops for others
 PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 NVL": 835.0, "H100 PCIe": 756.0,
                "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A6000": 155.0, "L4": 121.0,
-               "A10": 125.0, "4090": 165.0}
+               "A10G": 70.0, "A10": 125.0, "4090": 165.0}
 HUB_FILES = ("preprocessor_config.json", "tokenizer.json", "tokenizer_config.json",
              "special_tokens_map.json")
 
@@ -189,7 +189,7 @@ def lora_section(base: Path, rows: list, clock: Clock, device: torch.device,
                         "12.1 images/s over 8 A100s)" if crops == 16 else "")
                 print(f"LoRA r=64 {attn}, num_crops {crops}, batch {bs} "
                       f"({int(batches[0]['attention_mask'].sum()) // bs} tokens/photo): "
-                      f"{rate:.2f} samples/s, {flops / 1e12:.1f} TFLOP/step, MFU {mfu:.1%}, "
+                      f"{rate:.2f} samples/s, {flops / 1e12:.3g} TFLOP/step, MFU {mfu:.1%}, "
                       f"peak GPU memory {clock.peak_gb():.1f} GB{goal}", flush=True)
         if attn == "sdpa":  # batch 8 against a loop of batch-1 steps, on the same photos
             processor = load_processor(base, num_crops=4)
