@@ -60,7 +60,8 @@ FILE_JSON, FILE_ARRAYS = "calibration.json", "features.safetensors"
 class Signals:
     """What the Predictor measured for one photo, before any calibration."""
 
-    price_logprobs: np.ndarray | None = None  # over Calibration.grid
+    price_logprobs: np.ndarray | None = None  # over Calibration.grid, after the answer
+    given_logprobs: np.ndarray | None = None  # ... after a given title and category (audits)
     answer_logprob: float | None = None  # mean over the title and category tokens
     features: np.ndarray | None = None  # pooled image features
 

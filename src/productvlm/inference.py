@@ -22,7 +22,7 @@ import contextlib
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,9 @@ class Prediction(ParsedAnswer):
     category_prob: float | None = None
     confidence: float | None = None
     low_confidence: bool | None = None
+    #: what the calibration read (price distribution, image features): for evaluation and
+    #: audit, never serialised
+    signals: Signals | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_answer(cls, raw: str, fmt: TargetFormat = "seed", *, currency: str | None = None,
@@ -87,7 +90,7 @@ class Prediction(ParsedAnswer):
 
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON: predict --json's rows and the HTTP API's fields."""
-        out = asdict(self)
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "signals"}
         error = out.pop("error")
         return {**out, "ok": self.ok, "error": error}
 
@@ -136,6 +139,7 @@ class Predictor:
         self.calibration = calibration
         self.interval_level, self.low_confidence = interval_level, low_confidence
         self._grammar: Any = None
+        self._candidates: Any = None  # measure.PriceCandidates for the current grid
         self.tokens_generated = 0  # answer tokens so far, stop tokens included (for benches)
         self.constraint_seconds = 0.0  # time spent masking logits (for benches)
 
@@ -250,6 +254,7 @@ class Predictor:
         """``pred`` with the calibrated interval, category probability and confidence."""
         if self.calibration is None or signals is None:
             return pred
+        pred.signals = signals
         u: Uncertainty = self.calibration.uncertainty(signals, pred.category,
                                                       self.interval_level)
         pred.price_low, pred.price_high = u.price_low, u.price_high
@@ -284,11 +289,12 @@ class Predictor:
         return {k: v.to(device, dtype=dtype) if k == "pixel_values" else v.to(device)
                 for k, v in batch.items()}
 
-    def generate(self, images: Sequence[Any], grid: Sequence[float] | None = None
+    def generate(self, images: Sequence[Any], grid: Sequence[float] | None = None,
+                 given: Sequence[tuple[str, str] | None] | None = None
                  ) -> tuple[list[str], list[Signals | None]]:
         """Raw answer texts (up to ``<|end|>``) for one batch of images and, with a price
         ``grid`` (the calibration's candidate prices), what :mod:`productvlm.measure` measures
-        of each answer."""
+        of each answer (and, per ``given`` (title, category), of the catalog's listing)."""
         import torch
         from transformers import GenerationConfig, LogitsProcessorList
 
@@ -313,7 +319,7 @@ class Predictor:
                                   num_beams=1, use_cache=True, eos_token_id=stops,
                                   pad_token_id=pad, return_dict_in_generate=True,
                                   output_logits=measure)
-        from productvlm.measure import ImageFeatures, measure_batch
+        from productvlm.measure import ImageFeatures, PriceCandidates, measure_batch
 
         feats = ImageFeatures(self.model) if measure else contextlib.nullcontext()
         with feats, torch.inference_mode():
@@ -330,8 +336,11 @@ class Predictor:
         texts = [_cut(t, [END, tok.eos_token or END, tok.pad_token or END]) for t in texts]
         if not measure:
             return texts, [None] * len(texts)
+        if self._candidates is None or self._candidates.grid != list(grid):
+            self._candidates = PriceCandidates(tok, self.target_format, grid)
         signals = measure_batch(self.model, tok, batch["input_ids"], batch["attention_mask"], out,
-                                texts, self.target_format, grid, feats.pooled)
+                                texts, self.target_format, self._candidates, feats.pooled,
+                                given)
         return texts, list(signals)
 
 

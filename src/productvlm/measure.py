@@ -27,6 +27,11 @@ from productvlm.calibration import Signals
 from productvlm.models.scoring import score_continuations
 from productvlm.prompts import END, ProductFields, TargetFormat, format_answer, parse_answer
 
+#: Candidate prices whose first PROBE_TOKENS tokens are already PRUNE_NATS below the best
+#: beginning (probability under e^-9, 1/8,000) are not followed further (see scoring.py).
+PRUNE_NATS = 9.0
+PROBE_TOKENS = 3
+
 
 class ImageFeatures:
     """Catches the pooled image features of a forward pass (a hook on the image side).
@@ -66,11 +71,60 @@ def answer_logprobs(logits: Sequence[torch.Tensor], new: torch.Tensor) -> torch.
     return steps.log_softmax(-1).gather(-1, new[..., None].to(steps.device))[..., 0].cpu()
 
 
+class PriceCandidates:
+    """The grid's prices written into an answer with a given title and category, tokenized as
+    the collator tokenizes a target: the shared prefix and each price's own tokens.
+
+    Tokenizing the whole grid for every photo costs more than a quarter of the measuring on
+    a small model, and the tokens after the shared prefix (the price's "word") do not depend
+    on the title for tokenizers that split at spaces. So the tokens of one title are kept,
+    and for a new title only the cheapest and the dearest price are tokenized to check that
+    theirs end the same way; otherwise the whole grid is tokenized for it.
+    """
+
+    def __init__(self, tokenizer: Any, fmt: TargetFormat, grid: Sequence[float]) -> None:
+        self.tokenizer, self.fmt, self.grid = tokenizer, fmt, list(grid)
+        self.end_id = tokenizer.convert_tokens_to_ids(END)
+        self._tails: list[list[int]] | None = None  # per price: tokens after the prefix
+        self._cut_tails: list[list[int]] | None = None  # ... through the decimal point
+
+    def _encode(self, title: str, category: str, prices: Sequence[float]) -> list[list[int]]:
+        texts = [format_answer(ProductFields(title, category, p), self.fmt) + END
+                 for p in prices]
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    def ids(self, title: str, category: str) -> tuple[list[int], list[list[int]]]:
+        """(shared prefix tokens, per grid price the tokens to score)."""
+        if self._tails is not None and len(self.grid) > 1:
+            lo, hi = self._encode(title, category, [self.grid[0], self.grid[-1]])
+            t_lo, t_hi = self._tails[0], self._tails[-1]
+            if (lo[len(lo) - len(t_lo):] == t_lo and hi[len(hi) - len(t_hi):] == t_hi
+                    and lo[:len(lo) - len(t_lo)] == hi[:len(hi) - len(t_hi)]):
+                assert self._cut_tails is not None
+                return lo[:len(lo) - len(t_lo)], self._cut_tails
+        full = self._encode(title, category, self.grid)
+        shared = _common_prefix(full)
+        tails = [ids[shared:] for ids in full]
+        cut = [self._cut(t) for t in tails]
+        if self._tails is None:
+            self._tails, self._cut_tails = tails, cut
+        return full[0][:shared], cut
+
+    def _cut(self, tokens: list[int]) -> list[int]:
+        return _through_point(tokens, self.tokenizer, self.end_id)
+
+
 def measure_batch(model: Any, tokenizer: Any, prompt_ids: torch.Tensor,
                   prompt_mask: torch.Tensor, out: Any, texts: list[str], fmt: TargetFormat,
-                  grid: Sequence[float] | None, features: np.ndarray | None) -> list[Signals]:
+                  candidates: PriceCandidates | None, features: np.ndarray | None,
+                  given: Sequence[tuple[str, str] | None] | None = None) -> list[Signals]:
     """One :class:`Signals` per row of a generated batch (``out`` from generate with
-    ``return_dict_in_generate`` and ``output_logits``; ``texts`` the answers, cut)."""
+    ``return_dict_in_generate`` and ``output_logits``; ``texts`` the answers, cut).
+
+    ``given``: per row, a (title, category) from the catalog; the prices are then also
+    scored after "Product: <that title>, Category: <that category>, ..."
+    (``Signals.given_logprobs``), what an audit compares a listed price with.
+    """
     rows, width = prompt_ids.shape
     new = out.sequences[:, width:]
     lps = answer_logprobs(out.logits, new)
@@ -79,33 +133,42 @@ def measure_batch(model: Any, tokenizer: Any, prompt_ids: torch.Tensor,
     keep = torch.zeros(rows, out.cache.get_seq_length(), dtype=torch.bool,
                        device=prompt_mask.device)
     keep[:, :width] = prompt_mask.bool()
-    lead, candidates, scored = [], [], []
+    groups: list[list[tuple[list[int], list[list[int]]]]] = []
+    roles: list[list[str]] = []
     for b, text in enumerate(texts):
         parsed = parse_answer(text, fmt)
         generated = new[b].tolist()
-        title_end = len(generated)
-        if parsed.title and parsed.category and grid:
-            fields = [ProductFields(parsed.title, parsed.category, p) for p in grid]
-            targets = [format_answer(f, fmt) + END for f in fields]
-            ids = tokenizer(targets, add_special_tokens=False)["input_ids"]
-            shared = _common_prefix(ids)
-            matched = _common_prefix([ids[0][:shared], generated])
-            keep[b, width:width + matched] = True
-            last = out.sequences[b, :width + matched][keep[b, :width + matched]][-1].item()
-            lead.append([last] + ids[0][matched:shared])
-            candidates.append([_through_point(c[shared:], tokenizer, end_id) for c in ids])
-            scored.append(b)
-            title_end = matched
+        wanted: list[tuple[str, list[int], list[list[int]]]] = []
+        if candidates is not None and parsed.title and parsed.category:
+            wanted.append(("answer", *candidates.ids(parsed.title, parsed.category)))
+        if candidates is not None and given is not None and given[b] is not None:
+            wanted.append(("given", *candidates.ids(*given[b])))
+        # the cache holds the generated tokens every wanted prefix starts with
+        matched = min((_common_prefix([prefix, generated]) for _, prefix, _ in wanted),
+                      default=0)
+        keep[b, width:width + matched] = True
+        root = out.sequences[b, :width + matched][keep[b, :width + matched]][-1].item()
+        if wanted:
+            groups.append([([root] + prefix[matched:], cands) for _, prefix, cands in wanted])
+            roles.append([role for role, _, _ in wanted])
         else:  # nothing to score: a dummy candidate keeps the batch's shape
-            lead.append([out.sequences[b, width - 1].item()])
-            candidates.append([[end_id]])
+            groups.append([([root], [[end_id]])])
+            roles.append([])
+        title_end = (_common_prefix([wanted[0][1], generated])
+                     if wanted and wanted[0][0] == "answer" else len(generated))
         stop = next((i for i, t in enumerate(generated) if t == end_id), len(generated))
         span = lps[b, :max(1, min(title_end, stop))]
         signals[b].answer_logprob = float(span.mean())
-    if scored:
-        got = score_continuations(_base(model), out.cache, keep, candidates, lead)
-        for b in scored:
-            signals[b].price_logprobs = got[b].numpy().astype(np.float64)
+    if any(roles):
+        got = score_continuations(_base(model), out.cache, keep, groups, prune=PRUNE_NATS,
+                                  probe=PROBE_TOKENS)
+        for b, row_roles in enumerate(roles):
+            for role, logprobs in zip(row_roles, got[b], strict=False):
+                value = logprobs.numpy().astype(np.float64)
+                if role == "answer":
+                    signals[b].price_logprobs = value
+                else:
+                    signals[b].given_logprobs = value
     return signals
 
 

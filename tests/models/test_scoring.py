@@ -61,9 +61,47 @@ def test_packed_scores_equal_one_forward_per_candidate(tiny, matched: int) -> No
     # shared beginnings (a token tree), a candidate that is a prefix of another, a repeat
     candidates = [[[5, 6, 7], [8], [5, 6, 9, 10], [5, 6]], [[11, 12], [13, 14, 15, 16, 17],
                                                           [11, 12]]]
-    got = score_continuations(model, out.cache, keep, candidates, lead)
+    # a second group on row 0: another answer prefix than the generated one (two tokens more)
+    other = [[3, 4], [[5, 6, 7], [9]]]
+    groups = [[(lead[0], candidates[0]), (lead[0] + other[0], other[1])],
+              [(lead[1], candidates[1])]]
+    got = score_continuations(model, out.cache, keep, groups)
     assert out.cache.get_seq_length() == cached  # left as it was found
     for b in range(2):
         prefix = gen[b, :matched].tolist() + extra[b]
         want = [naive(model, processor, images[b], prefix, c) for c in candidates[b]]
-        assert torch.allclose(got[b], torch.tensor(want), atol=1e-4), (b, got[b], want)
+        assert torch.allclose(got[b][0], torch.tensor(want), atol=1e-4), (b, got[b], want)
+    want = [naive(model, processor, images[0], gen[0, :matched].tolist() + extra[0] + other[0],
+                  c) for c in other[1]]
+    assert torch.allclose(got[0][1], torch.tensor(want), atol=1e-4)
+
+
+def test_pruning_follows_the_likely_beginnings_and_bounds_the_rest(tiny) -> None:
+    model, processor = tiny
+    image = Image.new("RGB", (200, 200), (90, 140, 40))
+    prompt = render_prompt(processor.tokenizer)
+    batch = processor(text=[prompt], images=[[image]], return_tensors="pt")
+    out = model.generate(**batch, max_new_tokens=2, do_sample=False, use_cache=True,
+                         return_dict_in_generate=True, min_new_tokens=2)
+    keep = torch.zeros(1, out.cache.get_seq_length(), dtype=torch.bool)
+    keep[:, :batch["input_ids"].shape[1]] = True
+    root = [int(batch["input_ids"][0, -1])]
+    cands = [[a, b, c] for a in (5, 6, 7) for b in (8, 9) for c in (10, 11)]
+    full = score_continuations(model, out.cache, keep, [[(root, cands)]])[0][0]
+    same = score_continuations(model, out.cache, keep, [[(root, cands)]], prune=1e9,
+                               probe=1)[0][0]
+    assert torch.allclose(full, same, atol=1e-5)
+    pruned = score_continuations(model, out.cache, keep, [[(root, cands)]], prune=0.0,
+                                 probe=1)[0][0]
+    # only the likeliest first token is followed; its candidates are exact
+    best = max((5, 6, 7), key=lambda a: torch.logsumexp(full[[c[0] == a for c in cands]], 0))
+    followed = torch.tensor([c[0] == best for c in cands])
+    assert torch.allclose(pruned[followed], full[followed], atol=1e-5)
+    # the candidates of any other first token share that token's probability: at least
+    # their true mass (an upper bound: the tail is never made lighter than it is)
+    for a in (5, 6, 7):
+        if a == best:
+            continue
+        alike = torch.tensor([c[0] == a for c in cands])
+        assert torch.allclose(pruned[alike], pruned[alike][0])  # shared evenly
+        assert torch.logsumexp(pruned[alike], 0) >= torch.logsumexp(full[alike], 0), a

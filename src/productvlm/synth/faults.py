@@ -1,5 +1,6 @@
 """The faults the sample catalog carries on purpose, so that prepare's handling of real-world
-mess is exercised end to end: each fault row is recorded in faults.csv with its kind.
+mess is exercised end to end, and wrong listed prices that an audit should find: each fault
+row is recorded in faults.csv with its kind.
 
 >>> faults = inject_faults(1000, 0, 0.03, rows)  # doctest: +SKIP
 >>> faults[0]  # doctest: +SKIP
@@ -18,6 +19,11 @@ from productvlm.synth import assortment as A
 
 FAULT_KINDS = ("na_url", "http_404", "not_image", "truncated_jpeg", "price_missing",
                "price_string", "duplicate_code")
+#: Wrong listed prices (``--mispricing-rate``): a decimal slip (x10 or /10), a price swapped
+#: with a product of another category, a moderate error (x0.6 or x1.5). The photo and every
+#: other field stay those of the product.
+MISPRICING_KINDS = ("price_decimal_slip", "price_swap", "price_moderate")
+PRICE_FIELDS = ("full_price", "full_price_eur", "price", "price_eur")
 NOT_AN_IMAGE = (b"<!DOCTYPE html>\n<html><head><title>Access Denied</title></head>\n"
                 b"<body><h1>Access Denied</h1><p>You don't have permission to access this "
                 b"resource.</p></body></html>\n")
@@ -56,6 +62,60 @@ def inject_faults(n: int, seed: int, fault_rate: float, rows: list[dict[str, Any
             detail = "image file not written"
         faults.append((row, rows[row]["product_code"], kind, detail))
     return faults
+
+
+def inject_mispricing(n: int, seed: int, rate: float, rows: list[dict[str, Any]],
+                      taken: set[int]) -> list[tuple]:
+    """Give ``rate`` of the rows (not those in ``taken``, nor row 0) a wrong listed price,
+    kinds in turn; returns (row, product_code, kind, detail) tuples.
+
+    Its own random stream: the products, and the other faults, are those of a run without it.
+    """
+    k = round(rate * n) if n > 2 else 0
+    free = [i for i in range(1, n) if i not in taken and rows[i]["full_price"] is not None]
+    if k == 0 or len(free) < 2:
+        return []
+    rng = np.random.default_rng([seed, 2])
+    order = [free[int(j)] for j in rng.permutation(len(free))]
+    used: set[int] = set()
+    out: list[tuple] = []
+    turn = 0
+    for row in order:
+        if len(used) >= k:
+            break
+        if row in used:
+            continue
+        kind = MISPRICING_KINDS[turn % len(MISPRICING_KINDS)]
+        turn += 1
+        r = rows[row]
+        if kind == "price_swap":
+            others = [j for j in order if j not in used and j != row
+                      and rows[j]["category3_code"] != r["category3_code"]]
+            if not others:
+                continue
+            j = others[0]
+            detail = (f"full_price {r['full_price']:.2f} swapped with row {j} "
+                      f"({rows[j]['category3_code']}, {rows[j]['full_price']:.2f})")
+            back = (f"full_price {rows[j]['full_price']:.2f} swapped with row {row} "
+                    f"({r['category3_code']}, {r['full_price']:.2f})")
+            for f in PRICE_FIELDS:
+                r[f], rows[j][f] = rows[j][f], r[f]
+            out += [(row, r["product_code"], kind, detail), (j, rows[j]["product_code"], kind,
+                                                              back)]
+            used |= {row, j}
+            continue
+        if kind == "price_decimal_slip":
+            factor = 10.0 if rng.random() < 0.5 else 0.1
+        else:
+            factor = 0.6 if rng.random() < 0.5 else 1.5
+        before = r["full_price"]
+        for f in PRICE_FIELDS:
+            if r[f] is not None:
+                r[f] = round(r[f] * factor, 2)
+        out.append((row, r["product_code"], kind,
+                    f"full_price {before:.2f} -> {r['full_price']:.2f} (x{factor:g})"))
+        used.add(row)
+    return sorted(out)
 
 
 def damaged(encode: Callable[[], bytes], kind: str, seed: int) -> bytes:

@@ -39,6 +39,11 @@ Fault kinds (``--fault-rate`` of the rows, kinds in turn, row 0 always clean):
 ``price_missing`` (full_price and full_price_eur null), ``price_string`` (full_price written
 "1,290.00" -- in catalog.csv only, the Parquet file keeps its float64 column and the number),
 ``duplicate_code`` (a repeat of an earlier clean row's product under another category2).
+
+Wrong listed prices (``--mispricing-rate`` of the rows, other rows than the faults', kinds in
+turn), for scoring ``productvlm audit``: ``price_decimal_slip`` (x10 or /10),
+``price_swap`` (two products of different categories exchange prices: both rows recorded),
+``price_moderate`` (x0.6 or x1.5); the detail gives the true price.
 """
 
 from __future__ import annotations
@@ -61,7 +66,13 @@ from productvlm.config import StageConfig, save_config
 from productvlm.errors import ProductVLMError
 from productvlm.prompts import format_price
 from productvlm.synth import assortment as A
-from productvlm.synth.faults import FAULT_KINDS, damaged, inject_faults
+from productvlm.synth.faults import (
+    FAULT_KINDS,
+    MISPRICING_KINDS,
+    damaged,
+    inject_faults,
+    inject_mispricing,
+)
 from productvlm.synth.schema import BURBERRY_SCHEMA
 
 if TYPE_CHECKING:  # the renderer (PIL) loads on first use: `productvlm --help` stays quick
@@ -79,6 +90,9 @@ class SynthConfig(StageConfig):
     n: int = Field(1000, ge=1, le=1_000_000, description="number of catalog rows")
     seed: int = Field(0, ge=0, description="same seed, byte-identical output")
     fault_rate: float = Field(0.0, ge=0.0, le=0.5, description="share of rows with a fault")
+    mispricing_rate: float = Field(
+        0.0, ge=0.0, le=0.5, description="share of rows with a wrong listed price (decimal "
+        "slips, prices swapped across categories, x0.6 / x1.5), recorded in faults.csv")
     image_base_url: str | None = Field(
         None, description="imageurl = this URL + file name (serve images/ there); "
         "default: absolute file paths")
@@ -290,6 +304,8 @@ def run_synth(cfg: SynthConfig) -> SynthResult:
     products = sample_products(cfg)
     rows, specs, paths = products.rows, products.specs, products.paths
     faults = inject_faults(cfg.n, cfg.seed, cfg.fault_rate, rows)
+    faults = sorted(faults + inject_mispricing(cfg.n, cfg.seed, cfg.mispricing_rate, rows,
+                                               {row for row, *_ in faults}))
     kind_of = {row: kind for row, _, kind, _ in faults}
     # no file for "N.A.", for a URL that must 404, or for a duplicate (the earlier row's photo)
     skip = ("na_url", "http_404", "duplicate_code")
@@ -300,7 +316,7 @@ def run_synth(cfg: SynthConfig) -> SynthResult:
     _render_all(tasks, workers)
     _write_tables(out, rows, faults)
     config_path = save_config(cfg, out)
-    counts = {k: 0 for k in FAULT_KINDS}
+    counts = {k: 0 for k in FAULT_KINDS + MISPRICING_KINDS}
     for _, _, kind, _ in faults:
         counts[kind] += 1
     return SynthResult(out, out / "catalog.parquet", out / "catalog.csv", images,
@@ -313,6 +329,7 @@ def synth(
     n: int = 1000,
     seed: int = 0,
     fault_rate: float = 0.0,
+    mispricing_rate: float = 0.0,
     image_base_url: str | None = None,
     max_side: int = 960,
     jpeg_quality: int = 90,
@@ -329,8 +346,9 @@ def synth(
 
     try:
         cfg = SynthConfig(out=Path(out), n=n, seed=seed, fault_rate=fault_rate,
-                          image_base_url=image_base_url, max_side=max_side,
-                          jpeg_quality=jpeg_quality, workers=workers, overwrite=overwrite)
+                          mispricing_rate=mispricing_rate, image_base_url=image_base_url,
+                          max_side=max_side, jpeg_quality=jpeg_quality, workers=workers,
+                          overwrite=overwrite)
     except ValidationError as e:
         first = e.errors()[0]
         raise ProductVLMError(f"synth: {first['loc'][0]}: {first['msg']} "
@@ -348,6 +366,9 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(None, help="Random seed; same seed, same bytes (default 0)."),
         fault_rate: float = typer.Option(
             None, help="Share of rows with a fault, 0..0.5 (default 0)."),
+        mispricing_rate: float = typer.Option(
+            None, help="Share of rows with a wrong listed price, recorded in faults.csv: "
+            "decimal slips, swaps across categories, x0.6 / x1.5 (default 0)."),
         image_base_url: str = typer.Option(
             None, help="imageurl = URL + file name, for a server of images/ "
             "(default: absolute file paths)."),
@@ -364,6 +385,7 @@ def register(app: typer.Typer) -> None:
         from productvlm.config import resolve_config
 
         given = dict(out=out, n=n, seed=seed, fault_rate=fault_rate,
+                     mispricing_rate=mispricing_rate,
                      image_base_url=image_base_url, max_side=max_side,
                      jpeg_quality=jpeg_quality, workers=workers, overwrite=overwrite or None)
         cfg = resolve_config(SynthConfig, config, given, section="synth")

@@ -15,7 +15,8 @@ PHI3V_HUB_ID = "microsoft/Phi-3-vision-128k-instruct"
 # Keys a resumed run may change without invalidating its checkpoints.
 RESUMABLE_CHANGES = frozenset(
     {"resume", "report_to", "wandb_project", "run_name", "log_model", "num_workers", "epochs",
-     "max_steps", "eval_steps", "save_steps", "logging_steps", "save_total_limit", "eval_samples"}
+     "max_steps", "eval_steps", "save_steps", "logging_steps", "save_total_limit", "eval_samples",
+     "calibrate"}
 )
 
 
@@ -77,6 +78,8 @@ class TrainConfig(StageConfig):
     run_name: str | None = None
     log_model: bool = Field(False, description="upload the final adapter/model as a W&B artifact")
     merge: bool = Field(True, description="also save a merged Hub-format model (LoRA modes)")
+    calibrate: bool = Field(True, description="fit price intervals, category probability and "
+                            "confidence on the validation split after training (calibration/)")
     resume: bool = Field(False, description="continue from the last checkpoint in out/")
 
     @model_validator(mode="after")

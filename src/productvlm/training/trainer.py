@@ -11,6 +11,7 @@ merged/ (Hub format), processor/, config.yaml, labels.json, train_log.jsonl.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,12 @@ def train(cfg: TrainConfig) -> TrainResult:
     if is_main_process():  # before the warm-up, so that an interrupted one can --resume
         save_config(cfg, cfg.out)
         run.write_labels(list(set(ds["train"]["category"])), _currency(ds["train"]))
+        train_meta = ds["train"].select_columns(
+            [c for c in ("product_code", "image_sha256") if c in ds["train"].column_names])
+        run.write_training_items([str(c) for c in train_meta["product_code"]]
+                                 if "product_code" in train_meta.column_names else [],
+                                 list(train_meta["image_sha256"])
+                                 if "image_sha256" in train_meta.column_names else [])
     interrupt = InterruptCallback()
     if cfg.vision_warmup_epochs and last is None:  # a checkpoint holds the warmed weights
         with interrupt.installed():
@@ -189,6 +196,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         )
     if trainer.is_world_process_zero():
         _write_outputs(trainer, processor, cfg)
+        if cfg.calibrate:
+            _calibrate(trainer.model, processor, ds, cfg)
     if "wandb" in report_to:
         import wandb
 
@@ -211,6 +220,26 @@ def _currency(train_split: Any) -> str:
         return "USD"
     values = [c for c in train_split["currency"] if c]
     return max(set(values), key=values.count) if values else "USD"
+
+
+def _calibrate(model: Any, processor: Any, ds: Any, cfg: TrainConfig) -> None:
+    """Fit the run's calibration on the validation split (see productvlm.calibration); a
+    split too small for it is said, not fatal: the model still predicts, without intervals."""
+    from productvlm.evaluation.calibrate import fit_calibration
+    from productvlm.inference import Predictor
+
+    run = RunDir(cfg.out)
+    categories, _ = run.read_labels()
+    predictor = Predictor(model, processor, target_format=cfg.target_format,
+                          question=cfg.question, categories=categories,
+                          batch_size=cfg.batch_size)
+    try:
+        cal = fit_calibration(predictor, ds["train"], ds["validation"], progress=True)
+    except ProductVLMError as e:
+        print(f"not calibrated: {e}", file=sys.stderr)
+        return
+    cal.save(run.calibration)
+    typer.echo(f"calibrated on {cal.stats['validation_rows']} validation rows: {run.calibration}")
 
 
 def _write_outputs(trainer: Any, processor: Any, cfg: TrainConfig) -> None:
