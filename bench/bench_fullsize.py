@@ -138,7 +138,8 @@ def phase_train(work: Path, args: argparse.Namespace) -> dict[str, Any]:
 
     cfg = train_config(work, args.crops_now, merge=args.crops_now == args.crops[0])
     start = time.perf_counter()
-    result = train(cfg)
+    with RssByStage() as rss:
+        result = train(cfg)
     seconds = time.perf_counter() - start
     log = [json.loads(x) for x in (cfg.out / "train_log.jsonl").read_text().splitlines()]
     steps = [e for e in log if "loss" in e]
@@ -153,9 +154,66 @@ def phase_train(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     print(f"num_crops {cfg.num_crops}: trainable {trainable:,} (LoRA r={cfg.lora_r} on the "
           f"decoder: {expected:,} expected), "
           f"losses {losses}, s/step {[round(s, 1) for s in per_step]}, peak RSS "
-          f"{peak_rss_gb():.2f} GB, whole run {seconds:.0f} s")
+          f"{peak_rss_gb():.2f} GB (by stage, sampled: {rss.summary()}), whole run "
+          f"{seconds:.0f} s")
     return {"trainable": trainable, "losses": losses, "s_per_step": per_step,
-            "batch": cfg.batch_size, "rss_gb": peak_rss_gb(), "run_s": seconds}
+            "batch": cfg.batch_size, "rss_gb": peak_rss_gb(), "run_s": seconds,
+            "rss_by_stage_gb": rss.peaks}
+
+
+class RssByStage:
+    """This process's RSS sampled every 0.1 s, peak per stage of `productvlm train`: loading,
+    training steps, the evaluation at the end, writing adapter/ and merged/. The stages are
+    told by wrapping Trainer.training_step, Trainer.evaluate and trainer._write_outputs."""
+
+    def __init__(self) -> None:
+        self.stage, self.peaks, self._stop = "load", {}, False
+
+    def _staged(self, owner: Any, name: str, stage: str) -> None:
+        inner = getattr(owner, name)
+
+        def wrapper(*a: Any, **kw: Any) -> Any:
+            before, self.stage = self.stage, stage
+            try:
+                return inner(*a, **kw)
+            finally:
+                self.stage = before if stage != "training step" else "between steps"
+
+        setattr(owner, name, wrapper)
+        self._undo.append((owner, name, inner))
+
+    def __enter__(self) -> RssByStage:
+        import threading
+
+        import psutil
+        import transformers
+
+        from productvlm.training import trainer
+
+        self._undo: list = []
+        self._staged(transformers.Trainer, "training_step", "training step")
+        self._staged(transformers.Trainer, "evaluate", "evaluation")
+        self._staged(trainer, "_write_outputs", "write outputs")
+        proc = psutil.Process()
+
+        def sample() -> None:
+            while not self._stop:
+                rss = proc.memory_info().rss / GB
+                self.peaks[self.stage] = max(self.peaks.get(self.stage, 0.0), rss)
+                time.sleep(0.1)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop = True
+        self._thread.join()
+        for owner, name, inner in self._undo:
+            setattr(owner, name, inner)
+
+    def summary(self) -> str:
+        return ", ".join(f"{k} {v:.1f} GB" for k, v in self.peaks.items())
 
 
 def phase_generate(work: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -167,8 +225,9 @@ def phase_generate(work: Path, args: argparse.Namespace) -> dict[str, Any]:
                                batch_size=1, max_new_tokens=args.max_new_tokens)
     ids = predictor.processor(text=["<|user|>\n<|image_1|>\n"], images=[[image]])["input_ids"]
     timings = {}
-    for n in (1, args.max_new_tokens):  # prefill + 1 token, then the whole answer
+    for n in (1, args.max_new_tokens):  # prefill + 1 token (free: no answer fits), the answer
         predictor.max_new_tokens, predictor.tokens_generated = n, 0
+        predictor.constrained = n > 1
         start = time.perf_counter()
         answer = predictor.generate([image])[0]
         timings[n] = (time.perf_counter() - start, predictor.tokens_generated)
@@ -217,6 +276,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/productvlm-fullsize"))
     parser.add_argument("--crops", type=int, nargs="+", default=[4, 16])
     parser.add_argument("--phases", nargs="+", default=list(PHASES), choices=list(PHASES))
+    parser.add_argument("--train-crops", type=int, nargs="+",
+                        help="rerun the train phase for these only (adapter/ and merged/ come "
+                        "from the first of --crops)")
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--keep", action="store_true", help="keep the checkpoints in --work")
@@ -236,7 +298,7 @@ def main() -> None:
     if not (HUB / "config.json").is_file():
         sys.exit(f"{HUB}: the conformance kit's hub/ folder is needed (the Hub's config.json)")
     for name in args.phases:
-        for crops in args.crops if name == "train" else [None]:
+        for crops in (args.train_crops or args.crops) if name == "train" else [None]:
             run_phase(name, args.work, args, crops)
     summary(args.work, args)
     if not args.keep:

@@ -71,6 +71,32 @@ def compare_weights(base: Path, merged: Path) -> tuple[list[str], int, int]:
     return frozen_changed, changed, targets
 
 
+def merge_matches_weights(base: Path, merged: Path, adapter: Path) -> tuple[int, int, float]:
+    """(matrices equal to bf16(W + alpha/r * B @ A), matrices checked, largest difference in
+    units of the bf16 spacing at that weight): the merge, checked weight by weight."""
+    import torch
+    from safetensors import safe_open
+
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    scaling = cfg["lora_alpha"] / cfg["r"]
+    a, b = _tensors(base), _tensors(merged)
+    ok = checked = 0
+    worst = 0.0
+    with safe_open(str(adapter / "adapter_model.safetensors"), "pt") as lora:
+        for name in sorted(n for n in a if TARGET.fullmatch(n)):
+            key = "base_model.model." + name.removesuffix(".weight")
+            with safe_open(str(a[name]), "pt") as fa, safe_open(str(b[name]), "pt") as fb:
+                w, got = fa.get_tensor(name).float(), fb.get_tensor(name).float()
+            delta = scaling * (lora.get_tensor(key + ".lora_B.weight").float()
+                               @ lora.get_tensor(key + ".lora_A.weight").float())
+            expected = (w + delta).to(torch.bfloat16).float()
+            spacing = expected.abs().clamp(min=1e-30) * 2.0**-7  # bf16: 8 significant bits
+            gap = float(((got - expected).abs() / spacing).max())
+            worst, checked = max(worst, gap), checked + 1
+            ok += gap <= 1.0
+    return ok, checked, worst
+
+
 def phase_check(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from peft import PeftModel
@@ -94,8 +120,11 @@ def phase_check(work: Path, args: argparse.Namespace) -> dict[str, Any]:
         bs = [f.get_tensor(k) for k in f.keys() if "lora_B" in k]  # noqa: SIM118
     b_max = max(float(b.abs().max()) for b in bs)
     b_nonzero = sum(int((b != 0).sum()) for b in bs) / sum(b.numel() for b in bs)
+    exact, checked, worst = merge_matches_weights(base, merged, run / "adapter")
+    print(f"merged/ LoRA targets equal to bf16(W + alpha/r * B @ A) within one bf16 step: "
+          f"{exact} of {checked} (largest gap {worst:.2f} steps)")
     print(f"frozen tensors changed: {len(frozen_changed)}; LoRA-target matrices changed by the "
-          f"merge: {moved} of {targets} (bf16 rounding swallows the rest); LoRA B moved off zero: "
+          f"merge: {moved} of {targets}; LoRA B moved off zero: "
           f"{b_nonzero:.0%} of entries, max |B| {b_max:.2e}")
 
     processor = load_processor(run / "processor", num_crops=args.crops[0])
@@ -144,10 +173,11 @@ def phase_check(work: Path, args: argparse.Namespace) -> dict[str, Any]:
               inputs["input_ids"].shape[1], figures["merged_vs_adapter"],
               figures["adapter_vs_base"], STRONG_B_STD, figures["strong_merged_vs_adapter"],
               figures["strong_adapter_vs_base"], figures["logit_scale"]))
-    assert not problems and not frozen_changed and b_nonzero > 0.5
+    assert not problems and not frozen_changed and b_nonzero > 0.5 and exact == checked
     assert figures["strong_merged_vs_adapter"] < 0.25 * figures["strong_adapter_vs_base"]
     return {**figures, "tensors": len(found), "shards": shards, "frozen_changed":
             len(frozen_changed), "targets_changed": moved, "targets": targets,
+            "merge_exact": exact, "merge_worst_steps": worst,
             "b_nonzero": b_nonzero, "b_max": b_max, "rss_gb": _rss()}
 
 
@@ -168,10 +198,14 @@ def config_memory_lines(read: dict[str, dict[str, Any]], crops: list[int],
         if f"train{c}" in read:
             r = read[f"train{c}"]
             steady = r["s_per_step"][1:] or r["s_per_step"]
+            stages = r.get("rss_by_stage_gb", {})
+            step_peak = max(stages.get("training step", 0), stages.get("between steps", 0))
             lines.append(f"LoRA r=64, batch {r['batch']}, num_crops {c}: peak RSS "
-                         f"{r['rss_gb']:.1f} GB (bf16 weights {weights:.1f} GB), "
+                         f"{r['rss_gb']:.1f} GB over the whole run, {step_peak:.1f} GB in the "
+                         f"training steps (bf16 weights {weights:.1f} GB), "
                          f"{sum(steady) / len(steady):.0f} s/step")
-            extra = r["rss_gb"] - weights if extra is None else extra
+            if extra is None:
+                extra = (step_peak or r["rss_gb"]) - weights
     if "nf4_gb" in build and extra is not None:
         lines.append(f"QLoRA (not runnable here): NF4 weights {build['nf4_gb']:.2f} GB computed "
                      f"from the tensor list, + the {extra:.1f} GB beyond the weights measured at "
