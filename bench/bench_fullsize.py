@@ -5,7 +5,8 @@ Usage: .venv/bin/python bench/bench_fullsize.py [--work /tmp/productvlm-fullsize
            [--crops 4 16] [--phases build data train generate check] [--keep]
 
 Needs ../shared/phi3v-conformance/hub (the Hub's config.json, tokenizer, preprocessor
-config), ~35 GB of disk under --work, and ~20 GB of memory; takes ~20-30 minutes on 2 cores.
+config), ~35 GB of disk under --work, and ~21 GB of memory (num_crops 16); takes 30-45
+minutes on 2 cores. `--phases` / `--train-crops` rerun parts on a kept --work.
 Each phase runs in its own process, so each peak RSS (ru_maxrss) is its own:
 
   build     Phi3VForCausalLM from hub/config.json with random weights, made directly in bf16
@@ -23,9 +24,11 @@ Each phase runs in its own process, so each peak RSS (ru_maxrss) is its own:
   generate  the constrained decoder (inference.Predictor on the run) at num_crops 16.
   check     merged/'s tensor names, shapes, dtypes and index against the list derived from
             the config (models/phi3v/hub_layout.py); frozen tensors bit-identical to base/,
-            LoRA B moved off zero; merged/ reloaded gives base + adapter's logits; and the
-            same with the adapter's B set to a trained-size N(0, 0.005), where the adapter's
-            effect is far above bf16 rounding (2 steps at lr 2e-4 leave it below).
+            LoRA B moved off zero, every LoRA-target matrix equal to bf16(W + alpha/r B A);
+            merged/ reloaded against base + adapter's logits, and the same with the
+            adapter's B set to a trained-size N(0, 0.005) (merged through save_merged).
+            A random 32-layer model amplifies bf16 rounding, so logit gaps are loose; the
+            weight-by-weight check is exact.
 The summary prints each figure, and the configs' memory comments beside what was measured.
 """
 
