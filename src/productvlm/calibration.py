@@ -24,9 +24,14 @@ A :class:`Calibration`, fitted on the validation split and stored in the run dir
   the validation split, read at the answer's category;
 * an overall **confidence**: the chance that the answer's category is right and its price
   within 25% of the truth (a logistic regression on the validation split over the category
-  probability, the answer's log-probability and the price distribution's spread), times a
-  typicality gate that goes to 0 for pictures unlike every validation photo (the smallest
-  Mahalanobis distance to a category's mean, against the validation photos' distances).
+  probability and the answer's log-probability), times a typicality gate that goes to 0 for
+  pictures unlike every validation photo (the smallest Mahalanobis distance to a category's
+  mean, against the validation photos' distances);
+* for an audit, the same price distribution read after the *catalog's* title and category
+  (``given_logprobs``): an interval for the listed product (plain CQR, fitted on the
+  validation rows with their own titles and categories) and the **surprise** of a listed
+  price: how far it lies outside the distribution's middle half, in log price, with its
+  conformal p-value among the validation rows' correct prices.
 
 Where each choice came from: docs/calibration.md (measured on three synth catalogs).
 
@@ -87,14 +92,6 @@ def central_band(logprobs: np.ndarray, log_grid: np.ndarray, level: float) -> tu
     return float(lo), float(hi)
 
 
-def spread(logprobs: np.ndarray, log_grid: np.ndarray) -> float:
-    """Standard deviation of log price under the model's distribution."""
-    p = np.exp(logprobs - logprobs.max())
-    p /= p.sum()
-    mean = float((p * log_grid).sum())
-    return math.sqrt(float((p * (log_grid - mean) ** 2).sum()))
-
-
 def conformal_quantile(scores: np.ndarray, level: float) -> float:
     """The ceil((n+1) level)-th smallest score (inf when n is too small for the level)."""
     n = len(scores)
@@ -110,11 +107,12 @@ class Calibration:
     margins: dict[float, float]  # level -> CQR margin Q (log price, before weighting)
     categories: list[str]
     temperature: float
-    confidence_coef: list[float]  # logistic weights over (logit p_cat, answer lp, log spread)
+    confidence_coef: list[float]  # logistic weights over (logit p_cat, answer log-prob)
     confidence_intercept: float
     arrays: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
     doubt_weight: float = 0.0  # lambda: how much the margin grows with category doubt
+    given_margins: dict[float, float] = field(default_factory=dict)  # level -> Q, given listing
 
     # -- applying ------------------------------------------------------------------------
     @property
@@ -179,16 +177,43 @@ class Calibration:
         if lp is not None and len(lp) == len(grid):
             low, high = self.interval(lp, level, p_cat)
             out.price_low, out.price_high = round(low, 2), round(high, 2)
-        if lp is not None and signals.answer_logprob is not None:
-            x = self._confidence_features(p_cat, signals.answer_logprob, spread(lp, grid))
+        if signals.answer_logprob is not None:
+            x = self._confidence_features(p_cat, signals.answer_logprob)
             z = float(np.dot(self.confidence_coef, x)) + self.confidence_intercept
             out.confidence = round(float(self.typicality(feats)[0]) / (1 + math.exp(-z)), 4)
         return out
 
     @staticmethod
-    def _confidence_features(p_cat: float, answer_lp: float, sd: float) -> np.ndarray:
+    def _confidence_features(p_cat: float, answer_lp: float) -> np.ndarray:
         p = min(max(p_cat, 1e-6), 1 - 1e-6)
-        return np.array([math.log(p / (1 - p)), answer_lp, math.log(sd + 1e-3)])
+        return np.array([math.log(p / (1 - p)), answer_lp])
+
+    def given_interval(self, logprobs: np.ndarray, level: float) -> tuple[float, float]:
+        """(low, high) price at ``level`` for a product with the catalog's title and category."""
+        if not self.given_margins:
+            raise ProductVLMError("this calibration has no listing intervals; calibrate again "
+                                  "(productvlm evaluate) to audit with it")
+        lo, hi = central_band(logprobs, self.log_grid, level)
+        xs = sorted(self.given_margins)
+        q = float(np.interp(level, xs, [self.given_margins[x] for x in xs]))
+        lo, hi = (lo - q, hi + q) if lo - q <= hi + q else ((lo + hi) / 2,) * 2
+        return math.exp(lo), math.exp(hi)
+
+    def surprise(self, logprobs: np.ndarray, listed: float) -> tuple[float, float]:
+        """(surprise, p-value) of a listed price given the listing's price distribution.
+
+        The surprise is how far ``listed`` lies outside the distribution's middle half, in
+        log price (0 inside it; 0.69 is a factor of 2 beyond it); the p-value is the share of
+        validation rows whose correct price was at least as far out (with the row itself).
+        """
+        lo, hi = central_band(logprobs, self.log_grid, 0.5)
+        x = math.log(listed)
+        score = max(lo - x, x - hi, 0.0)
+        ref = self.arrays.get("given_scores")
+        if ref is None:
+            raise ProductVLMError("this calibration has no listing scores; calibrate again")
+        p = (1 + int((ref >= score - 1e-12).sum())) / (len(ref) + 1)
+        return score, p
 
     def _distances(self, features: np.ndarray) -> np.ndarray:
         """Squared Mahalanobis distance (n x categories) in the PCA space."""
@@ -207,7 +232,9 @@ class Calibration:
                 "categories": self.categories, "temperature": self.temperature,
                 "confidence_coef": self.confidence_coef,
                 "confidence_intercept": self.confidence_intercept,
-                "doubt_weight": self.doubt_weight, "stats": self.stats}
+                "doubt_weight": self.doubt_weight,
+                "given_margins": {f"{k:.2f}": v for k, v in self.given_margins.items()},
+                "stats": self.stats}
         (folder / FILE_JSON).write_text(json.dumps(meta, indent=1))
         save_file({k: np.ascontiguousarray(v) for k, v in self.arrays.items()},
                   str(folder / FILE_ARRAYS))
@@ -229,7 +256,9 @@ class Calibration:
                        confidence_intercept=float(meta["confidence_intercept"]),
                        arrays={k: v.astype(np.float64) for k, v in arrays.items()},
                        stats=dict(meta.get("stats", {})),
-                       doubt_weight=float(meta.get("doubt_weight", 0.0)))
+                       doubt_weight=float(meta.get("doubt_weight", 0.0)),
+                       given_margins={float(k): float(v)
+                                      for k, v in meta.get("given_margins", {}).items()})
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ProductVLMError(f"{folder}: unreadable calibration ({e}); delete the folder "
                                   "and run `productvlm evaluate` to calibrate again") from None
@@ -269,7 +298,7 @@ class Calibration:
         arrays = {"pca_mean": mean, "pca_components": comps, "class_means": centers,
                   "precision": precision}
         cal = cls(grid=grid, margins={}, categories=cats, temperature=1.0,
-                  confidence_coef=[0.0, 0.0, 0.0], confidence_intercept=0.0, arrays=arrays)
+                  confidence_coef=[0.0, 0.0], confidence_intercept=0.0, arrays=arrays)
 
         feats = np.stack([s.features for s in signals]).astype(np.float64)
         dist = cal._distances(feats)
@@ -293,8 +322,7 @@ class Calibration:
         rows, usable = [], []
         for i, (s, a, t) in enumerate(zip(signals, answers, truths, strict=True)):
             p_cat = float(probs[i, cats.index(a.category)]) if a.category in cats else 0.0
-            rows.append(cls._confidence_features(p_cat, s.answer_logprob or 0.0,
-                                                 spread(s.price_logprobs, log_grid)))
+            rows.append(cls._confidence_features(p_cat, s.answer_logprob or 0.0))
             ok_price = a.price is not None and abs(a.price / t.price - 1) <= USABLE_APE
             usable.append(bool(a.category == t.category and ok_price))
         if len(set(usable)) == 2:
@@ -304,6 +332,16 @@ class Calibration:
         else:  # every validation answer right (or none): the rate is all there is to learn
             rate = min(max(float(np.mean(usable)), 0.01), 0.99)
             cal.confidence_intercept = math.log(rate / (1 - rate))
+        given = [s.given_logprobs for s in signals]
+        if all(g is not None for g in given):  # the listing's distribution (for audits)
+            cal.given_margins = {lv: conformal_quantile(np.maximum(b[:, 0] - y, y - b[:, 1]), lv)
+                                 for lv in LEVELS
+                                 for b in [np.array([central_band(g, log_grid, lv)
+                                                     for g in given])]}
+            cal.given_margins = {k: v for k, v in cal.given_margins.items() if math.isfinite(v)}
+            band = np.array([central_band(g, log_grid, 0.5) for g in given])
+            cal.arrays["given_scores"] = np.sort(np.maximum(np.maximum(band[:, 0] - y,
+                                                                       y - band[:, 1]), 0.0))
         cal.stats = {"validation_rows": len(signals), "training_photos": len(x),
                      "doubt_weight": cal.doubt_weight,
                      "grid_size": len(grid), "usable_rate": round(float(np.mean(usable)), 4),

@@ -43,13 +43,14 @@ def _register_commands() -> None:
     # Each stage module adds its own command(s); they import their heavy dependencies
     # (torch, transformers, datasets) inside the command functions, so --help stays quick.
     from productvlm import demo, predict
+    from productvlm.audit import run as audit
     from productvlm.catalog import prepare
     from productvlm.evaluation import evaluate
     from productvlm.serving import app as serving_app
     from productvlm.synth import generate
     from productvlm.training import trainer
 
-    for module in (generate, prepare, trainer, evaluate, predict, serving_app, demo):
+    for module in (generate, prepare, trainer, evaluate, predict, serving_app, audit, demo):
         module.register(app)
 
 

@@ -221,11 +221,14 @@ class Predictor:
             self._grammar = AnswerGrammar(TokenVocab.from_tokenizer(self.tokenizer), template)
         return self._grammar
 
-    def predict(self, images: Sequence[Any], progress: Progress = None) -> list[Prediction]:
+    def predict(self, images: Sequence[Any], progress: Progress = None,
+                given: Sequence[tuple[str, str]] | None = None) -> list[Prediction]:
         """Answer each image (PIL, RGB) in chunks of ``batch_size``; never raises on an answer
         that does not parse (its ``error`` says why).
 
         ``progress``: True for a progress bar with answers/s, or ``fn(done, total)``.
+        ``given``: per image a catalog (title, category) whose prices are scored too
+        (``signals.given_logprobs``, for judging a listed price), with a calibration.
         """
         images = list(images)
         out: list[Prediction] = []
@@ -235,7 +238,8 @@ class Predictor:
                 chunk = images[start:start + self.batch_size]
                 t0 = time.perf_counter()
                 grid = self.calibration.grid if self.calibration else None
-                answers, signals = self.generate(chunk, grid=grid)
+                sub = given[start:start + self.batch_size] if given is not None else None
+                answers, signals = self.generate(chunk, grid=grid, given=sub)
                 ms = (time.perf_counter() - t0) * 1000
                 for raw, sig in zip(answers, signals, strict=True):
                     pred = Prediction.from_answer(raw, self.target_format, currency=self.currency,
@@ -290,8 +294,8 @@ class Predictor:
                 for k, v in batch.items()}
 
     def generate(self, images: Sequence[Any], grid: Sequence[float] | None = None,
-                 given: Sequence[tuple[str, str] | None] | None = None
-                 ) -> tuple[list[str], list[Signals | None]]:
+                 given: Sequence[tuple[str, str] | None] | None = None,
+                 answer_prices: bool = True) -> tuple[list[str], list[Signals | None]]:
         """Raw answer texts (up to ``<|end|>``) for one batch of images and, with a price
         ``grid`` (the calibration's candidate prices), what :mod:`productvlm.measure` measures
         of each answer (and, per ``given`` (title, category), of the catalog's listing)."""
@@ -340,7 +344,7 @@ class Predictor:
             self._candidates = PriceCandidates(tok, self.target_format, grid)
         signals = measure_batch(self.model, tok, batch["input_ids"], batch["attention_mask"], out,
                                 texts, self.target_format, self._candidates, feats.pooled,
-                                given)
+                                given, answer_prices)
         return texts, list(signals)
 
 

@@ -117,13 +117,15 @@ class PriceCandidates:
 def measure_batch(model: Any, tokenizer: Any, prompt_ids: torch.Tensor,
                   prompt_mask: torch.Tensor, out: Any, texts: list[str], fmt: TargetFormat,
                   candidates: PriceCandidates | None, features: np.ndarray | None,
-                  given: Sequence[tuple[str, str] | None] | None = None) -> list[Signals]:
+                  given: Sequence[tuple[str, str] | None] | None = None,
+                  answer_prices: bool = True) -> list[Signals]:
     """One :class:`Signals` per row of a generated batch (``out`` from generate with
     ``return_dict_in_generate`` and ``output_logits``; ``texts`` the answers, cut).
 
     ``given``: per row, a (title, category) from the catalog; the prices are then also
     scored after "Product: <that title>, Category: <that category>, ..."
-    (``Signals.given_logprobs``), what an audit compares a listed price with.
+    (``Signals.given_logprobs``), what an audit compares a listed price with;
+    ``answer_prices=False`` leaves out the prices after the model's own answer.
     """
     rows, width = prompt_ids.shape
     new = out.sequences[:, width:]
@@ -139,7 +141,7 @@ def measure_batch(model: Any, tokenizer: Any, prompt_ids: torch.Tensor,
         parsed = parse_answer(text, fmt)
         generated = new[b].tolist()
         wanted: list[tuple[str, list[int], list[list[int]]]] = []
-        if candidates is not None and parsed.title and parsed.category:
+        if candidates is not None and answer_prices and parsed.title and parsed.category:
             wanted.append(("answer", *candidates.ids(parsed.title, parsed.category)))
         if candidates is not None and given is not None and given[b] is not None:
             wanted.append(("given", *candidates.ids(*given[b])))
@@ -154,8 +156,11 @@ def measure_batch(model: Any, tokenizer: Any, prompt_ids: torch.Tensor,
         else:  # nothing to score: a dummy candidate keeps the batch's shape
             groups.append([([root], [[end_id]])])
             roles.append([])
-        title_end = (_common_prefix([wanted[0][1], generated])
-                     if wanted and wanted[0][0] == "answer" else len(generated))
+        title_end = len(generated)
+        if parsed.title and parsed.category and candidates is not None:
+            prefix = (wanted[0][1] if wanted and wanted[0][0] == "answer"
+                      else candidates.ids(parsed.title, parsed.category)[0])
+            title_end = _common_prefix([prefix, generated])
         stop = next((i for i, t in enumerate(generated) if t == end_id), len(generated))
         span = lps[b, :max(1, min(title_end, stop))]
         signals[b].answer_logprob = float(span.mean())

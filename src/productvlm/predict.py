@@ -24,7 +24,13 @@ import typer
 from pydantic import Field
 
 from productvlm.config import StageConfig, resolve_config
-from productvlm.inference import BATCH_SIZE, MAX_NEW_TOKENS, Prediction, Predictor
+from productvlm.inference import (
+    BATCH_SIZE,
+    INTERVAL_LEVEL,
+    MAX_NEW_TOKENS,
+    Prediction,
+    Predictor,
+)
 
 
 class PredictConfig(StageConfig):
@@ -42,6 +48,8 @@ class PredictConfig(StageConfig):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="auto: bf16 on a CUDA GPU that has it, else fp32")
+    interval_level: float = Field(INTERVAL_LEVEL, ge=0.5, le=0.99,
+                                  description="level of the price intervals")
 
 
 def expand_inputs(inputs: Sequence[str]) -> list[tuple[str, str | None]]:
@@ -113,7 +121,8 @@ def predict_files(cfg: PredictConfig) -> int:
 
     predictor = Predictor.load(cfg.model, device=cfg.device, precision=cfg.precision,
                                batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
-                               constrained=cfg.constrained, num_crops=cfg.num_crops)
+                               constrained=cfg.constrained, num_crops=cfg.num_crops,
+                               interval_level=cfg.interval_level)
     sources = expand_inputs(cfg.images)
     images = read_images(sources, cfg.local_root)
     good = [im for im in images if not isinstance(im, str)]
@@ -123,11 +132,15 @@ def predict_files(cfg: PredictConfig) -> int:
         for (name, _), answer in zip(sources, answers, strict=True):
             print(json.dumps({"image": name, **answer.to_dict()}, ensure_ascii=False))
     else:
-        table = Table("image", "title", "category", "price", "note")
+        table = Table("image", "title", "category", "price", "range", "confidence", "note")
         for (name, _), a in zip(sources, answers, strict=True):
             price = (f"{a.price:,.2f} {a.currency or ''}".strip() if a.price is not None else "")
-            table.add_row(name, a.title or "", a.category or "", price,
-                          f"[red]{a.error}[/]" if a.error else "")
+            span = (f"{a.price_low:,.0f}-{a.price_high:,.0f} ({a.interval_level:.0%})"
+                    if a.price_low is not None else "")
+            conf = "" if a.confidence is None else f"{a.confidence:.0%}"
+            note = (f"[red]{a.error}[/]" if a.error else
+                    "[yellow]low confidence: a guess[/]" if a.low_confidence else "")
+            table.add_row(name, a.title or "", a.category or "", price, span, conf, note)
         Console(soft_wrap=False).print(table)
     unread = sum(isinstance(im, str) for im in images)
     if unread:
@@ -157,10 +170,12 @@ def register(app: typer.Typer) -> None:
         num_crops: int | None = typer.Option(None, min=1, help="override the run's num_crops"),
         device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:1, ..."),
         precision: str | None = typer.Option(None, help="auto, bf16, fp16 or fp32"),
+        interval_level: float | None = typer.Option(None, help="price interval level [0.8]"),
     ) -> None:
         """Title, category and price for each product photo. Exit 1 if an image was unreadable."""
         cfg = resolve_config(PredictConfig, config, dict(
             model=model, images=images, json_lines=json_lines or None, batch_size=batch_size,
             constrained=constrained, local_root=local_root, max_new_tokens=max_new_tokens,
-            num_crops=num_crops, device=device, precision=precision), section="predict")
+            num_crops=num_crops, device=device, precision=precision,
+            interval_level=interval_level), section="predict")
         raise typer.Exit(predict_files(cfg))

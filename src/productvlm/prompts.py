@@ -164,6 +164,16 @@ def _finish(title: str | None, category: str | None, price: float | None, raw: A
     return ParsedAnswer(title=title, category=category, price=price, error=error)
 
 
+def title_words(title: str) -> list[str]:
+    """The words of a title, lower-cased: the vision warm-up's tags, and the vocabulary an
+    audit checks a listing's title against.
+
+    >>> title_words("Medium Pink Check Tote")
+    ['medium', 'pink', 'check', 'tote']
+    """
+    return title.lower().split()
+
+
 def build_messages(question: str = QUESTION, answer: str | None = None) -> list[dict[str, str]]:
     """Chat messages for one photo: the user turn holds the image tag and the question."""
     messages = [{"role": "user", "content": f"{IMAGE_TAG}\n{question}"}]

@@ -11,7 +11,7 @@ A run directory holds::
     train_log.jsonl      the Trainer's log history
     vision_warmup/       the vision warm-up's resumable state; vision_warmup.json its figures
     calibration/         price intervals, category probability, confidence (calibration.py)
-    training_items.json  product codes and image sha256 of the training split (for audits)
+    training_items.json  product codes, image sha256 and title words of the training split
 
 Both sides go through :class:`RunDir`; :func:`resolve_model` turns whatever a user passes as
 ``--model`` (a run directory, a Hub-format folder, a Hub id) into a :class:`RunInfo`.
@@ -35,7 +35,7 @@ import yaml
 
 from productvlm.config import CONFIG_FILENAME
 from productvlm.errors import ProductVLMError
-from productvlm.prompts import QUESTION, TargetFormat
+from productvlm.prompts import QUESTION, TargetFormat, title_words
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
@@ -90,21 +90,26 @@ class RunDir:
     def training_items(self) -> Path:
         return self.root / "training_items.json"
 
-    def write_training_items(self, product_codes: list[str], image_sha256: list[str]) -> None:
-        """What the model saw in training, so an audit can say which products it learned."""
+    def write_training_items(self, product_codes: list[str], image_sha256: list[str],
+                             titles: list[str]) -> None:
+        """What the model saw in training, so an audit can say which products it learned and
+        which title words it never met."""
         items = {"product_codes": sorted({c for c in product_codes if c}),
-                 "image_sha256": sorted({h for h in image_sha256 if h})}
+                 "image_sha256": sorted({h for h in image_sha256 if h}),
+                 "title_words": sorted({w for t in titles for w in title_words(t)})}
         self.training_items.write_text(json.dumps(items))
 
-    def read_training_items(self) -> tuple[set[str], set[str]] | None:
-        """(product codes, image sha256) of the training split, or None when not recorded."""
+    def read_training_items(self) -> TrainingItems | None:
+        """What :meth:`write_training_items` wrote, or None when the run has none."""
         if not self.training_items.is_file():
             return None
         try:
             items = json.loads(self.training_items.read_text())
         except json.JSONDecodeError as e:
             raise ProductVLMError(f"{self.training_items}: not valid JSON ({e})") from None
-        return set(items.get("product_codes", [])), set(items.get("image_sha256", []))
+        return TrainingItems(set(items.get("product_codes", [])),
+                             set(items.get("image_sha256", [])),
+                             set(items.get("title_words", [])))
 
     def write_labels(self, categories: list[str], currency: str) -> None:
         """labels.json: the categories the model was taught and the catalog's currency."""
@@ -131,6 +136,15 @@ class RunDir:
             return yaml.safe_load(self.config.read_text()) or {}
         except yaml.YAMLError as e:
             raise ProductVLMError(f"{self.config}: unreadable YAML ({e})") from None
+
+
+@dataclass(frozen=True)
+class TrainingItems:
+    """The training split's product codes, image hashes and title words."""
+
+    product_codes: set[str]
+    image_sha256: set[str]
+    title_words: set[str]
 
 
 def is_main_process() -> bool:

@@ -12,8 +12,9 @@ from productvlm.errors import ProductVLMError
 from productvlm.models.loading import load_model, load_processor
 from productvlm.models.phi3v.image_processing import Phi3VImageProcessor
 from productvlm.prepared import load_prepared
+from productvlm.prompts import title_words
 from productvlm.training.config import TrainConfig
-from productvlm.training.vision_warmup import mirror_pixels, title_words, warm_up_vision
+from productvlm.training.vision_warmup import mirror_pixels, warm_up_vision
 
 
 def _cfg(base, data, out, **kw) -> TrainConfig:

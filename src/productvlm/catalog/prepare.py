@@ -115,17 +115,22 @@ class PrepareResult:
         self.failures_path = self.out / FAILURES
 
 
-def _read_and_validate(src: CatalogSource, mapping: dict[str, str], cfg: PrepareConfig,
-                       failures: list[tuple[int, str, str]]) -> tuple[list[Record], int]:
-    """Pass 1: every row becomes a Record or a failure. Returns (records, rows read)."""
+def read_records(src: CatalogSource, mapping: dict[str, str], *, currency: str = "",
+                 limit: int | None = None, batch_size: int = 1000, dedupe: bool = True,
+                 failures: list[tuple[int, str, str]]) -> tuple[list[Record], int]:
+    """Pass 1: every row becomes a Record or a failure (appended to ``failures``); exact
+    duplicate rows are failures too when ``dedupe``. Returns (records, rows read).
+
+    >>> records, n = read_records(open_source("c.csv"), mapping, failures=[])  # doctest: +SKIP
+    """
     items: list[Record] = []
     first_of: dict[tuple, int] = {}
     n = 0
-    for i, row in src.rows(cfg.read_batch_size):
-        if cfg.limit is not None and i >= cfg.limit:
+    for i, row in src.rows(batch_size):
+        if limit is not None and i >= limit:
             break
         n += 1
-        got = validate_row(row, mapping, cfg.currency)
+        got = validate_row(row, mapping, currency)
         if isinstance(got, str):
             has_code = isinstance(row, dict) and "product_code" in mapping
             code = code_value(row.get(mapping["product_code"])) if has_code else ""
@@ -134,11 +139,14 @@ def _read_and_validate(src: CatalogSource, mapping: dict[str, str], cfg: Prepare
         got.row = i
         key = (got.product_code, got.title, got.category, got.category1, got.category2,
                got.price, got.currency, got.image)
-        j = first_of.setdefault(key, i)
+        j = first_of.setdefault(key, i) if dedupe else i
         if j != i:
             failures.append((i, got.product_code, f"duplicate of row {j}"))
             continue
         items.append(got)
+    if n == 0:
+        raise ProductVLMError(f"{src.name}: the catalog has no rows (a header at most); "
+                              "nothing to do: check the file or --source-split")
     return items, n
 
 
@@ -235,10 +243,8 @@ def prepare(
         + ", ".join(f"{f}<-{c}" for f, c in mapping.items()))
 
     failures: list[tuple[int, str, str]] = []
-    items, rows_in = _read_and_validate(src, mapping, cfg, failures)
-    if rows_in == 0:
-        raise ProductVLMError(f"{src.name}: the catalog has no rows (a header at most); "
-                              "nothing to prepare: check the file or --source-split")
+    items, rows_in = read_records(src, mapping, currency=cfg.currency, limit=cfg.limit,
+                                  batch_size=cfg.read_batch_size, failures=failures)
     say(f"{rows_in} rows read, {len(items)} valid; fetching {len(items)} images")
     staging = out / ".staging.arrow"
     try:

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,6 +32,25 @@ def price_grid(prices: Any, max_size: int = MAX_GRID) -> list[float]:
         keep = np.unique(np.round(np.linspace(0, len(unique) - 1, max_size)).astype(int))
         unique = unique[keep]
     return [float(p) for p in unique]
+
+
+def ensure_calibration(predictor: Any, ds: Any, out: Any) -> None:
+    """Give a predictor without a calibration one, fitted on ``ds``'s validation split and
+    saved in ``out/calibration`` (the run's own is reused when it has one)."""
+    if predictor.calibration is not None:
+        return
+    if "validation" not in ds or len(ds["validation"]) == 0:
+        print("no validation split: answers carry no interval or confidence", file=sys.stderr)
+        return
+    try:
+        cal = fit_calibration(predictor, ds["train"], ds["validation"], progress=True)
+    except ProductVLMError as e:  # too small a split: say so, answer without intervals
+        print(f"not calibrated: {e}", file=sys.stderr)
+        return
+    cal.save(out / "calibration")
+    predictor.calibration = cal
+    print(f"calibrated on {cal.stats['validation_rows']} validation rows: "
+          f"{out / 'calibration'}", file=sys.stderr)
 
 
 def _images(split: Any, batch: int) -> Iterator[tuple[list[int], list[Any]]]:
@@ -66,7 +86,8 @@ def fit_calibration(predictor: Any, train: Any, validation: Any, *,
         with Progress(transient=True, disable=not progress) as bar:
             task = bar.add_task("calibrating on the validation split", total=len(validation))
             for rows, images in _images(validation, predictor.batch_size):
-                texts, sigs = predictor.generate(images, grid=grid)
+                given = [(meta[i]["title"], meta[i]["category"]) for i in rows]
+                texts, sigs = predictor.generate(images, grid=grid, given=given)
                 for i, text, sig in zip(rows, texts, sigs, strict=True):
                     pred = Prediction.from_answer(text, predictor.target_format)
                     if sig is None or sig.price_logprobs is None or not pred.category:

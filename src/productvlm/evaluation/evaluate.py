@@ -18,7 +18,7 @@ from pydantic import Field
 
 from productvlm.config import StageConfig, resolve_config, save_config
 from productvlm.errors import ProductVLMError
-from productvlm.inference import BATCH_SIZE, MAX_NEW_TOKENS
+from productvlm.inference import BATCH_SIZE, INTERVAL_LEVEL, MAX_NEW_TOKENS
 
 
 class EvalConfig(StageConfig):
@@ -32,6 +32,10 @@ class EvalConfig(StageConfig):
     max_new_tokens: int = Field(MAX_NEW_TOKENS, ge=1)
     constrained: bool = Field(True, description="force answers into the target format")
     limit: int | None = Field(None, ge=1, description="evaluate the first N rows only")
+    interval_level: float = Field(INTERVAL_LEVEL, ge=0.5, le=0.99,
+                                  description="level of the price intervals")
+    faults: Path | None = Field(None, description="known wrong listed prices (synth's "
+                                "faults.csv): adds the audit's figures on this split")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="auto: bf16 on a CUDA GPU that has it, else fp32")
@@ -60,10 +64,13 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     from rich.console import Console
 
     from productvlm.evaluation.baselines import compute_baselines, fields_from_records, median_price
+    from productvlm.evaluation.calibrate import ensure_calibration
+    from productvlm.evaluation.listings import known_errors
     from productvlm.evaluation.metrics import all_metrics
     from productvlm.evaluation.outputs import console_table, log_to_wandb, write_predictions_jsonl
     from productvlm.evaluation.report import write_report
     from productvlm.evaluation.rows import PredictionRow
+    from productvlm.evaluation.uncertainty import uncertainty_figures
     from productvlm.inference import Prediction, Predictor
     from productvlm.prompts import ProductFields
 
@@ -81,9 +88,13 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         batch_size=cfg.batch_size,
         max_new_tokens=cfg.max_new_tokens,
         constrained=cfg.constrained,
+        interval_level=cfg.interval_level,
     )
+    ensure_calibration(predictor, ds, out)
+    errors = known_errors(cfg.faults) if cfg.faults is not None else None
 
     rows: list[PredictionRow] = []
+    source_rows: list[int | None] = []
     # image decoding is lazy per chunk, so a big split never sits in memory at once
     meta_cols = [c for c in split.column_names if c != "image"]
     for start in _progress(range(0, len(split), cfg.batch_size), len(split), cfg.batch_size):
@@ -96,8 +107,11 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
             except Exception as e:  # one broken image is that row's error, not the run's
                 images.append(e)
         good = [im for im in images if not isinstance(im, Exception)]
-        preds = iter(predictor.predict(good)) if good else iter(())
+        given = ([(m["title"], m["category"]) for m, im in zip(metas, images, strict=True)
+                  if not isinstance(im, Exception)] if errors is not None else None)
+        preds = iter(predictor.predict(good, given=given)) if good else iter(())
         for meta, image in zip(metas, images, strict=True):
+            source_rows.append(meta.get("source_row"))
             truth = ProductFields(meta["title"], meta["category"], float(meta["price"]))
             row_id = str(meta.get("product_code") or meta.get("source_row") or len(rows))
             if isinstance(image, Exception):
@@ -114,6 +128,10 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         name: all_metrics(targets, preds, fallback_price=fallback)
         for name, preds in compute_baselines(train, targets).items()
     }
+    uncertainty = uncertainty_figures(rows, predictor.calibration, cfg.interval_level)
+    metrics.update(uncertainty["metrics"])
+    if errors is not None and predictor.calibration is not None:
+        metrics.update(_audit_figures(rows, source_rows, errors, predictor.calibration))
 
     save_config(cfg, out)
     write_predictions_jsonl(out / "predictions.jsonl", rows, fallback_price=fallback)
@@ -124,12 +142,38 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         "rows": len(rows),
         "constrained": cfg.constrained,
     }
-    report = write_report(out, rows, metrics, baselines, fallback_price=fallback, meta=meta)
+    report = write_report(out, rows, metrics, baselines, fallback_price=fallback, meta=meta,
+                          uncertainty=uncertainty["curves"])
     Console().print(console_table(metrics, baselines))
     Console().print(f"report: {report}")
     if cfg.report_to == "wandb":
-        _log_wandb(cfg, out, rows, metrics, baselines, log_to_wandb)
+        _log_wandb(cfg, out, rows, metrics, baselines, log_to_wandb, uncertainty["curves"])
     return EvalResult(out, metrics, baselines)
+
+
+def _audit_figures(rows: list[Any], source_rows: list[int | None], errors: dict[int, str],
+                   calibration: Any) -> dict[str, Any]:
+    """The audit's figures on this split, its listed prices judged against the known errors
+    (flat keys: ``audit_<kind>_auc``, ... and ``audit_clean_flag_rate``)."""
+    from productvlm.evaluation.listings import judge, mispricing_figures, rule_scores
+
+    judged = [(r, errors.get(s, "clean")) for r, s in zip(rows, source_rows, strict=True)
+              if r.prediction.signals is not None
+              and r.prediction.signals.given_logprobs is not None]
+    if not judged:
+        return {}
+    verdicts = [judge(r.prediction.signals, r.truth.price, calibration) for r, _ in judged]
+    figures = mispricing_figures(
+        [k for _, k in judged], [v.surprise or 0.0 for v in verdicts],
+        [v.flagged for v in verdicts],
+        rule_scores([r.truth.price for r, _ in judged], [r.truth.category for r, _ in judged]))
+    flat: dict[str, Any] = {}
+    for kind, values in figures.items():
+        if isinstance(values, dict):
+            flat |= {f"audit_{kind}_{k}": v for k, v in values.items()}
+        else:
+            flat[f"audit_{kind}"] = values
+    return flat
 
 
 def _load_split(cfg: EvalConfig) -> Any:
@@ -174,12 +218,13 @@ def _log_wandb(
     metrics: dict[str, Any],
     baselines: dict[str, dict[str, Any]],
     log_fn: Any,
+    curves: dict[str, Any],
 ) -> None:
     from productvlm.tracking import start_wandb_run
 
     run = start_wandb_run(cfg.wandb_project, "evaluate", out, cfg.model_dump(mode="json"))
     try:
-        log_fn(run, rows, metrics, baselines)
+        log_fn(run, rows, metrics, baselines, uncertainty=curves)
     finally:
         run.finish()
 
@@ -198,6 +243,8 @@ def register(app: typer.Typer) -> None:
         max_new_tokens: int | None = typer.Option(None),
         constrained: bool | None = typer.Option(None, "--constrained/--no-constrained"),
         limit: int | None = typer.Option(None, help="first N rows only"),
+        interval_level: float | None = typer.Option(None, help="price interval level [0.8]"),
+        faults: Path | None = typer.Option(None, help="known wrong prices (faults.csv)"),
         report_to: str | None = typer.Option(None, help="wandb | none"),
         device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:1 [auto]"),
         precision: str | None = typer.Option(None, help="auto, bf16, fp16, fp32 [auto]"),
@@ -215,6 +262,8 @@ def register(app: typer.Typer) -> None:
                 max_new_tokens=max_new_tokens,
                 constrained=constrained,
                 limit=limit,
+                interval_level=interval_level,
+                faults=faults,
                 report_to=report_to,
                 device=device,
                 precision=precision,

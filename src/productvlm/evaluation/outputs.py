@@ -101,6 +101,9 @@ def write_predictions_jsonl(
                 "truth": asdict(r.truth),
                 "answer": r.answer,
                 "parsed": {"title": p.title, "category": p.category, "price": p.price},
+                "uncertainty": {"price_low": p.price_low, "price_high": p.price_high,
+                                "interval_level": p.interval_level,
+                                "category_prob": p.category_prob, "confidence": p.confidence},
                 "ok": r.prediction.ok,
                 "error": r.prediction.error,
                 "scores": row_scores(r.truth, r.prediction, fallback_price=fallback_price),
@@ -136,6 +139,7 @@ def log_to_wandb(
     *,
     prefix: str = "eval",
     max_table_rows: int = 500,
+    uncertainty: Mapping[str, Any] | None = None,
 ) -> None:
     """Log to an active W&B run: metrics (also in the summary), plots and a predictions table.
 
@@ -185,5 +189,10 @@ def log_to_wandb(
             Image.open(io.BytesIO(png(error_histogram(rows))))
         ),
     }
+    if uncertainty and uncertainty.get("coverage"):
+        from productvlm.evaluation.uncertainty import calibration_figure
+
+        plots[f"{prefix}/calibration"] = wandb.Image(
+            Image.open(io.BytesIO(png(calibration_figure(dict(uncertainty))))))
     run.log({**flat, **plots, f"{prefix}/predictions": table})
     run.summary.update(flat)

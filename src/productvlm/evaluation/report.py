@@ -192,6 +192,26 @@ def _per_category_table(breakdown: Mapping[str, Mapping[str, float]]) -> str:
     return f"<table><thead><tr><th>Category</th>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _calibration_section(metrics: Mapping[str, Any],
+                         uncertainty: Mapping[str, Any] | None) -> str:
+    """Coverage against the stated level, interval width, reliability diagrams."""
+    if not uncertainty or not uncertainty.get("coverage"):
+        return ("<h2>Calibration</h2><section><div class=\"note\">This model has no "
+                "calibration: no intervals or confidence.</div></section>")
+    from productvlm.evaluation.uncertainty import calibration_figure
+
+    level = metrics.get("price_interval_level", 0.8)
+    text = (f"The {level:.0%} price interval held the true price for "
+            f"{metrics['price_interval_coverage']:.1%} of the photos; its median width is "
+            f"{metrics['price_interval_width']:.0%} of the price. Category probability ECE "
+            f"{metrics['category_ece']:.3f}, confidence ECE {metrics['confidence_ece']:.3f} "
+            "(confidence: the chance that the category is right and the price within 25%).")
+    return (f"<h2>Calibration</h2><section><p>{escape(text)}</p>"
+            f'<img src="{data_uri(png(calibration_figure(dict(uncertainty))))}" '
+            'alt="interval coverage and reliability diagrams" style="max-width:100%">'
+            "</section>")
+
+
 def write_report(
     out_dir: str | Path,
     rows: Sequence[PredictionRow],
@@ -203,11 +223,13 @@ def write_report(
     field: str = "category",
     n_gallery: int = 12,
     title: str = "productvlm evaluation",
+    uncertainty: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``metrics.json`` and a self-contained ``report.html`` into ``out_dir``.
 
     ``meta`` (model, split, date, ...) is shown in the page header and saved in
-    metrics.json. Returns the path of report.html.
+    metrics.json; ``uncertainty`` (the curves of evaluation.uncertainty) adds the calibration
+    section and is saved there too. Returns the path of report.html.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -226,6 +248,7 @@ def write_report(
                     "per_category": breakdown,
                     "fallback_price": fallback_price,
                     "meta": dict(meta or {}),
+                    "calibration": dict(uncertainty or {}),
                 }
             ),
             indent=2,
@@ -258,6 +281,7 @@ split; the oracle is told the true category. Unparsed answers count as wrong. {f
 </section>
 <h2>Price</h2><section class="plots"><img src="{scatter}" alt="predicted vs true price">
 <img src="{hist}" alt="price error histogram"></section>
+{_calibration_section(metrics, uncertainty)}
 <h2>Category confusion matrix</h2><section style="overflow-x:auto">{_confusion(rows, field)}
 </section>
 <h2>Per category</h2><section>{_per_category_table(breakdown)}</section>

@@ -42,6 +42,10 @@ class ServeConfig(StageConfig):
                              "fetched from loopback, private or link-local addresses")
     url_timeout_s: float = Field(10.0, gt=0)
     max_new_tokens: int | None = Field(None, ge=1, description="override the run's setting")
+    interval_level: float = Field(0.8, ge=0.5, le=0.99, description="level of the price "
+                                  "intervals (calibrated models)")
+    low_confidence: float = Field(0.5, ge=0, le=1, description="answers under this "
+                                  "confidence are marked as low confidence")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="auto: bf16 on a CUDA GPU that has it, else fp32")

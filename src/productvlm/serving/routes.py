@@ -19,7 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -39,7 +39,8 @@ class ErrorBody(BaseModel):
 
 class ImageResult(BaseModel):
     """One photo's answer; ``ok`` False means it was refused (``error``, ``limit``,
-    ``status``) or the model's answer did not parse (``parse_error``, with ``raw``)."""
+    ``status``) or the model's answer did not parse (``parse_error``, with ``raw``). With a
+    calibrated model it also says how far to trust the answer (else those fields are null)."""
 
     index: int
     filename: str | None = None
@@ -51,6 +52,17 @@ class ImageResult(BaseModel):
     raw: str | None = None
     parse_error: str | None = None
     latency_ms: float | None = None
+    price_low: float | None = Field(None, description="low end of the price interval")
+    price_high: float | None = Field(None, description="high end of the price interval")
+    interval_level: float | None = Field(None, description="the interval holds the true "
+                                         "price this often (calibrated, e.g. 0.8)")
+    category_prob: float | None = Field(None, description="probability that the category "
+                                        "is right")
+    confidence: float | None = Field(None, description="chance that the category is right "
+                                     "and the price within 25%; near 0 for a picture unlike "
+                                     "the products the model was trained on")
+    low_confidence: bool | None = Field(None, description="confidence under the server's "
+                                        "threshold: treat the answer as a guess")
     error: str | None = None
     limit: str | None = None
     status: int = 200

@@ -14,15 +14,16 @@ from typing import Any
 
 import numpy as np
 
+from productvlm.evaluation.listings import MISPRICING_KINDS
 from productvlm.prompts import format_price
 from productvlm.synth import assortment as A
 
 FAULT_KINDS = ("na_url", "http_404", "not_image", "truncated_jpeg", "price_missing",
                "price_string", "duplicate_code")
-#: Wrong listed prices (``--mispricing-rate``): a decimal slip (x10 or /10), a price swapped
-#: with a product of another category, a moderate error (x0.6 or x1.5). The photo and every
-#: other field stay those of the product.
-MISPRICING_KINDS = ("price_decimal_slip", "price_swap", "price_moderate")
+# Wrong listed prices (``--mispricing-rate``), the kinds the audit is scored on: the
+# photo and every other field stay those of the product; swapped prices differ by 1.5x at
+# least (a swap of equal prices is no error).
+SWAP_MIN_RATIO = 1.5  # swapped prices differ at least as much as a moderate error does
 PRICE_FIELDS = ("full_price", "full_price_eur", "price", "price_eur")
 NOT_AN_IMAGE = (b"<!DOCTYPE html>\n<html><head><title>Access Denied</title></head>\n"
                 b"<body><h1>Access Denied</h1><p>You don't have permission to access this "
@@ -89,8 +90,11 @@ def inject_mispricing(n: int, seed: int, rate: float, rows: list[dict[str, Any]]
         turn += 1
         r = rows[row]
         if kind == "price_swap":
+            # a swap between two products of about the same price would not be an error
             others = [j for j in order if j not in used and j != row
-                      and rows[j]["category3_code"] != r["category3_code"]]
+                      and rows[j]["category3_code"] != r["category3_code"]
+                      and max(rows[j]["full_price"], r["full_price"])
+                      >= SWAP_MIN_RATIO * min(rows[j]["full_price"], r["full_price"])]
             if not others:
                 continue
             j = others[0]

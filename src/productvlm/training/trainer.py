@@ -119,12 +119,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     if is_main_process():  # before the warm-up, so that an interrupted one can --resume
         save_config(cfg, cfg.out)
         run.write_labels(list(set(ds["train"]["category"])), _currency(ds["train"]))
-        train_meta = ds["train"].select_columns(
-            [c for c in ("product_code", "image_sha256") if c in ds["train"].column_names])
-        run.write_training_items([str(c) for c in train_meta["product_code"]]
-                                 if "product_code" in train_meta.column_names else [],
-                                 list(train_meta["image_sha256"])
-                                 if "image_sha256" in train_meta.column_names else [])
+        train = ds["train"]
+        column = lambda c: list(train[c]) if c in train.column_names else []  # noqa: E731
+        run.write_training_items([str(c) for c in column("product_code")],
+                                 column("image_sha256"), column("title"))
     interrupt = InterruptCallback()
     if cfg.vision_warmup_epochs and last is None:  # a checkpoint holds the warmed weights
         with interrupt.installed():

@@ -37,21 +37,13 @@ from torch import nn
 
 from productvlm.errors import ProductVLMError
 from productvlm.models.loading import VISION_PARAMS
+from productvlm.prompts import title_words
 from productvlm.rundir import RunDir, is_main_process
 from productvlm.training.collate import augment
 from productvlm.training.config import TrainConfig
 
 TAG_WEIGHT = 1.0  # title-word loss relative to the category loss
 SAVE_SECONDS = 60.0  # least time between two saves of the warm-up's state at epoch ends
-
-
-def title_words(title: str) -> list[str]:
-    """The tags of a title: its lower-cased words.
-
-    >>> title_words("Medium Pink Check Tote")
-    ['medium', 'pink', 'check', 'tote']
-    """
-    return title.lower().split()
 
 
 def _image_side(model: Any) -> nn.Module:

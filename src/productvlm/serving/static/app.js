@@ -83,10 +83,30 @@ function showResult(card, r) {
   priceEl.textContent = price || "No price in the answer";
   priceEl.classList.toggle("unknown", !price);
   if (!r.ok) card.classList.add("unparsed");
+  showTrust(card, r);
   card.querySelector(".raw code").textContent = r.raw || "";
   if (r.latency_ms != null) {
     card.querySelector(".latency").textContent = `${Math.round(r.latency_ms)} ms`;
   }
+}
+
+// The calibrated interval and confidence; a low-confidence answer is marked plainly.
+function showTrust(card, r) {
+  const low = formatPrice(r.price_low, r.currency);
+  const high = formatPrice(r.price_high, r.currency);
+  card.querySelector(".interval").textContent = low && high
+    ? `${Math.round(100 * r.interval_level)}% range: ${low} – ${high}` : "";
+  const trust = card.querySelector(".trust");
+  if (r.confidence === null || r.confidence === undefined) {
+    trust.classList.add("none");
+    return;
+  }
+  const pct = Math.round(100 * r.confidence);
+  trust.querySelector("i").style.width = `${pct}%`;
+  trust.querySelector(".trust-label").textContent = r.low_confidence
+    ? `Low confidence (${pct}%): treat this answer as a guess`
+    : `Confidence ${pct}%`;
+  card.classList.toggle("low", Boolean(r.low_confidence));
 }
 
 function showError(card, message) {
