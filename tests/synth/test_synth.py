@@ -299,3 +299,37 @@ def test_cli_writes_config_and_refuses_to_overwrite_silently(tmp_path):
     assert res.exit_code == 0, res.output
     cfg = load_saved_config(SynthConfig, tmp_path / "y")
     assert (cfg.n, cfg.seed, cfg.max_side) == (6, 3, 80)
+
+
+def test_mispricing_writes_known_wrong_prices(tmp_path):
+    """--mispricing-rate: decimal slips, swaps across categories, x0.6/x1.5; the photos and
+    every other field are those of a clean run, and faults.csv records each with its kind."""
+    base = _rows(synth(tmp_path / "base", n=60, seed=5, max_side=96, workers=1))
+    res = synth(tmp_path / "mis", n=60, seed=5, max_side=96, workers=1, fault_rate=0.1,
+                mispricing_rate=0.2)
+    rows, faults = _rows(res), _faults(res)
+    wrong = {int(f["row"]): f for f in faults if f["kind"].startswith("price_")
+             and f["kind"] not in ("price_missing", "price_string")}
+    assert {f["kind"] for f in wrong.values()} == {"price_decimal_slip", "price_swap",
+                                                   "price_moderate"}
+    assert 12 <= len(wrong) <= 13  # 20% of 60, a swap may add its partner
+    other_faults = {int(f["row"]) for f in faults} - set(wrong)
+    assert not other_faults & set(wrong)
+    for i, (r, b) in enumerate(zip(rows, base, strict=True)):
+        if i in other_faults:
+            continue
+        assert Path(r["imageurl"]).name == Path(b["imageurl"]).name and r["title"] == b["title"]
+        kind = wrong.get(i, {}).get("kind")
+        ratio = r["full_price"] / b["full_price"]
+        if kind is None:
+            assert ratio == 1
+        elif kind == "price_decimal_slip":
+            assert ratio == pytest.approx(10) or ratio == pytest.approx(0.1)
+        elif kind == "price_moderate":
+            assert ratio == pytest.approx(1.5, rel=1e-3) or ratio == pytest.approx(0.6, rel=1e-3)
+        else:  # swapped with a product of another category, priced 1.5x apart at least
+            j = int(wrong[i]["detail"].split("row ")[1].split(" ")[0])
+            assert wrong[j]["kind"] == "price_swap"
+            assert r["full_price"] == base[j]["full_price"]
+            assert r["category3_code"] != rows[j]["category3_code"]
+            assert max(ratio, 1 / ratio) >= 1.5
