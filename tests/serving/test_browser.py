@@ -25,14 +25,29 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 
 @pytest.fixture(scope="module")
 def live_server(predictor: Any) -> Iterator[str]:
+    from productvlm.serving.config import ServeConfig
+
+    yield from _serve(predictor, ServeConfig(model="tiny-phi3v", max_wait_ms=20))
+
+
+@pytest.fixture(scope="module")
+def calibrated_server(calibrated_run: dict[str, Path]) -> Iterator[str]:
+    """A calibrated model behind the page; every answer under its confidence threshold."""
+    from productvlm.serving.app import load_predictor
+    from productvlm.serving.config import ServeConfig
+
+    cfg = ServeConfig(model=str(calibrated_run["run"]), max_new_tokens=48, low_confidence=1.0)
+    yield from _serve(load_predictor(cfg), cfg)
+
+
+def _serve(predictor: Any, cfg: Any) -> Iterator[str]:
     uvicorn = pytest.importorskip("uvicorn")
     from productvlm.serving.app import create_app
-    from productvlm.serving.config import ServeConfig
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app = create_app(predictor, ServeConfig(model="tiny-phi3v", max_wait_ms=20))
+    app = create_app(predictor, cfg)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -108,3 +123,14 @@ def test_several_photos_and_an_error_in_plain_words(page: Any, live_server: str,
     assert "failed" in failed.get_attribute("class")
     assert "not a JPEG, PNG" in failed.locator(".error").inner_text()
     assert page.locator("#summary").inner_text() == "3 photos"
+
+
+def test_the_card_shows_the_price_range_and_marks_a_guess(page: Any, calibrated_server: str,
+                                                          sample_photo: Path) -> None:
+    page.goto(calibrated_server + "/")
+    page.set_input_files("#files", str(sample_photo))
+    card = page.locator(".card").first
+    card.locator(".price").wait_for(state="visible")
+    assert "80% range:" in card.locator(".interval").inner_text()
+    assert "low" in card.get_attribute("class")
+    assert "Low confidence" in card.locator(".trust-label").inner_text()
