@@ -200,10 +200,10 @@ def config_memory_lines(read: dict[str, dict[str, Any]], crops: list[int],
             steady = r["s_per_step"][1:] or r["s_per_step"]
             stages = r.get("rss_by_stage_gb", {})
             step_peak = max(stages.get("training step", 0), stages.get("between steps", 0))
+            in_steps = f", {step_peak:.1f} GB in the training steps" if step_peak else ""
             lines.append(f"LoRA r=64, batch {r['batch']}, num_crops {c}: peak RSS "
-                         f"{r['rss_gb']:.1f} GB over the whole run, {step_peak:.1f} GB in the "
-                         f"training steps (bf16 weights {weights:.1f} GB), "
-                         f"{sum(steady) / len(steady):.0f} s/step")
+                         f"{r['rss_gb']:.1f} GB over the whole run{in_steps} (bf16 weights "
+                         f"{weights:.1f} GB), {sum(steady) / len(steady):.0f} s/step")
             if extra is None:
                 extra = (step_peak or r["rss_gb"]) - weights
     if "nf4_gb" in build and extra is not None:
