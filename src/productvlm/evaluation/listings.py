@@ -8,7 +8,7 @@ product, the surprise of the listed price (how far outside the distribution's mi
 in log price) and its conformal p-value among the validation rows' correct prices. A price
 is flagged when that p-value is at most ``1 - flag_level`` (default 99%: about 1% of correct
 prices are flagged, by construction; with ~100 validation rows, only prices further out than
-every validation price), unless the photo is unlike the training photos (then the model
+every validation price), unless the title has words no training title had (then the model
 cannot judge).
 
 >>> v = judge(prediction, listed=12900.0, calibration=cal)  # doctest: +SKIP
@@ -29,7 +29,7 @@ from productvlm.calibration import Calibration, central_band
 from productvlm.prompts import format_price
 
 FLAG_LEVEL = 0.99
-#: typicality gate under which a photo is too unlike the training photos to judge a price
+#: typicality under which a verdict says that the photo is unlike the training photos
 JUDGE_TYPICALITY = 0.2
 #: The kinds of wrong listed prices an audit is scored on (``synth --mispricing-rate`` writes
 #: them to faults.csv): a decimal slip (x10 or /10), a price swapped with a product of
@@ -55,10 +55,11 @@ def judge(signals: Any, listed: float, calibration: Calibration, *, level: float
           unknown_words: Sequence[str] = ()) -> Verdict:
     """The verdict on ``listed`` from a photo's signals (with ``given_logprobs``).
 
-    Not judged (no surprise, never flagged): a photo unlike the training photos
-    (``typicality`` under :data:`JUDGE_TYPICALITY`), or a title with words no training title
-    had (``unknown_words``): the model cannot know what "alligator" does to a price if it
-    never saw one, and would flag every such listing.
+    Not judged (no surprise, never flagged): a title with words no training title had
+    (``unknown_words``): the model cannot know what "alligator" does to a price if it never
+    saw one, and would flag every such listing. A photo unlike the training photos
+    (``typicality`` under :data:`JUDGE_TYPICALITY`) is judged, the title carrying the
+    model's opinion, and the verdict says so.
     """
     lp = getattr(signals, "given_logprobs", None)
     if lp is None:
@@ -71,10 +72,7 @@ def judge(signals: Any, listed: float, calibration: Calibration, *, level: float
                       round(p_value, 4), False, "")
     q1, q3 = (math.exp(x) for x in central_band(lp, log_grid, 0.5))
     band = f"its middle half {format_price(q1)}-{format_price(q3)}"
-    if typicality is not None and typicality < JUDGE_TYPICALITY:
-        verdict.why = "not judged: the photo is unlike the products the model was trained on"
-        verdict.surprise = verdict.p_value = None
-    elif unknown_words:
+    if unknown_words:
         words = ", ".join(f"'{w}'" for w in unknown_words[:3])
         verdict.why = f"not judged: no training title had {words}"
         verdict.surprise = verdict.p_value = None
@@ -88,6 +86,8 @@ def judge(signals: Any, listed: float, calibration: Calibration, *, level: float
         verdict.why = (f"listed {format_price(listed)} is {math.exp(surprise):.1f}x {side} "
                        f"{band} for this photo and title: further out than any correct price "
                        f"the model was calibrated on (p={p_value:.3f})")
+    if typicality is not None and typicality < JUDGE_TYPICALITY and not unknown_words:
+        verdict.why += "; the photo is unlike the training photos: the title decided"
     return verdict
 
 
