@@ -108,6 +108,35 @@ def test_resume_continues_exactly(base_model, prepared, tmp_path, perturb_checkp
     assert json.loads(torn.read_text())["global_step"] == 6  # saved over at step 6
 
 
+def test_an_empty_validation_split_trains_without_evaluating(base_model, prepared, tmp_path,
+                                                             capsys, monkeypatch) -> None:
+    import productvlm.prepared
+
+    dd = datasets.load_from_disk(str(prepared / "dataset"))
+    dd["validation"] = dd["validation"].select([])
+    monkeypatch.setattr(productvlm.prepared, "load_prepared", lambda *a, **k: dd)
+    out = tmp_path / "run"
+    assert train(_cfg(base_model, prepared, out, max_steps=3)).global_step == 3
+    assert "validation split is empty" in capsys.readouterr().err
+    assert (out / "merged" / "config.json").is_file() and not (out / "calibration").exists()
+
+
+def test_lora_run_is_calibrated_on_its_validation_split(base_model, prepared, tmp_path) -> None:
+    out = tmp_path / "run"
+    train(_cfg(base_model, prepared, out, max_steps=3, eval_samples=0))
+    # 6 validation rows are too few to calibrate: said, not fatal; 10 or more are enough
+    assert not (out / "calibration").exists()
+    dd = datasets.load_from_disk(str(prepared / "dataset"))
+    dd["validation"] = datasets.concatenate_datasets([dd["validation"], dd["test"]])
+    dd.save_to_disk(str(tmp_path / "data" / "dataset"))
+    out = tmp_path / "run2"
+    train(_cfg(base_model, tmp_path / "data", out, max_steps=3, eval_samples=0))
+    cal = json.loads((out / "calibration" / "calibration.json").read_text())
+    assert cal["stats"]["validation_rows"] == 12 and cal["given_margins"]
+    items = json.loads((out / "training_items.json").read_text())
+    assert len(items["product_codes"]) == 24 and "item" in items["title_words"]
+
+
 def test_resume_with_changed_config_is_refused(base_model, prepared, tmp_path) -> None:
     out = tmp_path / "run"
     save_config(_cfg(base_model, prepared, out), out)

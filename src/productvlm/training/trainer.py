@@ -109,6 +109,10 @@ def train(cfg: TrainConfig) -> TrainResult:
             raise ProductVLMError(f"{ckpt_dir}: no checkpoint to resume from; drop --resume")
     ds = load_prepared(cfg.data)
     set_seed(cfg.seed)
+    has_validation = len(ds["validation"]) > 0
+    if not has_validation:
+        print(f"{cfg.data}: the validation split is empty: no evaluation, no best-checkpoint "
+              "choice and no calibration in this run", file=sys.stderr)
     bf16, fp16 = mixed_precision(cfg.precision)
     on_cuda = pick_device().type == "cuda"
     report_to = trainer_report_to(cfg.report_to, project=cfg.wandb_project, out=cfg.out,
@@ -147,12 +151,13 @@ def train(cfg: TrainConfig) -> TrainResult:
         bf16=bf16,
         fp16=fp16,
         logging_steps=cfg.logging_steps,
-        eval_strategy="steps",
+        # without validation rows there is nothing to evaluate or to pick a best checkpoint by
+        eval_strategy="steps" if has_validation else "no",
         eval_steps=cfg.eval_steps,
         save_strategy="steps",
         save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit,
-        load_best_model_at_end=True,
+        load_best_model_at_end=has_validation,
         metric_for_best_model="eval_loss",
         greater_is_better=False,
         activation_checkpointing=cfg.gradient_checkpointing,
@@ -171,14 +176,14 @@ def train(cfg: TrainConfig) -> TrainResult:
     )
     throughput = ThroughputCallback(cfg.batch_size * cfg.grad_accum)
     callbacks: list[Any] = [interrupt]
-    if cfg.eval_samples:
+    if cfg.eval_samples and has_validation:
         callbacks.append(GenerationEvalCallback(processor, ds["validation"], cfg))
     trainer = _trainer_class(cfg.vision_lr)(
         model=model,
         args=args,
         train_dataset=(ds["train"].add_column(AUGMENT, [True] * len(ds["train"]))
                        if cfg.hflip or cfg.shift else ds["train"]),
-        eval_dataset=ds["validation"],
+        eval_dataset=ds["validation"] if has_validation else None,
         data_collator=collator,
         processing_class=processor,
         callbacks=callbacks,
@@ -194,7 +199,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         )
     if trainer.is_world_process_zero():
         _write_outputs(trainer, processor, cfg)
-        if cfg.calibrate:
+        if cfg.calibrate and has_validation:
             _calibrate(trainer.model, processor, ds, cfg)
     if "wandb" in report_to:
         import wandb
