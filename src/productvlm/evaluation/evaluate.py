@@ -34,6 +34,8 @@ class EvalConfig(StageConfig):
     limit: int | None = Field(None, ge=1, description="evaluate the first N rows only")
     interval_level: float = Field(INTERVAL_LEVEL, ge=0.5, le=0.99,
                                   description="level of the price intervals")
+    calibrate: bool = Field(True, description="answers with intervals and confidence (a "
+                            "model without a calibration is calibrated first); false: plain")
     faults: Path | None = Field(None, description="known wrong listed prices (synth's "
                                 "faults.csv): adds the audit's figures on this split")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
@@ -90,7 +92,10 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         constrained=cfg.constrained,
         interval_level=cfg.interval_level,
     )
-    ensure_calibration(predictor, ds, out)
+    if cfg.calibrate:
+        ensure_calibration(predictor, ds, out)
+    else:
+        predictor.calibration = None
     errors = known_errors(cfg.faults) if cfg.faults is not None else None
 
     rows: list[PredictionRow] = []
@@ -245,6 +250,8 @@ def register(app: typer.Typer) -> None:
         limit: int | None = typer.Option(None, help="first N rows only"),
         interval_level: float | None = typer.Option(None, help="price interval level [0.8]"),
         faults: Path | None = typer.Option(None, help="known wrong prices (faults.csv)"),
+        calibrate: bool | None = typer.Option(None, "--calibrate/--no-calibrate",
+                                              help="intervals and confidence [on]"),
         report_to: str | None = typer.Option(None, help="wandb | none"),
         device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:1 [auto]"),
         precision: str | None = typer.Option(None, help="auto, bf16, fp16, fp32 [auto]"),
@@ -264,6 +271,7 @@ def register(app: typer.Typer) -> None:
                 limit=limit,
                 interval_level=interval_level,
                 faults=faults,
+                calibrate=calibrate,
                 report_to=report_to,
                 device=device,
                 precision=precision,
