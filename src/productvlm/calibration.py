@@ -92,6 +92,13 @@ def central_band(logprobs: np.ndarray, log_grid: np.ndarray, level: float) -> tu
     return float(lo), float(hi)
 
 
+def _cents(log_price: float) -> float:
+    """A log price back as a price in cents. The bounds are often grid prices themselves
+    (a margin of 0): rounding makes exp(log(490)) 490.00 again, so a true price on the bound
+    is inside, as the conformal score counted it."""
+    return round(math.exp(log_price), 2)
+
+
 def conformal_quantile(scores: np.ndarray, level: float) -> float:
     """The ceil((n+1) level)-th smallest score (inf when n is too small for the level)."""
     n = len(scores)
@@ -137,7 +144,7 @@ class Calibration:
             lo = hi = (lo + hi) / 2
         else:
             lo, hi = lo - q, hi + q
-        return math.exp(lo), math.exp(hi)
+        return _cents(lo), _cents(hi)
 
     def category_logits(self, features: np.ndarray) -> np.ndarray:
         """LDA logits (categories x) of pooled features (n x D), temperature applied."""
@@ -197,7 +204,7 @@ class Calibration:
         xs = sorted(self.given_margins)
         q = float(np.interp(level, xs, [self.given_margins[x] for x in xs]))
         lo, hi = (lo - q, hi + q) if lo - q <= hi + q else ((lo + hi) / 2,) * 2
-        return math.exp(lo), math.exp(hi)
+        return _cents(lo), _cents(hi)
 
     def surprise(self, logprobs: np.ndarray, listed: float) -> tuple[float, float]:
         """(surprise, p-value) of a listed price given the listing's price distribution.
