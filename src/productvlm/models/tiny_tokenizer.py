@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import string
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from tokenizers import (
     Tokenizer,
@@ -35,8 +36,24 @@ CHAT_TEMPLATE = (
 )
 
 
-def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:
-    """Train a BPE tokenizer on ``texts`` and wrap it like Phi-3's.
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """A family's special tokens and chat template, for a tiny tokenizer of that family."""
+
+    special: tuple[str, ...] = tuple(SPECIAL_TOKENS)
+    bos: str | None = "<s>"  # added at the start of every encoded chunk (None: nothing)
+    eos: str = "<|endoftext|>"
+    pad: str = "<|endoftext|>"
+    additional: tuple[str, ...] = ("<|system|>", "<|end|>", "<|user|>", "<|assistant|>")
+    chat_template: str = CHAT_TEMPLATE
+
+
+PHI3 = TokenizerSpec()
+
+
+def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 1024,
+                         spec: TokenizerSpec = PHI3) -> PreTrainedTokenizerFast:
+    """Train a BPE tokenizer on ``texts`` and wrap it like Phi-3's (or ``spec``'s family).
 
     >>> tok = train_tiny_tokenizer(["Medium Lola Bag", "Check Cotton Trench Coat"], 300)
     >>> tok.convert_ids_to_tokens(tok("Lola").input_ids)[0]
@@ -51,27 +68,29 @@ def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> PreTra
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=["<unk>", *dict.fromkeys(t for t in spec.special if t != "<unk>")],
         # every printable ASCII character stays encodable even if the catalog lacks it
         initial_alphabet=list(string.printable.strip()) + ["▁", "\n"],
         show_progress=False,
     )
     tok.train_from_iterator(_with_template_text(texts), trainer=trainer)
-    bos = tok.token_to_id("<s>")
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
-    )
+    if spec.bos is not None:
+        bos = tok.token_to_id(spec.bos)
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{spec.bos} $A", pair=f"{spec.bos} $A {spec.bos} $B",
+            special_tokens=[(spec.bos, bos)]
+        )
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="<|endoftext|>",
-        pad_token="<|endoftext|>",
+        bos_token=spec.bos,
+        eos_token=spec.eos,
+        pad_token=spec.pad,
         unk_token="<unk>",
-        additional_special_tokens=["<|system|>", "<|end|>", "<|user|>", "<|assistant|>"],
+        additional_special_tokens=list(spec.additional),
         padding_side="right",
         clean_up_tokenization_spaces=False,
     )
-    fast.chat_template = CHAT_TEMPLATE
+    fast.chat_template = spec.chat_template
     return fast
 
 

@@ -1,0 +1,156 @@
+"""The model families productvlm fine-tunes, and the little that differs between them.
+
+Everything else (collation, the Trainer, W&B, constrained decoding, the Predictor, evaluate,
+serve, audit) is one code path. What a family decides (torchtune's builders per family, kept
+to a table):
+
+* which class loads it: Phi-3-vision is native here (:mod:`productvlm.models.phi3v`);
+  Qwen2.5-VL / Qwen3-VL and SmolVLM (Idefics3 / SmolVLM2) are transformers' own classes;
+* how a prompt with a photo is written for its chat template (Phi-3's ``<|image_1|>`` tag in
+  the text, or an ``{"type": "image"}`` part); the processor turns it into ids;
+* which modules LoRA wraps, in the decoder and on the image side, and which parameters are
+  the image side (frozen by ``freeze_vision``, given ``vision_lr``, kept out of 4-bit);
+* the processor's image-size settings: Phi-3's crops, Qwen's min/max pixels, SmolVLM's
+  image splitting.
+
+The answer's end token comes from the chat template itself (see :mod:`productvlm.prompts`).
+
+>>> family_for("qwen2_5_vl").name, family_for("idefics3").name
+('qwen2_5_vl', 'smolvlm')
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+from productvlm.errors import ProductVLMError
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family: the facts above, as data."""
+
+    name: str
+    title: str  # for messages and the README
+    model_types: tuple[str, ...]  # config.json's model_type values it loads
+    structured_prompt: bool  # chat content as [{"type": "image"}, {"type": "text"}]
+    decoder: str  # regex of the decoder layers' module names
+    decoder_targets: tuple[str, ...]  # LoRA's default linear layers there
+    vision_modules: tuple[str, ...]  # module-name prefixes of the image side
+    vision_lora: str  # regex of the image side's linear layers LoRA may wrap
+    # where the image-token positions are: config attribute of the image token's id
+    image_token_attr: str = "image_token_id"
+    processor_options: tuple[str, ...] = field(default=())  # image-size settings it takes
+    native: bool = False  # our own implementation, not transformers' classes
+
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family(
+            name="phi3v", title="Phi-3 / Phi-3.5-vision", model_types=("phi3_v",),
+            structured_prompt=False,
+            decoder=r"model\.layers\.\d+\.(self_attn|mlp)",
+            decoder_targets=("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
+            vision_modules=("model.vision_embed_tokens",),
+            vision_lora="",  # built from the config: only the CLIP layers that feed features
+            processor_options=("num_crops",), native=True,
+        ),
+        Family(
+            name="qwen2_5_vl", title="Qwen2.5-VL / Qwen3-VL",
+            model_types=("qwen2_5_vl", "qwen2_vl", "qwen3_vl"),
+            structured_prompt=True,
+            decoder=r"model\.language_model\.layers\.\d+\.(self_attn|mlp)",
+            decoder_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                             "down_proj"),
+            vision_modules=("model.visual",),
+            vision_lora=(r"model\.visual\.blocks\.\d+\.(attn\.(qkv|proj)|"
+                         r"mlp\.(gate_proj|up_proj|down_proj|linear_fc1|linear_fc2))"
+                         r"|model\.visual\.merger\.(mlp\.(0|2)|linear_fc1|linear_fc2)"),
+            processor_options=("min_pixels", "max_pixels"),
+        ),
+        Family(
+            name="smolvlm", title="SmolVLM / SmolVLM2 (Idefics3)",
+            model_types=("idefics3", "smolvlm"),
+            structured_prompt=True,
+            decoder=r"model\.text_model\.layers\.\d+\.(self_attn|mlp)",
+            decoder_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                             "down_proj"),
+            vision_modules=("model.vision_model", "model.connector"),
+            vision_lora=(r"model\.vision_model\.encoder\.layers\.\d+\."
+                         r"(self_attn\.(q_proj|k_proj|v_proj|out_proj)|mlp\.(fc1|fc2))"
+                         r"|model\.connector\.modality_projection\.proj"),
+            processor_options=("image_splitting", "longest_edge"),
+        ),
+    )
+}
+#: the names `--model-family` takes
+FAMILY_NAMES = tuple(FAMILIES)
+
+
+def family_for(model_type: str) -> Family:
+    """The family that loads checkpoints of ``model_type`` (config.json's), or a clear error.
+
+    >>> family_for("phi3_v").name
+    'phi3v'
+    """
+    for fam in FAMILIES.values():
+        if model_type in fam.model_types:
+            return fam
+    known = ", ".join(t for f in FAMILIES.values() for t in f.model_types)
+    raise ProductVLMError(
+        f"model_type {model_type!r} is not a family productvlm fine-tunes; it loads {known}"
+    )
+
+
+def family_of(obj: Any) -> Family:
+    """The family of a model, a config or a processor (by its class or ``model_type``).
+
+    >>> family_of(model).name  # doctest: +SKIP
+    'qwen2_5_vl'
+    """
+    config = getattr(obj, "config", obj)
+    model_type = getattr(config, "model_type", None)
+    if model_type:
+        return family_for(model_type)
+    name = type(obj).__name__
+    for prefix, fam in (("Phi3V", "phi3v"), ("Qwen", "qwen2_5_vl"), ("Idefics3", "smolvlm"),
+                        ("SmolVLM", "smolvlm")):
+        if name.startswith(prefix):
+            return FAMILIES[fam]
+    raise ProductVLMError(f"{name}: not a model, config or processor of a known family")
+
+
+def vision_param(fam: Family, name: str) -> bool:
+    """Whether parameter ``name`` belongs to the image side (a PEFT prefix is allowed)."""
+    return any(f"{m}." in name for m in fam.vision_modules)
+
+
+@cache
+def image_only_processor(cls: type) -> type:
+    """``cls`` without its video half, for installs without torchvision.
+
+    transformers' Qwen2.5-VL and SmolVLM2 processors carry a video processor that needs
+    torchvision, which does not install beside the CPU torch wheel. Photos never use it, so
+    the processor is built from its image processor and tokenizer alone; the class keeps its
+    name, so what it saves is the family's own Hub format.
+    """
+
+    def get_attributes(klass: type) -> list[str]:
+        return [a for a in cls.get_attributes() if a != "video_processor"]
+
+    body = {"get_attributes": classmethod(get_attributes), "__module__": cls.__module__,
+            "__qualname__": cls.__qualname__}
+    return type(cls.__name__, (cls,), body)
+
+
+def torchvision_available() -> bool:
+    from transformers.utils import is_torchvision_available
+
+    return bool(is_torchvision_available())
+
+
+__all__ = ["FAMILIES", "FAMILY_NAMES", "Family", "family_for", "family_of",
+           "image_only_processor", "torchvision_available", "vision_param"]

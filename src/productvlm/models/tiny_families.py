@@ -1,0 +1,153 @@
+"""Tiny random Qwen2.5-VL and SmolVLM (Idefics3) models, for tests and the CPU demo.
+
+Each is transformers' own class on a small config, with a tokenizer trained on the catalog's
+text that has the family's special tokens and a chat template written from the public model
+cards (Qwen2.5-VL-Instruct's ChatML with ``<|vision_start|><|image_pad|><|vision_end|>``;
+SmolVLM-Instruct's ``User:<image>...<end_of_utterance>`` turns), and the family's own
+processor. A folder it writes loads with ``AutoModelForImageTextToText`` and
+``AutoProcessor`` like a Hub checkpoint (given torchvision, which the processors' video half
+needs; productvlm loads them without it, see :func:`families.image_only_processor`).
+
+>>> folder = save_tiny_family("qwen2_5_vl", "runs/tiny-qwen", ["Medium Lola Bag"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from productvlm.models.tiny_tokenizer import TokenizerSpec, train_tiny_tokenizer
+
+QWEN_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content %}"
+    "<|vision_start|><|image_pad|><|vision_end|>{% elif 'text' in content %}"
+    "{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+QWEN = TokenizerSpec(
+    special=("<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>",
+             "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"),
+    bos=None, eos="<|im_end|>", pad="<|endoftext|>",
+    additional=("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                "<|image_pad|>", "<|video_pad|>"),
+    chat_template=QWEN_TEMPLATE,
+)
+
+SMOLVLM_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}"
+    "{% if message['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{ line['text'] }}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}"
+    "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+_GRID = tuple(f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7))
+SMOLVLM = TokenizerSpec(
+    special=("<unk>", "<|endoftext|>", "<|im_start|>", "<end_of_utterance>",
+             "<fake_token_around_image>", "<image>", "<global-img>", *_GRID),
+    bos=None, eos="<end_of_utterance>", pad="<|endoftext|>",
+    additional=("<|im_start|>", "<end_of_utterance>", "<fake_token_around_image>", "<image>",
+                "<global-img>", *_GRID),
+    chat_template=SMOLVLM_TEMPLATE,
+)
+SPECS = {"qwen2_5_vl": QWEN, "smolvlm": SMOLVLM}
+
+
+def tiny_tokenizer(family: str, texts: Iterable[str], vocab_size: int = 1024) -> Any:
+    """A small tokenizer of ``family`` trained on ``texts``."""
+    return train_tiny_tokenizer(texts, vocab_size, SPECS[family])
+
+
+def tiny_config(family: str, tokenizer: Any, *, hidden_size: int = 128, layers: int = 4,
+                vision_hidden: int = 64, vision_layers: int = 4, image_size: int = 112) -> Any:
+    """A small config of ``family`` whose special-token ids are ``tokenizer``'s."""
+    import transformers
+
+    ids = tokenizer.convert_tokens_to_ids
+    text = {"vocab_size": len(tokenizer), "hidden_size": hidden_size,
+            "intermediate_size": hidden_size * 2, "num_hidden_layers": layers,
+            "num_attention_heads": 4, "num_key_value_heads": 2,
+            "max_position_embeddings": 4096, "tie_word_embeddings": False,
+            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    if family == "qwen2_5_vl":
+        head = hidden_size // 4
+        return transformers.Qwen2_5_VLConfig(
+            text_config={**text, "rope_scaling": {"type": "mrope", "rope_type": "default",
+                                                  "mrope_section": [head // 8, head * 3 // 16,
+                                                                    head * 3 // 16]}},
+            vision_config={"depth": vision_layers, "hidden_size": vision_hidden,
+                           "intermediate_size": vision_hidden * 2, "num_heads": 4,
+                           "out_hidden_size": hidden_size, "patch_size": 14,
+                           "spatial_merge_size": 2, "temporal_patch_size": 2,
+                           "window_size": 56, "fullatt_block_indexes": [vision_layers - 1]},
+            image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+            vision_start_token_id=ids("<|vision_start|>"),
+            vision_end_token_id=ids("<|vision_end|>"), tie_word_embeddings=False,
+        )
+    if family == "smolvlm":
+        return transformers.Idefics3Config(
+            text_config={**text, "model_type": "llama", "head_dim": hidden_size // 4},
+            vision_config={"hidden_size": vision_hidden, "intermediate_size": vision_hidden * 2,
+                           "num_hidden_layers": vision_layers, "num_attention_heads": 4,
+                           "image_size": image_size, "patch_size": 14},
+            scale_factor=2, image_token_id=ids("<image>"), tie_word_embeddings=False,
+        )
+    raise ValueError(f"no tiny {family} model: use qwen2_5_vl or smolvlm")
+
+
+def tiny_processor(family: str, tokenizer: Any, config: Any) -> Any:
+    """The family's processor for ``config``'s image sizes."""
+    import transformers
+
+    from productvlm.models.families import image_only_processor
+
+    if family == "qwen2_5_vl":
+        unit = 28  # a patch of 14 px, merged 2 x 2: one token
+        images = transformers.Qwen2VLImageProcessorPil(min_pixels=unit * unit * 4,
+                                                       max_pixels=unit * unit * 16)
+        cls = image_only_processor(transformers.Qwen2_5_VLProcessor)
+        return cls(image_processor=images, tokenizer=tokenizer,
+                   chat_template=tokenizer.chat_template)
+    side = config.vision_config.image_size
+    images = transformers.Idefics3ImageProcessorPil(
+        size={"longest_edge": side * 2}, max_image_size={"longest_edge": side},
+        do_image_splitting=False)
+    grid = side // config.vision_config.patch_size
+    return transformers.Idefics3Processor(
+        image_processor=images, tokenizer=tokenizer, chat_template=tokenizer.chat_template,
+        image_seq_len=grid * grid // config.scale_factor ** 2)
+
+
+def tiny_model(config: Any, seed: int = 0) -> Any:
+    """A randomly initialised model of ``config``'s family (transformers' own class)."""
+    from transformers import AutoModelForImageTextToText
+
+    torch.manual_seed(seed)
+    return AutoModelForImageTextToText.from_config(config).eval()
+
+
+def save_tiny_family(family: str, folder: str | Path, texts: Iterable[str], *,
+                     vocab_size: int = 1024, seed: int = 0, **sizes: Any) -> Path:
+    """Write a tiny random ``family`` model with its tokenizer and processor to ``folder``.
+
+    ``sizes``: hidden_size, layers, vision_hidden, vision_layers, image_size.
+    """
+    folder = Path(folder)
+    tok = tiny_tokenizer(family, texts, vocab_size)
+    config = tiny_config(family, tok, **sizes)
+    model = tiny_model(config, seed)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(folder)
+    tiny_processor(family, tok, config).save_pretrained(folder)
+    return folder
+
+
+__all__ = ["QWEN", "SMOLVLM", "save_tiny_family", "tiny_config", "tiny_model",
+           "tiny_processor", "tiny_tokenizer"]
