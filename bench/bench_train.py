@@ -47,14 +47,14 @@ def bare_loop(data: Path, model_dir: Path, steps: int, batch: int, warmup: int) 
     from productvlm.models.phi3v import Phi3VForCausalLM
     from productvlm.models.phi3v.processing import Phi3VProcessor
     from productvlm.prepared import load_prepared
-    from productvlm.training.collate import Phi3VCollator
+    from productvlm.training.collate import VLMCollator
 
     torch.manual_seed(0)
     ds = load_prepared(data)["train"]
     model = Phi3VForCausalLM.from_pretrained(model_dir).train()
     processor = Phi3VProcessor.from_pretrained(model_dir, num_crops=1)
     loader = DataLoader(ds, batch_size=batch, shuffle=True, drop_last=True,
-                        collate_fn=Phi3VCollator(processor, max_length=256))
+                        collate_fn=VLMCollator(processor, max_length=256))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-4)
     done, t0 = 0, 0.0
     while done < steps + warmup:

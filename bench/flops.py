@@ -24,7 +24,7 @@ from typing import Any
 
 def lora_step_flops(config: Any, batch: dict[str, Any], lora_params: int,
                     count_padding: bool = False) -> float:
-    """FLOPs of forward + backward of ``batch`` (a Phi3VCollator output) as above.
+    """FLOPs of forward + backward of ``batch`` (a VLMCollator output) as above.
 
     Padding is not model work (MFU counts what the model needs); ``count_padding`` counts
     every row at the padded length, as a framework runs it (to check against its count).

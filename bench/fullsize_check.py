@@ -106,7 +106,7 @@ def phase_check(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     from productvlm.models.phi3v import Phi3VConfig
     from productvlm.models.phi3v.hub_layout import compare_layout, hub_tensor_shapes, read_layout
     from productvlm.prepared import load_prepared
-    from productvlm.training.collate import Phi3VCollator
+    from productvlm.training.collate import VLMCollator
 
     base, run = work / "base", work / f"run{args.crops[0]}"
     merged = run / "merged"
@@ -129,7 +129,7 @@ def phase_check(work: Path, args: argparse.Namespace) -> dict[str, Any]:
 
     processor = load_processor(run / "processor", num_crops=args.crops[0])
     row = load_prepared(work / "prepared")["train"][0]
-    batch = Phi3VCollator(processor, max_length=4096)([row])
+    batch = VLMCollator(processor, max_length=4096)([row])
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     inputs["pixel_values"] = inputs["pixel_values"].to(torch.bfloat16)
 

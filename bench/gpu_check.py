@@ -6,7 +6,7 @@ Usage: .venv/bin/python bench/gpu_check.py [--dry-run] [--hub DIR] [--work DIR]
 On a GPU (random weights, nothing downloaded): the 4.2B Phi-3-vision is built directly in bf16
 on the GPU and saved as a base folder; the sample catalog comes from `productvlm synth`. Then:
   1. LoRA steps through the training code path (load_model with the shipped LoRA config:
-     r=64 on the decoder, gradient checkpointing, frozen tower; Phi3VCollator batches) at
+     r=64 on the decoder, gradient checkpointing, frozen tower; VLMCollator batches) at
      num_crops 4 and 16, batch 2 (the config's) and 8, with SDPA and, where it is installed,
      flash-attention-2: peak GPU memory, samples/s and MFU;
   2. batch 8 against a loop of 8 batch-1 steps (num_crops 4);
@@ -157,7 +157,7 @@ def time_steps(model: Any, batches: list[dict], clock: Clock, warmup: int = 2,
 def lora_section(base: Path, rows: list, clock: Clock, device: torch.device,
                  peak: float | None, out: dict) -> None:
     from productvlm.models.loading import load_model, load_processor
-    from productvlm.training.collate import Phi3VCollator
+    from productvlm.training.collate import VLMCollator
 
     attns = ["sdpa"]
     if device.type == "cuda":
@@ -175,7 +175,7 @@ def lora_section(base: Path, rows: list, clock: Clock, device: torch.device,
         lora = sum(p.numel() for p in model.parameters() if p.requires_grad)
         for crops in (4, 16):
             processor = load_processor(base, num_crops=crops)
-            collate = Phi3VCollator(processor, cfg.target_format, cfg.question, cfg.max_length)
+            collate = VLMCollator(processor, cfg.target_format, cfg.question, cfg.max_length)
             for bs in (cfg.batch_size, 8):
                 batches = [collate(rows[i * bs:(i + 1) * bs]) for i in range(2)]
                 clock.reset()
@@ -193,7 +193,7 @@ def lora_section(base: Path, rows: list, clock: Clock, device: torch.device,
                       f"peak GPU memory {clock.peak_gb():.1f} GB{goal}", flush=True)
         if attn == "sdpa":  # batch 8 against a loop of batch-1 steps, on the same photos
             processor = load_processor(base, num_crops=4)
-            collate = Phi3VCollator(processor, cfg.target_format, cfg.question, cfg.max_length)
+            collate = VLMCollator(processor, cfg.target_format, cfg.question, cfg.max_length)
             one = [collate(rows[i:i + 1]) for i in range(8)]
             eight = [collate(rows[:8])]
             loop = time_steps(model, one, clock, warmup=2, steps=8) * 8
@@ -209,7 +209,7 @@ def qlora_section(base: Path, rows: list, clock: Clock, device: torch.device,
                   out: dict) -> None:
     from productvlm.errors import ProductVLMError
     from productvlm.models.loading import load_model, load_processor
-    from productvlm.training.collate import Phi3VCollator
+    from productvlm.training.collate import VLMCollator
 
     cfg = train_cfg("burberry-phi3v-qlora.yaml", base)
     clock.reset()
@@ -218,7 +218,7 @@ def qlora_section(base: Path, rows: list, clock: Clock, device: torch.device,
     except ProductVLMError as e:
         print(f"QLoRA step: not run: {e}")
         return
-    collate = Phi3VCollator(load_processor(base, num_crops=cfg.num_crops), cfg.target_format,
+    collate = VLMCollator(load_processor(base, num_crops=cfg.num_crops), cfg.target_format,
                             cfg.question, cfg.max_length)
     batches = [collate(rows[i:i + cfg.batch_size]) for i in range(2)]
     seconds = time_steps(model, batches, clock)

@@ -13,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from productvlm.models.loading import LoraSpec, load_model, load_processor
 from productvlm.models.phi3v.tiny import save_tiny_model, tiny_config
 from productvlm.models.tiny_tokenizer import train_tiny_tokenizer
-from productvlm.training.collate import Phi3VCollator
+from productvlm.training.collate import VLMCollator
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -35,7 +35,7 @@ def test_formula_counts_what_torch_counts(tmp_path: Path, num_crops: int) -> Non
     model = load_model(base, dtype="fp32", attn_implementation="eager",
                        lora=LoraSpec(r=8, alpha=16, dropout=0.0))
     lora = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    collate = Phi3VCollator(load_processor(base, num_crops=num_crops), max_length=1024)
+    collate = VLMCollator(load_processor(base, num_crops=num_crops), max_length=1024)
     rows = [{"title": "Lola Bag", "category": "BAGS", "price": 1290.0,
              "image": Image.new("RGB", size, "tan")} for size in ((300, 200), (120, 260))]
     batch = collate(rows)

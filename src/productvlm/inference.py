@@ -1,9 +1,10 @@
 """The one prediction path: photos -> answers -> parsed fields, with how far to trust them.
 evaluate, predict, serve and audit all call :class:`Predictor`.
 
-Generation is batched greedy decoding with left padding and the KV cache, stopping at
-``<|end|>`` (or EOS); answers are constrained to the target format by default
-(:mod:`productvlm.constrained`), so every answer parses. With a calibration (a run's
+Generation is batched greedy decoding with left padding and the KV cache, stopping at the
+answer's end token (``<|end|>`` for Phi-3, see ``prompts.answer_end``) or EOS; answers are
+constrained to the target format by default (:mod:`productvlm.constrained`), so every answer
+parses. With a calibration (a run's
 ``calibration/``), each answer also gets a price interval, its category's probability and a
 confidence (:mod:`productvlm.calibration`, measured by :mod:`productvlm.measure`); the answer
 text is the same with or without it.
@@ -29,10 +30,10 @@ from typing import Any
 from productvlm.calibration import Calibration, Signals, Uncertainty
 from productvlm.errors import ProductVLMError
 from productvlm.prompts import (
-    END,
     QUESTION,
     ParsedAnswer,
     TargetFormat,
+    answer_end,
     parse_answer,
     render_prompt,
 )
@@ -309,7 +310,8 @@ class Predictor:
         batch = self._inputs(self.processor(text=[prompt] * len(images),
                                             images=[[im] for im in images],
                                             return_tensors="pt", padding_side="left"))
-        end_id = tok.convert_tokens_to_ids(END)
+        end = answer_end(tok)
+        end_id = tok.convert_tokens_to_ids(end)
         stops = [i for i in (end_id, tok.eos_token_id) if i is not None and i != tok.unk_token_id]
         pad = tok.pad_token_id if tok.pad_token_id is not None else stops[-1]
         processors = LogitsProcessorList()
@@ -337,7 +339,7 @@ class Predictor:
                                           len(row))
         texts = tok.batch_decode(new, skip_special_tokens=False,
                                  clean_up_tokenization_spaces=False)
-        texts = [_cut(t, [END, tok.eos_token or END, tok.pad_token or END]) for t in texts]
+        texts = [_cut(t, [end, tok.eos_token or end, tok.pad_token or end]) for t in texts]
         if not measure:
             return texts, [None] * len(texts)
         if self._candidates is None or self._candidates.grid != list(grid):

@@ -25,7 +25,14 @@ import torch
 
 from productvlm.calibration import Signals
 from productvlm.models.scoring import score_continuations
-from productvlm.prompts import END, ProductFields, TargetFormat, format_answer, parse_answer
+from productvlm.prompts import (
+    ProductFields,
+    TargetFormat,
+    answer_end,
+    chat_parts,
+    format_answer,
+    parse_answer,
+)
 
 #: Candidate prices whose first PROBE_TOKENS tokens are already PRUNE_NATS below the best
 #: beginning (probability under e^-9, 1/8,000) are not followed further (see scoring.py).
@@ -84,12 +91,14 @@ class PriceCandidates:
 
     def __init__(self, tokenizer: Any, fmt: TargetFormat, grid: Sequence[float]) -> None:
         self.tokenizer, self.fmt, self.grid = tokenizer, fmt, list(grid)
-        self.end_id = tokenizer.convert_tokens_to_ids(END)
+        parts = chat_parts(tokenizer)
+        self.lead, self.end = parts.lead, parts.end
+        self.end_id = tokenizer.convert_tokens_to_ids(parts.end)
         self._tails: list[list[int]] | None = None  # per price: tokens after the prefix
         self._cut_tails: list[list[int]] | None = None  # ... through the decimal point
 
     def _encode(self, title: str, category: str, prices: Sequence[float]) -> list[list[int]]:
-        texts = [format_answer(ProductFields(title, category, p), self.fmt) + END
+        texts = [self.lead + format_answer(ProductFields(title, category, p), self.fmt) + self.end
                  for p in prices]
         return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
 
@@ -131,7 +140,7 @@ def measure_batch(model: Any, tokenizer: Any, prompt_ids: torch.Tensor,
     new = out.sequences[:, width:]
     lps = answer_logprobs(out.logits, new)
     signals = [Signals(features=None if features is None else features[b]) for b in range(rows)]
-    end_id = tokenizer.convert_tokens_to_ids(END)
+    end_id = tokenizer.convert_tokens_to_ids(answer_end(tokenizer))
     keep = torch.zeros(rows, out.cache.get_seq_length(), dtype=torch.bool,
                        device=prompt_mask.device)
     keep[:, :width] = prompt_mask.bool()

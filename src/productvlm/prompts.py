@@ -12,6 +12,7 @@ format here changes every stage at once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -22,7 +23,9 @@ TargetFormat = Literal["seed", "json"]
 
 QUESTION = "What is shown in this image?"
 IMAGE_TAG = "<|image_1|>"
-END = "<|end|>"
+END = "<|end|>"  # Phi-3's; a family's own is :func:`answer_end`
+#: every family's end-of-answer and end-of-text tokens, cut from an answer before parsing
+_ENDS = (END, "<|endoftext|>", "<|im_end|>", "<end_of_utterance>")
 
 _SEED_RE = re.compile(
     # greedy title: product titles may themselves contain commas
@@ -110,7 +113,7 @@ def format_answer(fields: ProductFields, fmt: TargetFormat = "seed") -> str:
 
 
 def _strip_end(text: str) -> str:
-    for stop in (END, "<|endoftext|>"):
+    for stop in _ENDS:
         cut = text.find(stop)
         if cut != -1:
             text = text[:cut]
@@ -174,29 +177,112 @@ def title_words(title: str) -> list[str]:
     return title.lower().split()
 
 
-def build_messages(question: str = QUESTION, answer: str | None = None) -> list[dict[str, str]]:
-    """Chat messages for one photo: the user turn holds the image tag and the question."""
+def build_messages(question: str = QUESTION, answer: str | None = None,
+                   structured: bool = False) -> list[dict[str, Any]]:
+    """Chat messages for one photo: the user turn holds the image and the question.
+
+    Phi-3's template takes the ``<|image_1|>`` tag in the text; ``structured`` writes the
+    content as parts (``{"type": "image"}``, ``{"type": "text"}``), as Qwen's and SmolVLM's
+    templates want.
+    """
+    if structured:
+        messages: list[dict[str, Any]] = [{"role": "user", "content": [
+            {"type": "image"}, {"type": "text", "text": question}]}]
+        if answer is not None:
+            messages.append({"role": "assistant",
+                             "content": [{"type": "text", "text": answer}]})
+        return messages
     messages = [{"role": "user", "content": f"{IMAGE_TAG}\n{question}"}]
     if answer is not None:
         messages.append({"role": "assistant", "content": answer})
     return messages
 
 
+def structured_chat(tokenizer: Any) -> bool:
+    """Whether ``tokenizer``'s chat template takes content parts (Qwen, SmolVLM) rather than
+    Phi-3's text with an image tag: what load_processor set from the family table, else
+    whether the template reads a part's ``'type'``."""
+    said = getattr(tokenizer, "structured_chat", None)
+    if said is not None:
+        return bool(said)
+    return "'type'" in str(getattr(tokenizer, "chat_template", None) or "")
+
+
 def render_prompt(tokenizer: Any, question: str = QUESTION) -> str:
-    """The prompt text up to and including ``<|assistant|>\\n``, via the chat template.
+    """The prompt text up to where the answer starts, via the chat template.
 
     >>> render_prompt(tok)  # doctest: +SKIP
     '<|user|>\\n<|image_1|>\\nWhat is shown in this image?<|end|>\\n<|assistant|>\\n'
     """
     return tokenizer.apply_chat_template(
-        build_messages(question), tokenize=False, add_generation_prompt=True
+        build_messages(question, structured=structured_chat(tokenizer)), tokenize=False,
+        add_generation_prompt=True
     )
 
 
+@dataclass(frozen=True)
+class ChatParts:
+    """What the chat template writes around an answer: ``lead`` between the prompt and the
+    answer (SmolVLM's space after "Assistant:"), ``end`` the special token that closes the
+    turn (``<|end|>``, ``<|im_end|>``, ``<end_of_utterance>``) and ``tail`` all it writes
+    after the answer, then EOS where the turn's end is not EOS."""
+
+    lead: str
+    end: str
+    tail: str
+
+
+_PROBE = "Product: X"
+
+
+def chat_parts(tokenizer: Any) -> ChatParts:
+    """Read :class:`ChatParts` off ``tokenizer``'s chat template (once per tokenizer).
+
+    >>> chat_parts(tok)  # doctest: +SKIP
+    ChatParts(lead='', end='<|end|>', tail='<|end|>\\n<|endoftext|>')
+    """
+    cached = getattr(tokenizer, "_productvlm_chat_parts", None)
+    if cached is not None:
+        return cached
+    structured = structured_chat(tokenizer)
+    prompt = render_prompt(tokenizer)
+    full = tokenizer.apply_chat_template(build_messages(QUESTION, _PROBE, structured),
+                                         tokenize=False)
+    at = full.find(_PROBE, len(prompt) if full.startswith(prompt) else 0)
+    if not full.startswith(prompt) or at == -1:
+        raise ValueError("the chat template does not write the answer after the generation "
+                         "prompt; productvlm cannot tell where an answer starts")
+    lead, after = full[len(prompt):at], full[at + len(_PROBE):]
+    specials = sorted(set(getattr(tokenizer, "all_special_tokens", [])) |
+                      {str(t) for t in getattr(tokenizer, "added_tokens_decoder", {}).values()},
+                      key=len, reverse=True)
+    end = next((t for t in specials if after.lstrip().startswith(t)), None)
+    if end is None:
+        raise ValueError(f"the chat template closes an answer with {after!r}, which does not "
+                         "start with a special token")
+    eos = getattr(tokenizer, "eos_token", None)
+    tail = after if not eos or eos in after else after + eos
+    parts = ChatParts(lead, end, tail)
+    # a tokenizer that takes no new attributes recomputes it each time
+    with contextlib.suppress(AttributeError):
+        tokenizer._productvlm_chat_parts = parts
+    return parts
+
+
+def answer_end(tokenizer: Any) -> str:
+    """The special token that ends an answer: generation stops there.
+
+    >>> answer_end(tok)  # doctest: +SKIP
+    '<|end|>'
+    """
+    return chat_parts(tokenizer).end
+
+
 def render_target(answer: str, tokenizer: Any) -> str:
-    """The text the model is trained to produce after the prompt: answer, ``<|end|>``, EOS.
+    """The text the model is trained to produce after the prompt: the template's lead, the
+    answer, the turn's end and EOS (``answer<|end|>\\n<|endoftext|>`` for Phi-3).
 
     Training on the end tokens is what makes a fine-tuned model stop talking.
     """
-    eos = getattr(tokenizer, "eos_token", None) or "<|endoftext|>"
-    return f"{answer}{END}\n{eos}"
+    parts = chat_parts(tokenizer)
+    return f"{parts.lead}{answer}{parts.tail}"

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from productvlm.errors import ProductVLMError
-from productvlm.training.collate import IGNORE_INDEX, Phi3VCollator, row_to_example
+from productvlm.training.collate import IGNORE_INDEX, VLMCollator, row_to_example
 
 ROWS = [
     {"title": "Medium Lola Bag", "category": "BAGS", "price": 2290.0,
@@ -22,7 +22,7 @@ ROWS = [
 
 def test_labels_are_exactly_the_answer_and_its_end_tokens(tiny_processor) -> None:
     tok = tiny_processor.tokenizer
-    batch = Phi3VCollator(tiny_processor)(ROWS)
+    batch = VLMCollator(tiny_processor)(ROWS)
     assert batch["pixel_values"].shape[:2] == (3, 3)  # 3 images x (num_crops 2 + 1)
     assert batch["image_sizes"].shape == (3, 2)
     for i, row in enumerate(ROWS):
@@ -43,7 +43,7 @@ def test_labels_are_exactly_the_answer_and_its_end_tokens(tiny_processor) -> Non
 
 
 def test_batch_of_one_matches_row_in_batch(tiny_processor) -> None:
-    collate = Phi3VCollator(tiny_processor)
+    collate = VLMCollator(tiny_processor)
     whole = collate(ROWS)
     single = collate([ROWS[1]])
     n = int(single["attention_mask"][0].sum())
@@ -58,13 +58,13 @@ def test_json_target_format(tiny_processor) -> None:
 
 
 def test_max_length_truncates_answer_not_prompt(tiny_processor) -> None:
-    full = Phi3VCollator(tiny_processor)([ROWS[0]])
+    full = VLMCollator(tiny_processor)([ROWS[0]])
     n = int(full["attention_mask"][0].sum())
-    cut = Phi3VCollator(tiny_processor, max_length=n - 3)([ROWS[0]])
+    cut = VLMCollator(tiny_processor, max_length=n - 3)([ROWS[0]])
     assert cut["input_ids"].shape[1] == n - 3
     assert torch.equal(cut["input_ids"][0], full["input_ids"][0, : n - 3])
     with pytest.raises(ProductVLMError, match="max_length"):
-        Phi3VCollator(tiny_processor, max_length=20)([ROWS[0]])
+        VLMCollator(tiny_processor, max_length=20)([ROWS[0]])
 
 
 def test_hflip_mirrors_only_marked_rows(tiny_processor) -> None:
@@ -75,9 +75,9 @@ def test_hflip_mirrors_only_marked_rows(tiny_processor) -> None:
     half = Image.new("RGB", (224, 224), "white")
     half.paste(Image.new("RGB", (112, 224), "black"))  # left half black: a flip shows
     row = {"title": "Medium Lola Bag", "category": "BAGS", "price": 2290.0, "image": half}
-    plain = Phi3VCollator(tiny_processor)([row])["pixel_values"]
-    mirrored = Phi3VCollator(tiny_processor)([{**row, "image": ImageOps.mirror(half)}])
-    flip_all = Phi3VCollator(tiny_processor, hflip=1.0)
+    plain = VLMCollator(tiny_processor)([row])["pixel_values"]
+    mirrored = VLMCollator(tiny_processor)([{**row, "image": ImageOps.mirror(half)}])
+    flip_all = VLMCollator(tiny_processor, hflip=1.0)
     assert torch.equal(flip_all([row])["pixel_values"], plain)  # evaluation rows: untouched
     out = flip_all([{**row, AUGMENT: True}])["pixel_values"]
     assert torch.equal(out, mirrored["pixel_values"]) and not torch.equal(out, plain)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from productvlm.constrained.template import Free
-from productvlm.prompts import END
+from productvlm.prompts import answer_end
 
 
 class TokenVocab:
@@ -51,7 +51,7 @@ class TokenVocab:
             ok = t not in special and text.startswith(head) and len(text) > len(head)
             surf = text[len(head):] if ok else None
             surfaces.append(None if surf is None or "\ufffd" in surf else surf)
-        end_id = tokenizer.convert_tokens_to_ids(END)
+        end_id = tokenizer.convert_tokens_to_ids(answer_end(tokenizer))
         if end_id is None or end_id == tokenizer.unk_token_id:
             end_id = tokenizer.eos_token_id
         stops = {end_id, tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}

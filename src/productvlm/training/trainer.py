@@ -95,7 +95,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         InterruptCallback,
         ThroughputCallback,
     )
-    from productvlm.training.collate import AUGMENT, Phi3VCollator
+    from productvlm.training.collate import AUGMENT, VLMCollator
     from productvlm.training.vision_warmup import warm_up_vision
 
     run = RunDir(cfg.out)
@@ -132,7 +132,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         with interrupt.installed():
             warm_up_vision(model, processor, ds["train"], ds["validation"], cfg,
                            resume=cfg.resume, should_stop=lambda: interrupt.fired)
-    collator = Phi3VCollator(processor, cfg.target_format, cfg.question, cfg.max_length,
+    collator = VLMCollator(processor, cfg.target_format, cfg.question, cfg.max_length,
                              hflip=cfg.hflip, shift=cfg.shift)
 
     args = _training_arguments(
