@@ -1,12 +1,15 @@
-"""Load Phi-3-vision (+ LoRA / QLoRA) and its processor from a Hub id or a folder.
+"""Load a model of any family (+ LoRA / QLoRA) and its processor from a Hub id or a folder.
 
 The one owner of three decisions every command shares: which device and dtype a model runs
 in (:func:`pick_device`, :func:`pick_dtype`: CUDA with bf16 where it exists, else fp32 on the
 CPU, unless a precision is asked for), and how an adapter meets its base (loaded on it and
 merged, unless training goes on).
 
-A folder is either a full model (config.json with model_type ``phi3_v``, safetensors) or a
-PEFT adapter (adapter_config.json naming its base model); both load the same way:
+A folder is either a full model (config.json whose model_type is one of a family's in
+:mod:`productvlm.models.families`: ``phi3_v``, ``qwen2_5_vl``, ``qwen3_vl``, ``idefics3``,
+``smolvlm``, ...) or a PEFT adapter (adapter_config.json naming its base model); both load
+the same way. Phi-3-vision loads with our native classes, the others with transformers' own
+(``AutoModelForImageTextToText``, the family's processor):
 
 >>> model = load_model("microsoft/Phi-3-vision-128k-instruct", dtype="bf16",
 ...     lora=LoraSpec(r=64, alpha=128), gradient_checkpointing=True)  # doctest: +SKIP
@@ -27,12 +30,13 @@ from typing import Any
 import torch
 
 from productvlm.errors import ProductVLMError
-from productvlm.models.phi3v import Phi3VConfig, Phi3VForCausalLM, Phi3VProcessor
+from productvlm.models.families import FAMILIES, Family, family_for, family_of, vision_param
+from productvlm.models.phi3v import Phi3VForCausalLM, Phi3VProcessor
 from productvlm.rundir import is_hub_id
 
-DECODER_TARGETS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
-#: Parameter-name prefix of the image side (CLIP tower, separators, projection): what the
-#: vision warm-up trains and what ``vision_lr`` applies to.
+DECODER_TARGETS = FAMILIES["phi3v"].decoder_targets
+#: Parameter-name prefix of Phi-3-vision's image side (CLIP tower, separators, projection):
+#: what its vision warm-up trains. Other families: ``families.vision_param``.
 VISION_PARAMS = "vision_embed_tokens."
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
@@ -86,24 +90,28 @@ class LoraSpec:
     r: int = 64
     alpha: int = 128
     dropout: float = 0.05
-    targets: tuple[str, ...] = DECODER_TARGETS
+    targets: tuple[str, ...] | None = None  # None: the family's decoder_targets
     vision: bool = False
 
 
-def lora_target_regex(config: Phi3VConfig, spec: LoraSpec) -> str:
+def lora_target_regex(config: Any, spec: LoraSpec) -> str:
     """The module names LoRA wraps, as one regex (PEFT matches it against full names).
 
     >>> lora_target_regex(tiny_config(), LoraSpec(targets=("qkv_proj",)))  # doctest: +SKIP
     'model\\\\.layers\\\\.\\\\d+\\\\.(self_attn|mlp)\\\\.(qkv_proj)'
     """
-    unknown = set(spec.targets) - set(DECODER_TARGETS)
+    fam = family_of(config)
+    targets = spec.targets or fam.decoder_targets
+    unknown = set(targets) - set(fam.decoder_targets)
     if unknown:
         raise ProductVLMError(
-            f"LoRA targets {sorted(unknown)} are not Phi-3 decoder layers; "
-            f"choose from {', '.join(DECODER_TARGETS)}"
+            f"LoRA targets {sorted(unknown)} are not {fam.title} decoder layers; "
+            f"choose from {', '.join(fam.decoder_targets)}"
         )
-    parts = [rf"model\.layers\.\d+\.(self_attn|mlp)\.({'|'.join(spec.targets)})"]
-    if spec.vision:
+    parts = [rf"{fam.decoder}\.({'|'.join(targets)})"]
+    if spec.vision and not fam.native:
+        parts.append(fam.vision_lora)
+    elif spec.vision:
         # only the CLIP layers that feed the features (up to feature_layer) ever get gradients
         depth, layer = config.vision_config.num_hidden_layers, config.feature_layer
         used = layer if layer >= 0 else depth + 1 + layer
@@ -127,22 +135,21 @@ def _check_source(name_or_path: str | os.PathLike) -> tuple[str, dict | None]:
         config = path / "config.json"
         if not config.is_file():
             raise ProductVLMError(
-                f"{path}: no config.json or adapter_config.json; point at a Phi-3-vision model "
-                "folder, a LoRA adapter folder or a Hub id"
+                f"{path}: no config.json or adapter_config.json; point at a model folder "
+                "(Phi-3-vision, Qwen2.5-VL, SmolVLM), a LoRA adapter folder or a Hub id"
             )
         model_type = json.loads(config.read_text()).get("model_type")
-        if model_type != "phi3_v":
-            raise ProductVLMError(
-                f"{config}: model_type is {model_type!r}, not 'phi3_v'; productvlm loads "
-                "Phi-3-vision / Phi-3.5-vision checkpoints only"
-            )
+        try:
+            family_for(str(model_type))
+        except ProductVLMError as e:
+            raise ProductVLMError(f"{config}: {e}") from None
         return str(path), None
     if path.exists() or not is_hub_id(name):
         raise ProductVLMError(f"model folder {name} does not exist (and is not a Hub id)")
     return name, None
 
 
-def _hub_config(name: str) -> Phi3VConfig:
+def _hub_config(name: str) -> Any:
     from transformers import AutoConfig
 
     try:
@@ -151,12 +158,26 @@ def _hub_config(name: str) -> Phi3VConfig:
         raise ProductVLMError(
             f"{name}: no such folder, and loading it as a Hub id failed: {err}"
         ) from err
-    if not isinstance(config, Phi3VConfig):
-        raise ProductVLMError(
-            f"{name}: model_type is {config.model_type!r}, not 'phi3_v'; productvlm loads "
-            "Phi-3-vision / Phi-3.5-vision checkpoints only"
-        )
+    try:
+        family_for(config.model_type)
+    except ProductVLMError as e:
+        raise ProductVLMError(f"{name}: {e}") from None
     return config
+
+
+def model_family(name_or_path: str | os.PathLike) -> Family:
+    """The family of a model folder, an adapter folder (its base's) or a Hub id.
+
+    >>> model_family("HuggingFaceTB/SmolVLM-256M-Instruct").name  # doctest: +SKIP
+    'smolvlm'
+    """
+    source, adapter = _check_source(name_or_path)
+    if adapter is not None:
+        source, _ = _check_source(adapter.get("base_model_name_or_path") or "")
+    config = Path(source) / "config.json"
+    if config.is_file():
+        return family_for(str(json.loads(config.read_text()).get("model_type")))
+    return family_for(_hub_config(source).model_type)
 
 
 def load_model(
@@ -172,10 +193,11 @@ def load_model(
     device_map: Any = None,
     cfg: Any = None,
 ) -> torch.nn.Module:
-    """Phi3VForCausalLM from a Hub id, a model folder or an adapter folder, ready to train.
+    """A model of any family from a Hub id, a model folder or an adapter folder, ready to
+    train: Phi3VForCausalLM (ours) or transformers' own class for the others.
 
     ``lora`` wraps it with PEFT (trainable adapters only); ``load_in_4bit`` is QLoRA (CUDA and
-    bitsandbytes). ``freeze_vision`` freezes the CLIP tower for full fine-tuning. An adapter
+    bitsandbytes). ``freeze_vision`` freezes the image side for full fine-tuning. An adapter
     (an adapter folder as ``name_or_path`` on the base it names, or ``adapter`` on
     ``name_or_path``) is merged, unless ``lora`` asks to train it further. ``cfg`` (a
     TrainConfig: mode, precision, lora_*, freeze_vision, gradient_checkpointing,
@@ -210,17 +232,21 @@ def load_model(
         base, nested = _check_source(base)
         if nested is not None:
             raise ProductVLMError(f"{source}: its base model {base} is itself an adapter")
-    if not Path(base).is_dir():
-        _hub_config(base)
+    fam = model_family(base)
 
     kwargs: dict[str, Any] = {"dtype": pick_dtype(dtype),
                               "attn_implementation": attn_implementation}
     if device_map is not None:
         kwargs["device_map"] = device_map
     if load_in_4bit:
-        kwargs.update(_quantization(kwargs["dtype"]))
+        kwargs.update(_quantization(kwargs["dtype"], fam))
     try:
-        model = Phi3VForCausalLM.from_pretrained(base, **kwargs)
+        if fam.native:
+            model = Phi3VForCausalLM.from_pretrained(base, **kwargs)
+        else:
+            from transformers import AutoModelForImageTextToText
+
+            model = AutoModelForImageTextToText.from_pretrained(base, **kwargs)
     except ImportError as err:  # e.g. flash_attention_2 requested but not installed
         raise ProductVLMError(f"cannot load {base} with {attn_implementation}: {err}") from err
     except OSError as err:
@@ -233,7 +259,9 @@ def load_model(
         if lora is None:
             return merge_adapter(model).eval()
     if freeze_vision:
-        model.vision_tower.requires_grad_(False)
+        for name, param in model.named_parameters():
+            if vision_param(fam, name):
+                param.requires_grad_(False)
     if gradient_checkpointing:
         model.config.use_cache = False
         if load_in_4bit:
@@ -271,7 +299,10 @@ def save_merged(model: Any, processor: Any, out: str | os.PathLike,
                 base: str | os.PathLike) -> torch.nn.Module:
     """Write ``out`` as a drop-in for the base model; returns the merged model.
 
-    A PEFT model is merged first (``merge_adapter``, in place). The weights are saved under
+    A PEFT model is merged first (``merge_adapter``, in place). A transformers family
+    (Qwen2.5-VL, SmolVLM) is saved by its own ``save_pretrained`` with its processor: it
+    reloads with ``AutoModelForImageTextToText`` and ``AutoProcessor``. For Phi-3-vision
+    the weights are saved under
     the Hub checkpoint's names and shards, with the decoder embedding's second copy
     (``model.vision_embed_tokens.wte.weight``) that the reference code saves, then the
     processor, then the base model's remote code and ``auto_map`` entries (see
@@ -283,6 +314,10 @@ def save_merged(model: Any, processor: Any, out: str | os.PathLike,
     from productvlm.models.remote_code import carry_remote_code
 
     merged = merge_adapter(model) if hasattr(model, "merge_and_unload") else model
+    if not family_of(merged).native:
+        merged.save_pretrained(out, max_shard_size=HUB_SHARD_SIZE)
+        processor.save_pretrained(out)
+        return merged
     state = merged.state_dict()
     # a copy: safetensors refuses aliased tensors (the reference shares the module instead)
     state[WTE_COPY] = state["model.embed_tokens.weight"].clone()
@@ -293,7 +328,7 @@ def save_merged(model: Any, processor: Any, out: str | os.PathLike,
     return merged
 
 
-def _quantization(compute_dtype: torch.dtype) -> dict[str, Any]:
+def _quantization(compute_dtype: torch.dtype, fam: Family) -> dict[str, Any]:
     """from_pretrained kwargs for QLoRA (4-bit NF4), or a clear error where it cannot run."""
     if not torch.cuda.is_available():
         raise ProductVLMError("QLoRA (load_in_4bit / mode qlora) needs a CUDA GPU; use mode lora")
@@ -311,17 +346,39 @@ def _quantization(compute_dtype: torch.dtype) -> dict[str, Any]:
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=compute_dtype if compute_dtype != torch.float32 else torch.bfloat16,
         # the vision tower and the output layer stay in 16 bits, as is usual for VLM QLoRA
-        llm_int8_skip_modules=["vision_embed_tokens", "lm_head"],
+        llm_int8_skip_modules=[m.rsplit(".", 1)[-1] for m in fam.vision_modules] + ["lm_head"],
     )
     return {"quantization_config": quant, "device_map": {"": int(os.environ.get("LOCAL_RANK", 0))}}
 
 
-def load_processor(name_or_path: str | os.PathLike, num_crops: int | None = None) -> Phi3VProcessor:
-    """Phi3VProcessor from a Hub id, a model, adapter or processor folder.
+@dataclass(frozen=True)
+class ImageOptions:
+    """A family's image-size settings (None: the checkpoint's own). Each family reads its
+    own and ignores the others': Phi-3-vision ``num_crops`` (336-px crops per image), Qwen
+    ``min_pixels`` / ``max_pixels`` (the resized photo's area, hence its token count),
+    SmolVLM ``image_splitting`` (tiles of the photo besides the whole) and ``longest_edge``
+    (the photo's longest side after resizing)."""
+
+    num_crops: int | None = None
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    image_splitting: bool | None = None
+    longest_edge: int | None = None
+
+
+def load_processor(name_or_path: str | os.PathLike, num_crops: int | None = None,
+                   options: ImageOptions | None = None) -> Any:
+    """The family's processor from a Hub id, a model, adapter or processor folder.
 
     An adapter folder's own tokenizer files win (a run saves them beside the adapter);
-    otherwise its base model's are used. ``num_crops`` overrides preprocessor_config.json.
+    otherwise its base model's are used. ``num_crops`` / ``options`` override the saved
+    image-size settings.
+
+    >>> opts = ImageOptions(max_pixels=448 * 448)
+    >>> load_processor("runs/demo/train", options=opts)  # doctest: +SKIP
     """
+    options = options or ImageOptions()
+    num_crops = num_crops or options.num_crops
     if (Path(name_or_path) / "tokenizer.json").is_file():  # a processor folder of its own
         source, adapter = str(name_or_path), None
     else:
@@ -333,12 +390,69 @@ def load_processor(name_or_path: str | os.PathLike, num_crops: int | None = None
             f"{source}: no tokenizer.json; save the processor there (processor.save_pretrained) "
             "or point at the base model"
         )
+    cls_name = _processor_class(source)
     try:
-        return Phi3VProcessor.from_pretrained(source, num_crops=num_crops)
+        if cls_name == Phi3VProcessor.__name__:
+            return Phi3VProcessor.from_pretrained(source, num_crops=num_crops)
+        import transformers
+
+        from productvlm.models.families import image_only_processor, torchvision_available
+
+        cls = getattr(transformers, cls_name)
+        if not torchvision_available():
+            cls = image_only_processor(cls)
+        processor = cls.from_pretrained(source)
     except OSError as err:
         raise ProductVLMError(f"cannot load the processor of {source}: {err}") from err
+    _apply_image_options(processor.image_processor, options)
+    processor.tokenizer.structured_chat = family_of(processor).structured_prompt
+    return processor
 
 
-__all__ = ["DECODER_TARGETS", "PRECISIONS", "VISION_PARAMS", "LoraSpec", "load_model",
-           "load_processor", "lora_target_regex", "merge_adapter", "mixed_precision", "pick_device",
-           "pick_dtype", "save_merged"]
+def _processor_class(source: str) -> str:
+    """The processor class a folder names, else the one its (or a Hub id's) model type uses."""
+    for name in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
+        file = Path(source) / name
+        if file.is_file():
+            named = json.loads(file.read_text()).get("processor_class")
+            if named:
+                return str(named)
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
+    config = Path(source) / "config.json"
+    model_type = (json.loads(config.read_text()).get("model_type") if config.is_file()
+                  else _hub_config(source).model_type)
+    if model_type == "phi3_v":
+        return Phi3VProcessor.__name__
+    found = PROCESSOR_MAPPING_NAMES.get(model_type)
+    if not found:
+        raise ProductVLMError(f"{source}: no processor is known for model_type {model_type!r}")
+    return str(found)
+
+
+def _apply_image_options(images: Any, options: ImageOptions) -> None:
+    """Set a transformers image processor's size settings (Qwen's pixels, SmolVLM's tiles)."""
+    size = dict(getattr(images, "size", None) or {})
+    if options.min_pixels is not None or options.max_pixels is not None:
+        if "shortest_edge" not in size:
+            raise ProductVLMError("min_pixels / max_pixels are Qwen-VL settings; this model's "
+                                  "processor does not take them")
+        for key, value in (("shortest_edge", options.min_pixels),
+                           ("longest_edge", options.max_pixels)):
+            if value is not None:
+                size[key] = value
+        images.min_pixels, images.max_pixels = size["shortest_edge"], size["longest_edge"]
+        images.size = size
+    if options.image_splitting is not None or options.longest_edge is not None:
+        if not hasattr(images, "do_image_splitting"):
+            raise ProductVLMError("image_splitting / longest_edge are SmolVLM settings; this "
+                                  "model's processor does not take them")
+        if options.image_splitting is not None:
+            images.do_image_splitting = options.image_splitting
+        if options.longest_edge is not None:
+            images.size = {**size, "longest_edge": options.longest_edge}
+
+
+__all__ = ["DECODER_TARGETS", "PRECISIONS", "VISION_PARAMS", "ImageOptions", "LoraSpec",
+           "load_model", "load_processor", "lora_target_regex", "merge_adapter",
+           "mixed_precision", "model_family", "pick_device", "pick_dtype", "save_merged"]

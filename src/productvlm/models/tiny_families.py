@@ -74,7 +74,8 @@ def tiny_config(family: str, tokenizer: Any, *, hidden_size: int = 128, layers: 
             "intermediate_size": hidden_size * 2, "num_hidden_layers": layers,
             "num_attention_heads": 4, "num_key_value_heads": 2,
             "max_position_embeddings": 4096, "tie_word_embeddings": False,
-            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": ids("<|endoftext|>")}
     if family == "qwen2_5_vl":
         head = hidden_size // 4
         return transformers.Qwen2_5_VLConfig(
@@ -89,6 +90,8 @@ def tiny_config(family: str, tokenizer: Any, *, hidden_size: int = 128, layers: 
             image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
             vision_start_token_id=ids("<|vision_start|>"),
             vision_end_token_id=ids("<|vision_end|>"), tie_word_embeddings=False,
+            bos_token_id=ids("<|endoftext|>"), eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
         )
     if family == "smolvlm":
         return transformers.Idefics3Config(
