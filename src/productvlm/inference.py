@@ -282,9 +282,10 @@ class Predictor:
             chunk = images[start:start + self.batch_size]
             batch = self._inputs(self.processor(text=[prompt] * len(chunk),
                                                 images=[[im] for im in chunk],
-                                                return_tensors="pt", padding_side="left"))
-            with ImageFeatures(self.model) as feats, torch.inference_mode():
-                feats.module(batch["pixel_values"], batch["image_sizes"])
+                                                return_tensors="pt", padding=True,
+                                                padding_side="left"))
+            with ImageFeatures(self.model, batch["input_ids"]) as feats, torch.inference_mode():
+                feats.run(batch)
             out.append(feats.pooled)
         return np.concatenate(out) if out else np.zeros((0, 0))
 
@@ -309,7 +310,8 @@ class Predictor:
         prompt = render_prompt(tok, self.question)
         batch = self._inputs(self.processor(text=[prompt] * len(images),
                                             images=[[im] for im in images],
-                                            return_tensors="pt", padding_side="left"))
+                                            return_tensors="pt", padding=True,
+                                            padding_side="left"))
         end = answer_end(tok)
         end_id = tok.convert_tokens_to_ids(end)
         stops = [i for i in (end_id, tok.eos_token_id) if i is not None and i != tok.unk_token_id]
@@ -327,7 +329,8 @@ class Predictor:
                                   output_logits=measure)
         from productvlm.measure import ImageFeatures, PriceCandidates, measure_batch
 
-        feats = ImageFeatures(self.model) if measure else contextlib.nullcontext()
+        feats = (ImageFeatures(self.model, batch["input_ids"]) if measure
+                 else contextlib.nullcontext())
         with feats, torch.inference_mode():
             out = self.model.generate(**batch, generation_config=config,
                                       logits_processor=processors)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from productvlm.calibration import Signals
+from productvlm.models.families import family_of, text_model
 from productvlm.models.scoring import score_continuations
 from productvlm.prompts import (
     ProductFields,
@@ -41,17 +42,30 @@ PROBE_TOKENS = 3
 
 
 class ImageFeatures:
-    """Catches the pooled image features of a forward pass (a hook on the image side).
+    """Catches the pooled image features of a forward pass: the mean of the image tokens the
+    decoder reads for each photo.
 
-    >>> with ImageFeatures(model) as feats:  # doctest: +SKIP
+    Phi-3-vision: a hook on its image side (``vision_embed_tokens``), whose output is the
+    tokens of each image. The transformers families: a hook on the decoder's input, the
+    embeddings with the image features already in place, read at the image-token positions
+    of ``input_ids``.
+
+    >>> with ImageFeatures(model, batch["input_ids"]) as feats:  # doctest: +SKIP
     ...     model.generate(**batch)
     >>> feats.pooled.shape  # doctest: +SKIP
     (16, 3072)
     """
 
-    def __init__(self, model: Any) -> None:
-        self.module = next(m for name, m in model.named_modules()
-                           if name.endswith("vision_embed_tokens"))
+    def __init__(self, model: Any, input_ids: torch.Tensor | None = None) -> None:
+        self.model = _base(model)
+        self.native = family_of(self.model).native
+        if self.native:
+            self.module = self.model.get_submodule("model.vision_embed_tokens")
+        else:
+            if input_ids is None:
+                raise ValueError("ImageFeatures needs the batch's input_ids for this family")
+            self.module = text_model(self.model)
+            self.image_mask = input_ids == self.model.config.image_token_id
         self.pooled: np.ndarray | None = None
         self._handle: Any = None
 
@@ -59,8 +73,27 @@ class ImageFeatures:
         if self.pooled is None:  # the first pass (the prompt); later steps have no images
             self.pooled = torch.stack([t.float().mean(0) for t in output]).cpu().numpy()
 
+    def _pre_hook(self, module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+        embeds = kwargs.get("inputs_embeds")
+        if self.pooled is not None or embeds is None or embeds.shape[1] != self.image_mask.shape[1]:
+            return  # not the prompt's pass
+        mask = self.image_mask.to(embeds.device)[..., None].float()
+        pooled = (embeds.float() * mask).sum(1) / mask.sum(1).clamp(min=1)
+        self.pooled = pooled.cpu().numpy()
+
+    def run(self, batch: dict[str, Any]) -> None:
+        """The image side alone (Phi-3), or one forward of the prompt (the others)."""
+        if self.native:
+            self.module(batch["pixel_values"], batch["image_sizes"])
+        else:
+            self.model.model(**batch)
+
     def __enter__(self) -> ImageFeatures:
-        self._handle = self.module.register_forward_hook(self._hook)
+        if self.native:
+            self._handle = self.module.register_forward_hook(self._hook)
+        else:
+            self._handle = self.module.register_forward_pre_hook(self._pre_hook,
+                                                                 with_kwargs=True)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -244,6 +244,8 @@ def chat_parts(tokenizer: Any) -> ChatParts:
     cached = getattr(tokenizer, "_productvlm_chat_parts", None)
     if cached is not None:
         return cached
+    if not getattr(tokenizer, "chat_template", None):
+        return _phi3_parts(tokenizer)  # a bare tokenizer (tests, tools): Phi-3's conventions
     structured = structured_chat(tokenizer)
     prompt = render_prompt(tokenizer)
     full = tokenizer.apply_chat_template(build_messages(QUESTION, _PROBE, structured),
@@ -267,6 +269,14 @@ def chat_parts(tokenizer: Any) -> ChatParts:
     with contextlib.suppress(AttributeError):
         tokenizer._productvlm_chat_parts = parts
     return parts
+
+
+def _phi3_parts(tokenizer: Any) -> ChatParts:
+    eos = getattr(tokenizer, "eos_token", None) or "<|endoftext|>"
+    convert = getattr(tokenizer, "convert_tokens_to_ids", None)
+    known = convert(END) if callable(convert) else None
+    end = END if known is not None and known != getattr(tokenizer, "unk_token_id", None) else eos
+    return ChatParts("", end, f"{END}\n{eos}")
 
 
 def answer_end(tokenizer: Any) -> str:

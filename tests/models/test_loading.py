@@ -124,9 +124,10 @@ def test_bad_sources_are_clear_errors(folder, tmp_path) -> None:
     with pytest.raises(ProductVLMError, match="no config.json"):
         load_model(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    with pytest.raises(ProductVLMError, match="'llama', not 'phi3_v'"):
+    with pytest.raises(ProductVLMError,
+                       match="model_type .llama. is not a family productvlm fine-tunes"):
         load_model(tmp_path)
-    with pytest.raises(ProductVLMError, match="not Phi-3 decoder layers"):
+    with pytest.raises(ProductVLMError, match="not Phi-3 / Phi-3.5-vision decoder layers"):
         load_model(folder, lora=LoraSpec(targets=("q_proj",)))
     bare = tmp_path / "weights-only"
     bare.mkdir()

@@ -39,7 +39,10 @@ class Family:
     decoder: str  # regex of the decoder layers' module names
     decoder_targets: tuple[str, ...]  # LoRA's default linear layers there
     vision_modules: tuple[str, ...]  # module-name prefixes of the image side
+    tower: tuple[str, ...]  # ... of its encoder alone, what freeze_vision freezes (the
+    # projection into the decoder stays trainable)
     vision_lora: str  # regex of the image side's linear layers LoRA may wrap
+    text_model: str  # the decoder (embeddings to last hidden state), from the top model
     # where the image-token positions are: config attribute of the image token's id
     image_token_attr: str = "image_token_id"
     processor_options: tuple[str, ...] = field(default=())  # image-size settings it takes
@@ -55,7 +58,9 @@ FAMILIES: dict[str, Family] = {
             decoder=r"model\.layers\.\d+\.(self_attn|mlp)",
             decoder_targets=("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
             vision_modules=("model.vision_embed_tokens",),
+            tower=("model.vision_embed_tokens.img_processor",),
             vision_lora="",  # built from the config: only the CLIP layers that feed features
+            text_model="model",
             processor_options=("num_crops",), native=True,
         ),
         Family(
@@ -66,9 +71,11 @@ FAMILIES: dict[str, Family] = {
             decoder_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                              "down_proj"),
             vision_modules=("model.visual",),
+            tower=("model.visual.patch_embed", "model.visual.blocks"),
             vision_lora=(r"model\.visual\.blocks\.\d+\.(attn\.(qkv|proj)|"
                          r"mlp\.(gate_proj|up_proj|down_proj|linear_fc1|linear_fc2))"
                          r"|model\.visual\.merger\.(mlp\.(0|2)|linear_fc1|linear_fc2)"),
+            text_model="model.language_model",
             processor_options=("min_pixels", "max_pixels"),
         ),
         Family(
@@ -79,9 +86,11 @@ FAMILIES: dict[str, Family] = {
             decoder_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                              "down_proj"),
             vision_modules=("model.vision_model", "model.connector"),
+            tower=("model.vision_model",),
             vision_lora=(r"model\.vision_model\.encoder\.layers\.\d+\."
                          r"(self_attn\.(q_proj|k_proj|v_proj|out_proj)|mlp\.(fc1|fc2))"
                          r"|model\.connector\.modality_projection\.proj"),
+            text_model="model.text_model",
             processor_options=("image_splitting", "longest_edge"),
         ),
     )
@@ -123,9 +132,18 @@ def family_of(obj: Any) -> Family:
     raise ProductVLMError(f"{name}: not a model, config or processor of a known family")
 
 
-def vision_param(fam: Family, name: str) -> bool:
-    """Whether parameter ``name`` belongs to the image side (a PEFT prefix is allowed)."""
-    return any(f"{m}." in name for m in fam.vision_modules)
+def text_model(model: Any) -> Any:
+    """The decoder of ``model`` (a PEFT wrapper is looked through): what the price scoring
+    runs on the KV cache, and where the image features are read as it receives them."""
+    get = getattr(model, "get_base_model", None)
+    base = get() if callable(get) else model
+    return base.get_submodule(family_of(base).text_model)
+
+
+def vision_param(fam: Family, name: str, tower: bool = False) -> bool:
+    """Whether parameter ``name`` belongs to the image side (``tower``: to its encoder); a
+    PEFT prefix is allowed."""
+    return any(f"{m}." in name for m in (fam.tower if tower else fam.vision_modules))
 
 
 @cache
@@ -153,4 +171,4 @@ def torchvision_available() -> bool:
 
 
 __all__ = ["FAMILIES", "FAMILY_NAMES", "Family", "family_for", "family_of",
-           "image_only_processor", "torchvision_available", "vision_param"]
+           "image_only_processor", "text_model", "torchvision_available", "vision_param"]

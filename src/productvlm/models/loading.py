@@ -260,7 +260,7 @@ def load_model(
             return merge_adapter(model).eval()
     if freeze_vision:
         for name, param in model.named_parameters():
-            if vision_param(fam, name):
+            if vision_param(fam, name, tower=True):
                 param.requires_grad_(False)
     if gradient_checkpointing:
         model.config.use_cache = False

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from productvlm.models.families import text_model
+
 Group = tuple[Sequence[int], Sequence[Sequence[int]]]  # (lead, candidates)
 
 
@@ -84,10 +86,16 @@ class _Passes:
         self.model, self.cache, self.chunk_tokens = model, cache, chunk_tokens
         self.device = keep.device
         self.rows, self.cached = keep.shape
-        # the position of each row's next token: left padding counts from the first real token
-        self.start = keep.long().sum(-1).cpu()
         # the cache must not also hold the root: drop each row's last kept position
         last = torch.where(keep, torch.arange(self.cached, device=self.device), -1).amax(-1)
+        # the root's position: left padding counts from the first real token; Qwen's
+        # multimodal rope gives a text token at cache column c the position c + rope_delta
+        # (the image's tokens take fewer positions than places)
+        deltas = getattr(getattr(model, "model", None), "rope_deltas", None)
+        if isinstance(deltas, torch.Tensor):
+            self.root_pos = last.cpu() + deltas.reshape(-1).cpu().long()
+        else:
+            self.root_pos = keep.long().sum(-1).cpu() - 1
         self.prefix = keep.clone()
         self.prefix[torch.arange(self.rows, device=self.device), last.clamp(min=0)] = False
         self.col: list[dict[int, int]] = [{} for _ in range(self.rows)]  # node -> cache column
@@ -95,6 +103,7 @@ class _Passes:
         self.where: list[dict[int, tuple[int, int]]] = [{} for _ in range(self.rows)]
         self.logp: list[dict[int, float]] = [{} for _ in range(self.rows)]
         self.dtype = next(model.parameters()).dtype
+        self.decoder = text_model(model)
 
     def run(self, todo: list[list[int]], trees: list[_Tree]) -> None:
         """One forward pass over ``todo[b]`` (nodes of row b, parents first)."""
@@ -108,7 +117,7 @@ class _Passes:
         for b, nodes in enumerate(todo):
             tree, k = trees[b], len(nodes)
             ids[b, :k] = np.asarray(tree.tokens)[nodes]
-            pos[b, :k] = int(self.start[b]) - 1 + np.asarray(tree.depth)[nodes]
+            pos[b, :k] = int(self.root_pos[b]) + np.asarray(tree.depth)[nodes]
             anc = tree.ancestors()
             # itself and its ancestors: in this pass, or cached by an earlier one
             allowed[b, :k, now:now + k] = anc[np.ix_(nodes, nodes)]
@@ -122,7 +131,7 @@ class _Passes:
         mask = torch.zeros(allowed.shape, dtype=self.dtype)
         mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
         with torch.inference_mode():
-            hidden = self.model.model(
+            hidden = self.decoder(
                 input_ids=ids.to(dev), attention_mask=mask[:, None].to(dev),
                 position_ids=pos.to(dev), cache=self.cache, use_cache=True).last_hidden_state
         p = len(self.hidden)

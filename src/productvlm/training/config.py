@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -23,10 +23,20 @@ RESUMABLE_CHANGES = frozenset(
 class TrainConfig(StageConfig):
     """Everything `productvlm train` needs; saved as config.yaml in the run directory."""
 
-    model: str = Field(PHI3V_HUB_ID, description="Hub id or folder of a Phi-3-vision model")
+    model: str = Field(PHI3V_HUB_ID, description="Hub id or folder of a model: Phi-3-vision, "
+                       "Qwen2.5-VL / Qwen3-VL or SmolVLM (see models/families.py)")
     data: Path = Field(Path("runs/prepared"), description="output folder of `productvlm prepare`")
     out: Path = Field(Path("runs/train"), description="run directory")
-    num_crops: int = Field(16, ge=1, description="max 336-px crops per image (HD transform)")
+    num_crops: int = Field(16, ge=1, description="Phi-3-vision: max 336-px crops per image")
+    min_pixels: int | None = Field(None, ge=1, description="Qwen-VL: least area of a resized "
+                                   "photo in pixels (None: the checkpoint's)")
+    max_pixels: int | None = Field(None, ge=1, description="Qwen-VL: most area of a resized "
+                                   "photo in pixels, hence its image tokens (None: the "
+                                   "checkpoint's)")
+    image_splitting: bool | None = Field(None, description="SmolVLM: also feed tiles of the "
+                                         "photo besides the whole (None: the checkpoint's)")
+    image_longest_edge: int | None = Field(None, ge=1, description="SmolVLM: the photo's "
+                                           "longest side after resizing (None: the checkpoint's)")
     max_length: int = Field(4096, ge=16, description="max tokens per example, image included")
     target_format: TargetFormat = Field("seed", description="'seed' (cookbook) or 'json'")
     question: str = Field(QUESTION, description="the user turn after the image tag")
@@ -81,6 +91,14 @@ class TrainConfig(StageConfig):
     calibrate: bool = Field(True, description="fit price intervals, category probability and "
                             "confidence on the validation split after training (calibration/)")
     resume: bool = Field(False, description="continue from the last checkpoint in out/")
+
+    def image_options(self) -> Any:
+        """The image-size settings, for ``load_processor`` (each family reads its own)."""
+        from productvlm.models.loading import ImageOptions
+
+        return ImageOptions(num_crops=self.num_crops, min_pixels=self.min_pixels,
+                            max_pixels=self.max_pixels, image_splitting=self.image_splitting,
+                            longest_edge=self.image_longest_edge)
 
     @model_validator(mode="after")
     def _checkpoints_line_up_with_evaluations(self) -> TrainConfig:

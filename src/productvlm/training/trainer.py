@@ -51,7 +51,7 @@ def _trainer_class(vision_lr: float | None) -> type:
     """transformers' Trainer, or one that gives the image side its own learning rate."""
     from transformers import Trainer
 
-    from productvlm.models.loading import VISION_PARAMS
+    from productvlm.models.families import family_of, vision_param
 
     if vision_lr is None:
         return Trainer
@@ -61,8 +61,10 @@ def _trainer_class(vision_lr: float | None) -> type:
         # schedule's warm-up and decay, and checkpoints of the optimizer all work as before.
         def create_optimizer(self, model: Any = None) -> Any:
             optimizer = super().create_optimizer(model)
-            vision = {id(p) for n, p in (model or self.model).named_parameters()
-                      if VISION_PARAMS in n}
+            net = model or self.model
+            base = net.get_base_model() if hasattr(net, "get_base_model") else net
+            fam = family_of(base)
+            vision = {id(p) for n, p in net.named_parameters() if vision_param(fam, n)}
             for group in list(optimizer.param_groups):
                 moved = [p for p in group["params"] if id(p) in vision]
                 if moved:
@@ -86,6 +88,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         load_model,
         load_processor,
         mixed_precision,
+        model_family,
         pick_device,
     )
     from productvlm.prepared import load_prepared
@@ -107,6 +110,9 @@ def train(cfg: TrainConfig) -> TrainResult:
         if last is None and not (cfg.vision_warmup_epochs and
                                  run.vision_warmup_state.is_file()):
             raise ProductVLMError(f"{ckpt_dir}: no checkpoint to resume from; drop --resume")
+    if cfg.vision_warmup_epochs and not model_family(cfg.model).native:
+        raise ProductVLMError(f"vision_warmup_epochs: the vision warm-up is Phi-3-vision's; "
+                              f"{cfg.model} is {model_family(cfg.model).title}: set it to 0")
     ds = load_prepared(cfg.data)
     set_seed(cfg.seed)
     has_validation = len(ds["validation"]) > 0
@@ -119,7 +125,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                                   log_model=cfg.log_model)
 
     model = load_model(cfg.model, cfg=cfg)
-    processor = load_processor(cfg.model, num_crops=cfg.num_crops)
+    processor = load_processor(cfg.model, options=cfg.image_options())
     if is_main_process():  # before the warm-up, so that an interrupted one can --resume
         save_config(cfg, cfg.out)
         run.write_labels(list(set(ds["train"]["category"])), _currency(ds["train"]))
