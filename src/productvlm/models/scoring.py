@@ -89,13 +89,12 @@ class _Passes:
         # the cache must not also hold the root: drop each row's last kept position
         last = torch.where(keep, torch.arange(self.cached, device=self.device), -1).amax(-1)
         # the root's position: left padding counts from the first real token; Qwen's
-        # multimodal rope gives a text token at cache column c the position c + rope_delta
-        # (the image's tokens take fewer positions than places)
+        # multimodal rope adds the row's rope delta to a text token's (the image's tokens
+        # take fewer positions than places)
+        self.root_pos = keep.long().sum(-1).cpu() - 1
         deltas = getattr(getattr(model, "model", None), "rope_deltas", None)
         if isinstance(deltas, torch.Tensor):
-            self.root_pos = last.cpu() + deltas.reshape(-1).cpu().long()
-        else:
-            self.root_pos = keep.long().sum(-1).cpu() - 1
+            self.root_pos += deltas.reshape(-1).cpu().long()
         self.prefix = keep.clone()
         self.prefix[torch.arange(self.rows, device=self.device), last.clamp(min=0)] = False
         self.col: list[dict[int, int]] = [{} for _ in range(self.rows)]  # node -> cache column

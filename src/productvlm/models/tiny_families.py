@@ -65,8 +65,12 @@ def tiny_tokenizer(family: str, texts: Iterable[str], vocab_size: int = 1024) ->
 
 
 def tiny_config(family: str, tokenizer: Any, *, hidden_size: int = 128, layers: int = 4,
-                vision_hidden: int = 64, vision_layers: int = 4, image_size: int = 112) -> Any:
-    """A small config of ``family`` whose special-token ids are ``tokenizer``'s."""
+                vision_hidden: int = 64, vision_layers: int = 4, image_size: int = 112,
+                rope_theta: float = 10000.0) -> Any:
+    """A small config of ``family`` whose special-token ids are ``tokenizer``'s.
+
+    ``rope_theta``: a small one makes positions matter within a short answer (tests that
+    check positions use it)."""
     import transformers
 
     ids = tokenizer.convert_tokens_to_ids
@@ -80,6 +84,7 @@ def tiny_config(family: str, tokenizer: Any, *, hidden_size: int = 128, layers: 
         head = hidden_size // 4
         return transformers.Qwen2_5_VLConfig(
             text_config={**text, "rope_scaling": {"type": "mrope", "rope_type": "default",
+                                                  "rope_theta": rope_theta,
                                                   "mrope_section": [head // 8, head * 3 // 16,
                                                                     head * 3 // 16]}},
             vision_config={"depth": vision_layers, "hidden_size": vision_hidden,
@@ -95,7 +100,8 @@ def tiny_config(family: str, tokenizer: Any, *, hidden_size: int = 128, layers: 
         )
     if family == "smolvlm":
         return transformers.Idefics3Config(
-            text_config={**text, "model_type": "llama", "head_dim": hidden_size // 4},
+            text_config={**text, "model_type": "llama", "head_dim": hidden_size // 4,
+                         "rope_parameters": {"rope_type": "default", "rope_theta": rope_theta}},
             vision_config={"hidden_size": vision_hidden, "intermediate_size": vision_hidden * 2,
                            "num_hidden_layers": vision_layers, "num_attention_heads": 4,
                            "image_size": image_size, "patch_size": 14},
