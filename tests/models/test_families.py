@@ -173,7 +173,7 @@ def test_merged_model_reloads_with_transformers_alone(folder: Path, tmp_path: Pa
     # a fresh interpreter that imports transformers only: the family's own Hub format
     code = (
         "import sys, torch, transformers\n"
-        f"m = transformers.AutoModelForImageTextToText.from_pretrained({str(tmp_path / 'merged')!r})\n"
+        "m = transformers.AutoModelForImageTextToText.from_pretrained(sys.argv[1])\n"
         f"inputs = torch.load({str(tmp_path / 'inputs.pt')!r})\n"
         "tok = transformers.AutoTokenizer.from_pretrained(sys.argv[1])\n"
         "assert tok.chat_template, 'no chat template'\n"
