@@ -134,3 +134,44 @@ def test_the_card_shows_the_price_range_and_marks_a_guess(page: Any, calibrated_
     assert "80% range:" in card.locator(".interval").inner_text()
     assert "low" in card.get_attribute("class")
     assert "Low confidence" in card.locator(".trust-label").inner_text()
+
+
+@pytest.fixture(scope="module")
+def family_page(family_run: dict[str, Path]) -> Iterator[tuple[Any, str, str]]:
+    """The page of a calibrated Qwen2.5-VL / SmolVLM run (see tests/conftest.py)."""
+    from productvlm.serving.app import load_predictor
+    from productvlm.serving.config import ServeConfig
+
+    cfg = ServeConfig(model=str(family_run["run"]), max_new_tokens=48, max_wait_ms=20)
+    server = _serve(load_predictor(cfg), cfg)
+    url = next(server)
+    try:
+        if not CHROMIUM.exists():
+            _missing(f"{CHROMIUM} not found: `make venv` installs Debian's chromium")
+        try:
+            from playwright import sync_api
+        except ImportError as e:
+            _missing(f"playwright is not installed ({e}); `make venv` installs the dev extra")
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            try:
+                pg = browser.new_page(viewport={"width": 1200, "height": 900})
+                pg.set_default_timeout(60_000)
+                yield pg, url, family_run["family"].name
+            finally:
+                browser.close()
+    finally:
+        next(server, None)
+
+
+def test_the_page_answers_with_each_model_family(family_page: tuple[Any, str, str],
+                                                 sample_photo: Path) -> None:
+    page, url, family = family_page
+    page.goto(url + "/")
+    page.set_input_files("#files", str(sample_photo))
+    card = page.locator(".card").first
+    card.locator(".price").wait_for(state="visible")
+    assert "done" in card.get_attribute("class"), family
+    assert card.locator(".title").inner_text().strip()
+    assert any(ch.isdigit() for ch in card.locator(".price").inner_text())
+    assert "80% range:" in card.locator(".interval").inner_text()
