@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from productvlm.calibration import Signals
-from productvlm.models.families import family_of, text_model
+from productvlm.models.families import family_of, text_model, unwrap
 from productvlm.models.scoring import score_continuations
 from productvlm.prompts import (
     ProductFields,
@@ -57,7 +57,7 @@ class ImageFeatures:
     """
 
     def __init__(self, model: Any, input_ids: torch.Tensor | None = None) -> None:
-        self.model = _base(model)
+        self.model = unwrap(model)
         self.native = family_of(self.model).native
         if self.native:
             self.module = self.model.get_submodule("model.vision_embed_tokens")
@@ -98,11 +98,6 @@ class ImageFeatures:
 
     def __exit__(self, *exc: object) -> None:
         self._handle.remove()
-
-
-def _base(model: Any) -> Any:
-    get = getattr(model, "get_base_model", None)
-    return get() if callable(get) else model
 
 
 def answer_logprobs(logits: Sequence[torch.Tensor], new: torch.Tensor) -> torch.Tensor:
@@ -207,7 +202,7 @@ def measure_batch(model: Any, tokenizer: Any, prompt_ids: torch.Tensor,
         span = lps[b, :max(1, min(title_end, stop))]
         signals[b].answer_logprob = float(span.mean())
     if any(roles):
-        got = score_continuations(_base(model), out.cache, keep, groups, prune=PRUNE_NATS,
+        got = score_continuations(unwrap(model), out.cache, keep, groups, prune=PRUNE_NATS,
                                   probe=PROBE_TOKENS)
         for b, row_roles in enumerate(roles):
             for role, logprobs in zip(row_roles, got[b], strict=False):

@@ -132,11 +132,16 @@ def family_of(obj: Any) -> Family:
     raise ProductVLMError(f"{name}: not a model, config or processor of a known family")
 
 
+def unwrap(model: Any) -> Any:
+    """The model inside a PEFT wrapper (itself if there is none)."""
+    get = getattr(model, "get_base_model", None)
+    return get() if callable(get) else model
+
+
 def text_model(model: Any) -> Any:
     """The decoder of ``model`` (a PEFT wrapper is looked through): what the price scoring
     runs on the KV cache, and where the image features are read as it receives them."""
-    get = getattr(model, "get_base_model", None)
-    base = get() if callable(get) else model
+    base = unwrap(model)
     return base.get_submodule(family_of(base).text_model)
 
 
@@ -171,4 +176,5 @@ def torchvision_available() -> bool:
 
 
 __all__ = ["FAMILIES", "FAMILY_NAMES", "Family", "family_for", "family_of",
-           "image_only_processor", "text_model", "torchvision_available", "vision_param"]
+           "image_only_processor", "text_model", "torchvision_available", "unwrap",
+           "vision_param"]

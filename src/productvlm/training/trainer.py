@@ -88,7 +88,6 @@ def train(cfg: TrainConfig) -> TrainResult:
         load_model,
         load_processor,
         mixed_precision,
-        model_family,
         pick_device,
     )
     from productvlm.prepared import load_prepared
@@ -110,9 +109,6 @@ def train(cfg: TrainConfig) -> TrainResult:
         if last is None and not (cfg.vision_warmup_epochs and
                                  run.vision_warmup_state.is_file()):
             raise ProductVLMError(f"{ckpt_dir}: no checkpoint to resume from; drop --resume")
-    if cfg.vision_warmup_epochs and not model_family(cfg.model).native:
-        raise ProductVLMError(f"vision_warmup_epochs: the vision warm-up is Phi-3-vision's; "
-                              f"{cfg.model} is {model_family(cfg.model).title}: set it to 0")
     ds = load_prepared(cfg.data)
     set_seed(cfg.seed)
     has_validation = len(ds["validation"]) > 0

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from productvlm.errors import ProductVLMError
+from productvlm.models.families import family_of, unwrap
 from productvlm.models.loading import VISION_PARAMS
 from productvlm.prompts import title_words
 from productvlm.rundir import RunDir, is_main_process
@@ -47,6 +48,11 @@ SAVE_SECONDS = 60.0  # least time between two saves of the warm-up's state at ep
 
 
 def _image_side(model: Any) -> nn.Module:
+    """The image side: Phi-3's ``vision_embed_tokens``; for a transformers family its
+    modules (Qwen's ``visual``; SmolVLM's ``vision_model`` and ``connector``) in a list."""
+    model = unwrap(model)
+    if not family_of(model).native:
+        return nn.ModuleList([model.get_submodule(m) for m in family_of(model).vision_modules])
     for name, module in model.named_modules():
         if f"{name}.".endswith(VISION_PARAMS):
             return module
@@ -97,7 +103,9 @@ class _Photos(torch.utils.data.Dataset):
     """
 
     def __init__(self, rows: Any, image_processor: Any, cats: dict[str, int],
-                 words: dict[str, int], hflip: float, shift: float, keep: bool = True) -> None:
+                 words: dict[str, int], hflip: float, shift: float, keep: bool = True,
+                 native: bool = True) -> None:
+        self.native = native  # Phi-3's processed views, else photos processed per batch
         self.images = rows.select_columns(["image"])
         self.titles, self.categories = rows["title"], rows["category"]
         self.image_processor, self.cats, self.words = image_processor, cats, words
@@ -122,25 +130,42 @@ class _Photos(torch.utils.data.Dataset):
         return pixels, size
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        pixels, size = self._views(i)
-        if self.hflip and torch.rand(()).item() < self.hflip:
-            pixels = mirror_pixels(pixels, size)
         tags = torch.zeros(len(self.words))
         for w in title_words(self.titles[i]):
             if w in self.words:
                 tags[self.words[w]] = 1.0
-        return {"pixel_values": pixels.float(), "image_sizes": size,
-                "category": self.cats.get(self.categories[i], -100), "tags": tags}
+        labels = {"category": self.cats.get(self.categories[i], -100), "tags": tags}
+        if not self.native:  # the family's processor batches its own tensors (collate)
+            image = augment(self.images[i]["image"].convert("RGB"), self.hflip, self.shift)
+            return {"image": image, **labels}
+        pixels, size = self._views(i)
+        if self.hflip and torch.rand(()).item() < self.hflip:
+            pixels = mirror_pixels(pixels, size)
+        return {"pixel_values": pixels.float(), "image_sizes": size, **labels}
 
-    @staticmethod
-    def collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        return {k: torch.stack([torch.as_tensor(x[k]) for x in items]) for k in items[0]}
+    def collate(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = {k: torch.stack([torch.as_tensor(x[k]) for x in items])
+                 for k in items[0] if k != "image"}
+        if not self.native:
+            pixels = self.image_processor([[x["image"]] for x in items], return_tensors="pt")
+            batch.update({k: v for k, v in pixels.items() if isinstance(v, torch.Tensor)})
+        return batch
 
 
-def _pooled(side: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def _pooled(model: Any, side: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per photo, the mean of the image tokens the decoder would read."""
     dtype = next(side.parameters()).dtype
-    tokens = side(batch["pixel_values"].to(dtype), batch["image_sizes"])
-    return torch.stack([t.mean(0) for t in tokens]).float()
+    if family_of(unwrap(model)).native:
+        tokens = side(batch["pixel_values"].to(dtype), batch["image_sizes"])
+        return torch.stack([t.mean(0) for t in tokens]).float()
+    inputs = {k: batch[k] for k in ("pixel_values", "image_grid_thw", "pixel_attention_mask")
+              if k in batch}
+    feats = unwrap(model).model.get_image_features(**inputs).pooler_output
+    if isinstance(feats, tuple | list):  # Qwen: one tensor per photo
+        return torch.stack([t.mean(0) for t in feats]).float()
+    # SmolVLM: (sub-images, tokens, hidden) of the real (not padding) sub-images, in order
+    real = (batch["pixel_values"] != 0).flatten(2).any(-1).sum(1).tolist()
+    return torch.stack([t.flatten(0, 1).mean(0) for t in torch.split(feats, real)]).float()
 
 
 def warm_up_vision(model: Any, processor: Any, train_rows: Any, val_rows: Any | None,
@@ -164,11 +189,13 @@ def warm_up_vision(model: Any, processor: Any, train_rows: Any, val_rows: Any | 
     vocab = sorted({w for t in train_rows["title"] for w in title_words(t)})
     cats = {c: i for i, c in enumerate(categories)}
     words = {w: i for i, w in enumerate(vocab)}
-    width = model.config.hidden_size
+    width = unwrap(model).config.get_text_config().hidden_size
+    native = family_of(unwrap(model)).native
     heads = _Heads(width, len(cats), len(words)).to(next(side.parameters()).device)
     mean_tags = max(1.0, sum(len(title_words(t)) for t in train_rows["title"]) / len(train_rows))
 
-    photos = _Photos(train_rows, processor.image_processor, cats, words, cfg.hflip, cfg.shift)
+    photos = _Photos(train_rows, processor.image_processor, cats, words, cfg.hflip, cfg.shift,
+                     native=native)
     generator = torch.Generator().manual_seed(cfg.seed)
     loader = torch.utils.data.DataLoader(
         photos, batch_size=cfg.batch_size, shuffle=True, generator=generator,
@@ -221,7 +248,7 @@ def warm_up_vision(model: Any, processor: Any, train_rows: Any, val_rows: Any | 
         while step < steps:
             for batch in loader:
                 batch = {k: v.to(device) for k, v in batch.items()}
-                cat_logits, tag_logits = heads(_pooled(side, batch))
+                cat_logits, tag_logits = heads(_pooled(model, side, batch))
                 loss = nn.functional.cross_entropy(cat_logits, batch["category"]) + TAG_WEIGHT * (
                     nn.functional.binary_cross_entropy_with_logits(
                         tag_logits, batch["tags"], reduction="sum") / len(batch["tags"])
@@ -253,7 +280,8 @@ def warm_up_vision(model: Any, processor: Any, train_rows: Any, val_rows: Any | 
     if first_step:
         stats["resumed_at_step"] = first_step
     if val_rows is not None and len(val_rows):
-        stats["validation_category_accuracy"] = _accuracy(side, heads, photos, val_rows, cats)
+        stats["validation_category_accuracy"] = _accuracy(model, side, heads, photos, val_rows,
+                                                          cats)
     model.train(was_training)
     if is_main_process():  # DDP then starts all from rank 0's weights
         cfg.out.mkdir(parents=True, exist_ok=True)
@@ -262,10 +290,11 @@ def warm_up_vision(model: Any, processor: Any, train_rows: Any, val_rows: Any | 
     return stats
 
 
-def _accuracy(side: nn.Module, heads: _Heads, photos: _Photos, rows: Any,
+def _accuracy(model: Any, side: nn.Module, heads: _Heads, photos: _Photos, rows: Any,
               cats: dict[str, int]) -> float:
     """Category accuracy of the warm-up head on ``rows`` (unseen categories count as wrong)."""
-    plain = _Photos(rows, photos.image_processor, cats, photos.words, 0.0, 0.0, keep=False)
+    plain = _Photos(rows, photos.image_processor, cats, photos.words, 0.0, 0.0, keep=False,
+                    native=photos.native)
     side.eval()
     device = next(side.parameters()).device
     right = 0
@@ -273,6 +302,6 @@ def _accuracy(side: nn.Module, heads: _Heads, photos: _Photos, rows: Any,
         for start in range(0, len(rows), 32):
             batch = plain.collate([plain[i] for i in range(start, min(start + 32, len(rows)))])
             batch = {k: v.to(device) for k, v in batch.items()}
-            logits, _ = heads(_pooled(side, batch))
+            logits, _ = heads(_pooled(model, side, batch))
             right += int((logits.argmax(-1) == batch["category"]).sum())
     return round(right / len(rows), 4)
