@@ -22,22 +22,13 @@ import torch
 
 def make_data(tmp: Path, n: int) -> tuple[Path, Path]:
     from productvlm.catalog.prepare import prepare
-    from productvlm.demo import DemoConfig, _tokenizer
-    from productvlm.models.phi3v.tiny import save_tiny_model, tiny_config
+    from productvlm.demo import DemoConfig, tiny_base_model
     from productvlm.prepared import load_prepared
     from productvlm.synth.generate import synth
 
     cat = synth(tmp / "catalog", n=n, seed=0, overwrite=True)
     prepare(str(cat.parquet), tmp / "prepared", progress=False, verbose=False)
-    d = DemoConfig()
-    tok = _tokenizer(load_prepared(tmp / "prepared")["train"], d.vocab_size)
-    cfg = tiny_config(len(tok), hidden_size=d.hidden_size, num_hidden_layers=d.layers,
-                      intermediate_size=d.hidden_size * 2, bos_token_id=tok.bos_token_id,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                      vision={"hidden_size": d.vision_hidden,
-                              "intermediate_size": d.vision_hidden * 2,
-                              "num_hidden_layers": d.vision_layers})
-    model = save_tiny_model(tmp / "model", config=cfg, tokenizer=tok, num_crops=1)
+    model = tiny_base_model(DemoConfig(out=tmp), load_prepared(tmp / "prepared")["train"])
     return tmp / "prepared", model
 
 

@@ -7,6 +7,9 @@ synth (about 1,000 products) -> prepare -> a tokenizer trained on the catalog's 
 a tiny Phi-3-vision trained from scratch (same architecture and code path as the 4.2B
 model) -> evaluate on the test split -> report, with the figures printed beside the
 baselines and the targets. W&B logs offline unless you are logged in.
+
+``--model-family qwen2_5_vl`` or ``smolvlm`` runs the same recipe on a tiny model of that
+family (transformers' own class, the family's tokenizer conventions and processor).
 """
 
 from __future__ import annotations
@@ -20,6 +23,10 @@ import typer
 from pydantic import Field
 
 from productvlm.config import StageConfig, resolve_config, save_config
+from productvlm.errors import ProductVLMError
+
+#: the families the demo builds tiny models of (models/families.py's names)
+DEMO_FAMILIES = ("phi3v", "qwen2_5_vl", "smolvlm")
 
 
 class DemoConfig(StageConfig):
@@ -32,6 +39,8 @@ class DemoConfig(StageConfig):
     """
 
     out: Path = Path("runs/demo")
+    model_family: str = Field("phi3v", description="the tiny model's family: "
+                              + ", ".join(DEMO_FAMILIES))
     n: int = Field(1000, ge=50, description="products in the sample catalog")
     seed: int = 0
     fault_rate: float = Field(0.03, ge=0, le=0.5, description="broken rows, as real catalogs")
@@ -66,13 +75,42 @@ class DemoResult:
     checks: dict[str, bool]
 
 
-def _tokenizer(train_split: Any, vocab_size: int) -> Any:
-    from productvlm.models.tiny_tokenizer import train_tiny_tokenizer
+def _texts(train_split: Any) -> list[str]:
     from productvlm.prompts import ProductFields, format_answer
 
     rows = train_split.select_columns(["title", "category", "price"]).to_list()
-    texts = [format_answer(ProductFields(r["title"], r["category"], r["price"])) for r in rows]
-    return train_tiny_tokenizer(texts, vocab_size=vocab_size)
+    return [format_answer(ProductFields(r["title"], r["category"], r["price"])) for r in rows]
+
+
+def tiny_base_model(cfg: DemoConfig, train_split: Any) -> Path:
+    """The tiny random model of ``cfg.model_family`` the demo trains, with a tokenizer
+    trained on the catalog's text, in the Hub format under ``cfg.out/base-model``.
+
+    >>> tiny_base_model(DemoConfig(model_family="smolvlm"), ds["train"])  # doctest: +SKIP
+    PosixPath('runs/demo/base-model')
+    """
+    folder = cfg.out / "base-model"
+    if cfg.model_family != "phi3v":
+        from productvlm.models.tiny_families import save_tiny_family
+
+        return save_tiny_family(cfg.model_family, folder, _texts(train_split),
+                                vocab_size=cfg.vocab_size, seed=cfg.seed,
+                                hidden_size=cfg.hidden_size, layers=cfg.layers,
+                                vision_hidden=cfg.vision_hidden,
+                                vision_layers=cfg.vision_layers, image_size=cfg.crop_size)
+    from productvlm.models.phi3v.tiny import save_tiny_model, tiny_config
+    from productvlm.models.tiny_tokenizer import train_tiny_tokenizer
+
+    tok = train_tiny_tokenizer(_texts(train_split), vocab_size=cfg.vocab_size)
+    model_cfg = tiny_config(
+        len(tok), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.layers,
+        intermediate_size=cfg.hidden_size * 2, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, resid_pdrop=cfg.dropout,
+        vision={"hidden_size": cfg.vision_hidden, "intermediate_size": cfg.vision_hidden * 2,
+                "num_hidden_layers": cfg.vision_layers, "image_size": cfg.crop_size},
+    )
+    return save_tiny_model(folder, config=model_cfg, tokenizer=tok, num_crops=1,
+                           seed=cfg.seed, vision_init=cfg.vision_init)
 
 
 def demo(cfg: DemoConfig) -> DemoResult:
@@ -84,12 +122,16 @@ def demo(cfg: DemoConfig) -> DemoResult:
 
     from productvlm.catalog.prepare import prepare
     from productvlm.evaluation.evaluate import EvalConfig, evaluate
-    from productvlm.models.phi3v.tiny import save_tiny_model, tiny_config
     from productvlm.prepared import load_prepared
     from productvlm.synth.generate import synth
     from productvlm.training.config import TrainConfig
     from productvlm.training.trainer import train
 
+    if cfg.model_family not in DEMO_FAMILIES:
+        hint = (" (Phi-4-multimodal's image processor needs torchvision, which does not "
+                "install beside the CPU torch wheel)" if cfg.model_family == "phi4mm" else "")
+        raise ProductVLMError(f"--model-family {cfg.model_family!r}: the demo builds "
+                              f"{', '.join(DEMO_FAMILIES)}{hint}")
     console = Console()
     started = time.perf_counter()
     save_config(cfg, cfg.out, name="demo-config.yaml")
@@ -100,18 +142,9 @@ def demo(cfg: DemoConfig) -> DemoResult:
     console.rule("2/4 prepare: validate, fetch images, split")
     prepare(str(cat.parquet), cfg.out / "prepared", preset="burberry", seed=cfg.seed)
 
-    console.rule("3/4 train: a tiny Phi-3-vision from scratch")
+    console.rule(f"3/4 train: a tiny {cfg.model_family} model from scratch")
     data = load_prepared(cfg.out / "prepared")
-    tok = _tokenizer(data["train"], cfg.vocab_size)
-    model_cfg = tiny_config(
-        len(tok), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.layers,
-        intermediate_size=cfg.hidden_size * 2, bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, resid_pdrop=cfg.dropout,
-        vision={"hidden_size": cfg.vision_hidden, "intermediate_size": cfg.vision_hidden * 2,
-                "num_hidden_layers": cfg.vision_layers, "image_size": cfg.crop_size},
-    )
-    base = save_tiny_model(cfg.out / "base-model", config=model_cfg, tokenizer=tok,
-                           num_crops=1, seed=cfg.seed, vision_init=cfg.vision_init)
+    base = tiny_base_model(cfg, data["train"])
     steps_per_epoch = max(1, len(data["train"]) // cfg.batch_size)
     train_cfg = TrainConfig(
         model=str(base), data=cfg.out / "prepared", out=cfg.out / "train", mode="full",
@@ -172,9 +205,13 @@ def register(app: typer.Typer) -> None:
         n: int | None = typer.Option(None, help="products in the sample catalog"),
         epochs: float | None = typer.Option(None, help="training epochs"),
         report_to: str | None = typer.Option(None, help="wandb | none"),
+        model_family: str | None = typer.Option(
+            None, "--model-family", help="phi3v (default), qwen2_5_vl or smolvlm"),
         config: Path | None = typer.Option(None, "--config", "-c", help="YAML demo config"),
     ) -> None:
         """Run the whole pipeline on a sample catalog on CPU, in minutes."""
         cfg = resolve_config(DemoConfig, config, dict(out=out, n=n, epochs=epochs,
-                                                      report_to=report_to), section="demo")
+                                                      report_to=report_to,
+                                                      model_family=model_family),
+                             section="demo")
         demo(cfg)
