@@ -257,3 +257,18 @@ def test_image_features_are_the_photo_own_and_batch_independent(folder: Path) ->
     torch.testing.assert_close(torch.tensor(together), torch.tensor(apart), atol=1e-4,
                                rtol=1e-4)
     assert not torch.allclose(torch.tensor(together[0]), torch.tensor(together[1]))
+
+
+def test_the_warm_up_joins_photos_as_the_processor_batches_them(folder: Path) -> None:
+    from productvlm.training.vision_warmup import _join
+
+    name = _family(folder)
+    options = ImageOptions(image_splitting=True) if name == "smolvlm" else ImageOptions()
+    images = load_processor(folder, options=options).image_processor
+    photos = [Image.new("RGB", (300, 120), "tan"), Image.new("RGB", (90, 90), "navy"),
+              Image.new("RGB", (120, 260), "firebrick")]
+    together = images([[p] for p in photos], return_tensors="pt")
+    apart = [images([[p]], return_tensors="pt") for p in photos]
+    for key, value in together.items():
+        if isinstance(value, torch.Tensor):
+            torch.testing.assert_close(_join([a[key] for a in apart]), value)

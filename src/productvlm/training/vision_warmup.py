@@ -100,6 +100,10 @@ class _Photos(torch.utils.data.Dataset):
     sees each photo for many epochs: so each processed photo is kept (float16, up to
     :data:`CACHE_BYTES`) and mirrored as a tensor. Moves (``shift``) change the pixels the
     processor sees, so with ``shift`` every photo is processed afresh (and mirrored after).
+
+    The transformers families' processors lay out their tensors in their own ways (Qwen's
+    flattened patches), so there the photo and its mirror image are each processed once and
+    kept, and :meth:`collate` joins the photos' tensors as the processor batches them.
     """
 
     def __init__(self, rows: Any, image_processor: Any, cats: dict[str, int],
@@ -110,7 +114,7 @@ class _Photos(torch.utils.data.Dataset):
         self.titles, self.categories = rows["title"], rows["category"]
         self.image_processor, self.cats, self.words = image_processor, cats, words
         self.hflip, self.shift = hflip, shift
-        self.cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.cache: dict[int, Any] = {}  # Phi-3: (views, size); others: their tensors
         self.room = CACHE_BYTES if keep and not shift else 0
 
     def __len__(self) -> int:
@@ -135,21 +139,51 @@ class _Photos(torch.utils.data.Dataset):
             if w in self.words:
                 tags[self.words[w]] = 1.0
         labels = {"category": self.cats.get(self.categories[i], -100), "tags": tags}
-        if not self.native:  # the family's processor batches its own tensors (collate)
-            image = augment(self.images[i]["image"].convert("RGB"), self.hflip, self.shift)
-            return {"image": image, **labels}
+        if not self.native:  # the family's processor's own tensors, joined by collate
+            flip = bool(self.hflip) and torch.rand(()).item() < self.hflip
+            return {**self._processed(i, flip), **labels}
         pixels, size = self._views(i)
         if self.hflip and torch.rand(()).item() < self.hflip:
             pixels = mirror_pixels(pixels, size)
         return {"pixel_values": pixels.float(), "image_sizes": size, **labels}
 
+    def _processed(self, i: int, flip: bool) -> dict[str, torch.Tensor]:
+        """A transformers family's tensors for photo ``i`` (mirrored with ``flip``)."""
+        key = 2 * i + flip
+        if key in self.cache:
+            return {k: v.float() if v.is_floating_point() else v
+                    for k, v in self.cache[key].items()}
+        image = augment(self.images[i]["image"].convert("RGB"), float(flip), self.shift)
+        out = self.image_processor([[image]], return_tensors="pt")
+        tensors = {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
+        size = sum(v.numel() * 2 for v in tensors.values())
+        if size <= self.room:
+            self.cache[key] = {k: v.half() if v.is_floating_point() else v
+                               for k, v in tensors.items()}
+            self.room -= size
+        return tensors
+
     def collate(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        if self.native:
+            return {k: torch.stack([torch.as_tensor(x[k]) for x in items]) for k in items[0]}
         batch = {k: torch.stack([torch.as_tensor(x[k]) for x in items])
-                 for k in items[0] if k != "image"}
-        if not self.native:
-            pixels = self.image_processor([[x["image"]] for x in items], return_tensors="pt")
-            batch.update({k: v for k, v in pixels.items() if isinstance(v, torch.Tensor)})
+                 for k in ("category", "tags")}
+        for key in items[0]:
+            if key not in batch:
+                batch[key] = _join([x[key] for x in items])
         return batch
+
+
+def _join(parts: list[torch.Tensor]) -> torch.Tensor:
+    """One photo's tensors after another along dim 0, as a processor batches them: Qwen's
+    patches and grids concatenate; SmolVLM's tiles are zero-padded to the most tiles (the
+    model drops all-zero tiles)."""
+    shape = [max(p.shape[d] for p in parts) for d in range(1, parts[0].dim())]
+    padded = []
+    for p in parts:
+        pad = [x for d in reversed(range(1, p.dim())) for x in (0, shape[d - 1] - p.shape[d])]
+        padded.append(nn.functional.pad(p, pad) if any(pad) else p)
+    return torch.cat(padded)
 
 
 def _pooled(model: Any, side: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
