@@ -71,7 +71,7 @@ FAMILIES: dict[str, Family] = {
             decoder_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                              "down_proj"),
             vision_modules=("model.visual",),
-            tower=("model.visual.patch_embed", "model.visual.blocks"),
+            tower=("model.visual.patch_embed", "model.visual.pos_embed", "model.visual.blocks"),
             vision_lora=(r"model\.visual\.blocks\.\d+\.(attn\.(qkv|proj)|"
                          r"mlp\.(gate_proj|up_proj|down_proj|linear_fc1|linear_fc2))"
                          r"|model\.visual\.merger\.(mlp\.(0|2)|linear_fc1|linear_fc2)"),

@@ -1,4 +1,4 @@
-"""Tiny random Qwen2.5-VL and SmolVLM (Idefics3) models, for tests and the CPU demo.
+"""Tiny random Qwen2.5-VL, Qwen3-VL and SmolVLM (Idefics3) models, for tests and the demo.
 
 Each is transformers' own class on a small config, with a tokenizer trained on the catalog's
 text that has the family's special tokens and a chat template written from the public model
@@ -56,7 +56,7 @@ SMOLVLM = TokenizerSpec(
                 "<global-img>", *_GRID),
     chat_template=SMOLVLM_TEMPLATE,
 )
-SPECS = {"qwen2_5_vl": QWEN, "smolvlm": SMOLVLM}
+SPECS = {"qwen2_5_vl": QWEN, "qwen3_vl": QWEN, "smolvlm": SMOLVLM}
 
 
 def tiny_tokenizer(family: str, texts: Iterable[str], vocab_size: int = 1024) -> Any:
@@ -98,6 +98,24 @@ def tiny_config(family: str, tokenizer: Any, *, hidden_size: int = 128, layers: 
             bos_token_id=ids("<|endoftext|>"), eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         )
+    if family == "qwen3_vl":
+        head = hidden_size // 4
+        return transformers.Qwen3VLConfig(
+            text_config={**text, "head_dim": head,
+                         "rope_parameters": {"rope_type": "default", "rope_theta": rope_theta,
+                                             "mrope_interleaved": True,
+                                             "mrope_section": [head // 8, head * 3 // 16,
+                                                               head * 3 // 16]}},
+            vision_config={"depth": vision_layers, "hidden_size": vision_hidden,
+                           "intermediate_size": vision_hidden * 2, "num_heads": 4,
+                           "out_hidden_size": hidden_size, "patch_size": 16,
+                           "spatial_merge_size": 2, "temporal_patch_size": 2,
+                           "num_position_embeddings": 64,
+                           "deepstack_visual_indexes": [vision_layers // 2]},
+            image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+            vision_start_token_id=ids("<|vision_start|>"),
+            vision_end_token_id=ids("<|vision_end|>"), tie_word_embeddings=False,
+        )
     if family == "smolvlm":
         return transformers.Idefics3Config(
             text_config={**text, "model_type": "llama", "head_dim": hidden_size // 4,
@@ -107,7 +125,7 @@ def tiny_config(family: str, tokenizer: Any, *, hidden_size: int = 128, layers: 
                            "image_size": image_size, "patch_size": 14},
             scale_factor=2, image_token_id=ids("<image>"), tie_word_embeddings=False,
         )
-    raise ValueError(f"no tiny {family} model: use qwen2_5_vl or smolvlm")
+    raise ValueError(f"no tiny {family} model: use qwen2_5_vl, qwen3_vl or smolvlm")
 
 
 def tiny_processor(family: str, tokenizer: Any, config: Any) -> Any:
@@ -116,11 +134,14 @@ def tiny_processor(family: str, tokenizer: Any, config: Any) -> Any:
 
     from productvlm.models.families import image_only_processor
 
-    if family == "qwen2_5_vl":
-        unit = 28  # a patch of 14 px, merged 2 x 2: one token
+    if family in ("qwen2_5_vl", "qwen3_vl"):
+        patch = config.vision_config.patch_size
+        unit = patch * 2  # a patch merged 2 x 2: one token
         images = transformers.Qwen2VLImageProcessorPil(min_pixels=unit * unit * 4,
-                                                       max_pixels=unit * unit * 16)
-        cls = image_only_processor(transformers.Qwen2_5_VLProcessor)
+                                                       max_pixels=unit * unit * 16,
+                                                       patch_size=patch)
+        cls = image_only_processor(transformers.Qwen2_5_VLProcessor if family == "qwen2_5_vl"
+                                   else transformers.Qwen3VLProcessor)
         return cls(image_processor=images, tokenizer=tokenizer,
                    chat_template=tokenizer.chat_template)
     side = config.vision_config.image_size
