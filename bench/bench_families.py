@@ -59,7 +59,8 @@ def answer_rate(model: str, data: Path, n: int = 64, batch: int = 16) -> tuple[f
     from productvlm.inference import Predictor
     from productvlm.prepared import load_prepared
 
-    photos = [r["image"].convert("RGB") for r in load_prepared(data)["test"].select(range(n))]
+    test = load_prepared(data)["test"]
+    photos = [test[i % len(test)]["image"].convert("RGB") for i in range(n)]  # cycled
     predictor = Predictor.load(model, batch_size=batch, max_new_tokens=64)
     predictor.calibration = None  # answers only: the same work for every family
     predictor.predict(photos[:batch])  # warm-up
