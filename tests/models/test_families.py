@@ -1,4 +1,5 @@
-"""Qwen2.5-VL, Qwen3-VL and SmolVLM (Idefics3) through the same pipeline as Phi-3-vision.
+"""Qwen2.5-VL, Qwen3-VL, SmolVLM (Idefics3) and SmolVLM2 through the same pipeline as
+Phi-3-vision.
 
 Each family is a tiny random model of transformers' own class, with a tokenizer made here
 that has the family's special tokens and chat template, and the family's own processor
@@ -31,7 +32,7 @@ from productvlm.models.tiny_families import save_tiny_family
 from productvlm.prompts import chat_parts, render_prompt
 from productvlm.training.collate import IGNORE_INDEX, VLMCollator
 
-FAMILIES = ["qwen2_5_vl", "qwen3_vl", "smolvlm"]  # tiny_families' names (Qwen3-VL: same family)
+FAMILIES = ["qwen2_5_vl", "qwen3_vl", "smolvlm", "smolvlm2"]  # tiny_families names
 END = {"qwen2_5_vl": "<|im_end|>", "smolvlm": "<end_of_utterance>"}
 TEXTS = [f"Product: {a} {b}, Category: {c}, Full Price: {p},290.00"
          for a in ("Medium", "Small", "Check") for b in ("Lola Bag", "Wool Scarf", "Trench")

@@ -21,6 +21,7 @@ The answer's end token comes from the chat template itself (see :mod:`productvlm
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -164,8 +165,23 @@ def image_only_processor(cls: type) -> type:
     def get_attributes(klass: type) -> list[str]:
         return [a for a in cls.get_attributes() if a != "video_processor"]
 
-    body = {"get_attributes": classmethod(get_attributes), "__module__": cls.__module__,
-            "__qualname__": cls.__qualname__}
+    def __init__(self: Any, image_processor: Any = None, tokenizer: Any = None,
+                 video_processor: Any = None, image_seq_len: int = 169,
+                 chat_template: str | None = None, **kwargs: Any) -> None:
+        cls.__init__(self, image_processor, tokenizer, video_processor,
+                     image_seq_len=image_seq_len, chat_template=chat_template, **kwargs)
+
+    body: dict[str, Any] = {"get_attributes": classmethod(get_attributes),
+                            "__module__": cls.__module__, "__qualname__": cls.__qualname__}
+    params = inspect.signature(cls.__init__).parameters
+    if "video_processor" in params and params["video_processor"].default is params[
+            "video_processor"].empty:
+        # SmolVLM2's requires it; transformers reads the names of __init__'s arguments to
+        # know what to save and load (image_seq_len), so they are SmolVLM2's own
+        if set(params) - {"self", "image_processor", "tokenizer", "video_processor",
+                          "image_seq_len", "chat_template", "kwargs"}:
+            raise TypeError(f"{cls.__name__}: arguments productvlm does not know")
+        body["__init__"] = __init__
     return type(cls.__name__, (cls,), body)
 
 

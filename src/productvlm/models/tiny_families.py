@@ -1,4 +1,5 @@
-"""Tiny random Qwen2.5-VL, Qwen3-VL and SmolVLM (Idefics3) models, for tests and the demo.
+"""Tiny random Qwen2.5-VL, Qwen3-VL, SmolVLM (Idefics3) and SmolVLM2 models, for tests and
+the demo.
 
 Each is transformers' own class on a small config, with a tokenizer trained on the catalog's
 text that has the family's special tokens and a chat template written from the public model
@@ -56,7 +57,7 @@ SMOLVLM = TokenizerSpec(
                 "<global-img>", *_GRID),
     chat_template=SMOLVLM_TEMPLATE,
 )
-SPECS = {"qwen2_5_vl": QWEN, "qwen3_vl": QWEN, "smolvlm": SMOLVLM}
+SPECS = {"qwen2_5_vl": QWEN, "qwen3_vl": QWEN, "smolvlm": SMOLVLM, "smolvlm2": SMOLVLM}
 
 
 def tiny_tokenizer(family: str, texts: Iterable[str], vocab_size: int = 1024) -> Any:
@@ -116,8 +117,9 @@ def tiny_config(family: str, tokenizer: Any, *, hidden_size: int = 128, layers: 
             vision_start_token_id=ids("<|vision_start|>"),
             vision_end_token_id=ids("<|vision_end|>"), tie_word_embeddings=False,
         )
-    if family == "smolvlm":
-        return transformers.Idefics3Config(
+    if family in ("smolvlm", "smolvlm2"):
+        cls = transformers.Idefics3Config if family == "smolvlm" else transformers.SmolVLMConfig
+        return cls(
             text_config={**text, "model_type": "llama", "head_dim": hidden_size // 4,
                          "rope_parameters": {"rope_type": "default", "rope_theta": rope_theta}},
             vision_config={"hidden_size": vision_hidden, "intermediate_size": vision_hidden * 2,
@@ -125,7 +127,7 @@ def tiny_config(family: str, tokenizer: Any, *, hidden_size: int = 128, layers: 
                            "image_size": image_size, "patch_size": 14},
             scale_factor=2, image_token_id=ids("<image>"), tie_word_embeddings=False,
         )
-    raise ValueError(f"no tiny {family} model: use qwen2_5_vl, qwen3_vl or smolvlm")
+    raise ValueError(f"no tiny {family} model: use qwen2_5_vl, qwen3_vl, smolvlm or smolvlm2")
 
 
 def tiny_processor(family: str, tokenizer: Any, config: Any) -> Any:
@@ -145,13 +147,17 @@ def tiny_processor(family: str, tokenizer: Any, config: Any) -> Any:
         return cls(image_processor=images, tokenizer=tokenizer,
                    chat_template=tokenizer.chat_template)
     side = config.vision_config.image_size
-    images = transformers.Idefics3ImageProcessorPil(
-        size={"longest_edge": side * 2}, max_image_size={"longest_edge": side},
-        do_image_splitting=False)
+    images_cls, processor_cls = (
+        (transformers.Idefics3ImageProcessorPil, transformers.Idefics3Processor)
+        if family == "smolvlm" else
+        (transformers.SmolVLMImageProcessorPil,
+         image_only_processor(transformers.SmolVLMProcessor)))
+    images = images_cls(size={"longest_edge": side * 2}, max_image_size={"longest_edge": side},
+                        do_image_splitting=False)
     grid = side // config.vision_config.patch_size
-    return transformers.Idefics3Processor(
-        image_processor=images, tokenizer=tokenizer, chat_template=tokenizer.chat_template,
-        image_seq_len=grid * grid // config.scale_factor ** 2)
+    return processor_cls(image_processor=images, tokenizer=tokenizer,
+                         chat_template=tokenizer.chat_template,
+                         image_seq_len=grid * grid // config.scale_factor ** 2)
 
 
 def tiny_model(config: Any, seed: int = 0) -> Any:
