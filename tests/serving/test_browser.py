@@ -137,37 +137,20 @@ def test_the_card_shows_the_price_range_and_marks_a_guess(page: Any, calibrated_
 
 
 @pytest.fixture(scope="module")
-def family_page(family_run: dict[str, Path]) -> Iterator[tuple[Any, str, str]]:
+def family_server(family_run: dict[str, Path]) -> Iterator[str]:
     """The page of a calibrated Qwen2.5-VL / SmolVLM run (see tests/conftest.py)."""
     from productvlm.serving.app import load_predictor
     from productvlm.serving.config import ServeConfig
 
     cfg = ServeConfig(model=str(family_run["run"]), max_new_tokens=48, max_wait_ms=20)
-    server = _serve(load_predictor(cfg), cfg)
-    url = next(server)
-    try:
-        if not CHROMIUM.exists():
-            _missing(f"{CHROMIUM} not found: `make venv` installs Debian's chromium")
-        try:
-            from playwright import sync_api
-        except ImportError as e:
-            _missing(f"playwright is not installed ({e}); `make venv` installs the dev extra")
-        with sync_api.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-            try:
-                pg = browser.new_page(viewport={"width": 1200, "height": 900})
-                pg.set_default_timeout(60_000)
-                yield pg, url, family_run["family"].name
-            finally:
-                browser.close()
-    finally:
-        next(server, None)
+    yield from _serve(load_predictor(cfg), cfg)
 
 
-def test_the_page_answers_with_each_model_family(family_page: tuple[Any, str, str],
+def test_the_page_answers_with_each_model_family(page: Any, family_server: str,
+                                                 family_run: dict[str, Path],
                                                  sample_photo: Path) -> None:
-    page, url, family = family_page
-    page.goto(url + "/")
+    family = family_run["family"].name
+    page.goto(family_server + "/")
     page.set_input_files("#files", str(sample_photo))
     card = page.locator(".card").first
     card.locator(".price").wait_for(state="visible")

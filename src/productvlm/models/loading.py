@@ -441,8 +441,7 @@ def _apply_image_options(images: Any, options: ImageOptions) -> None:
                            ("longest_edge", options.max_pixels)):
             if value is not None:
                 size[key] = value
-        images.min_pixels, images.max_pixels = size["shortest_edge"], size["longest_edge"]
-        images.size = size
+        images.size = size  # Qwen's min and max pixels (its older min_pixels / max_pixels)
     if options.image_splitting is not None or options.longest_edge is not None:
         if not hasattr(images, "do_image_splitting"):
             raise ProductVLMError("image_splitting / longest_edge are SmolVLM settings; this "
