@@ -51,3 +51,14 @@ def test_small_demo_runs_every_stage_and_learns(tmp_path: Path) -> None:
                                     out=tmp_path / "untrained-eval", report_to="none"))
     assert untrained.metrics["parse_rate"] == 1.0  # constrained decoding: it answers, wrongly
     assert not any(_learned(untrained.metrics, constant).values()), untrained.metrics
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "smolvlm"])
+def test_small_demo_learns_with_each_family(family: str, tmp_path: Path) -> None:
+    """The same small recipe with a tiny Qwen2.5-VL / SmolVLM: it learns past the baselines."""
+    out = tmp_path / "demo"
+    result = demo(DemoConfig(out=out, model_family=family, n=500, epochs=8,
+                             vision_warmup_epochs=30, report_to="none"))
+    assert result.metrics["parse_rate"] == 1.0
+    learned = _learned(result.metrics, result.baselines["constant"])
+    assert all(learned.values()), (family, result.metrics, result.baselines["constant"])
