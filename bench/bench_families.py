@@ -5,7 +5,8 @@ Usage: .venv/bin/python bench/bench_families.py [--n 240] [--steps 20]
 
 Each family's tiny model at the demo's sizes (DemoConfig: decoder 128 wide x 3 layers,
 image side 128 wide x 4 layers, 112-px images), a tokenizer trained on the same synth
-catalog, the same collator, optimizer (AdamW, full fine-tuning) and batch, measured in one
+catalog, the same collator, loop (bench_train.bare_loop: AdamW, full fine-tuning, gradient
+clipping) and batch, measured in one
 run; Phi-3-vision, the default, is the baseline of the ratios. Generation: the Predictor
 (constrained, greedy, KV cache, left padding) on 64 test photos, 16 at a time; with
 ``--run FAMILY=RUN`` a trained run of that family answers (trained answers have their real
@@ -21,37 +22,9 @@ import time
 from pathlib import Path
 
 import torch
+from bench_train import bare_loop  # the same plain training loop (bench/ is on sys.path)
 
 FAMILIES = ("phi3v", "qwen2_5_vl", "smolvlm")
-
-
-def train_rate(model_dir: Path, data: Path, steps: int, batch: int, warmup: int = 3) -> float:
-    """Samples/s of forward + backward + AdamW step, after ``warmup`` steps."""
-    from torch.utils.data import DataLoader
-
-    from productvlm.models.loading import load_model, load_processor
-    from productvlm.prepared import load_prepared
-    from productvlm.training.collate import VLMCollator
-
-    torch.manual_seed(0)
-    ds = load_prepared(data)["train"]
-    model = load_model(model_dir, dtype="fp32").train()
-    loader = DataLoader(ds, batch_size=batch, shuffle=True, drop_last=True,
-                        collate_fn=VLMCollator(load_processor(model_dir, num_crops=1),
-                                               max_length=256))
-    opt = torch.optim.AdamW(model.parameters(), lr=5e-4)
-    done, t0 = 0, 0.0
-    while done < steps + warmup:
-        for b in loader:
-            if done == warmup:
-                t0 = time.perf_counter()
-            model(**b).loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            done += 1
-            if done == steps + warmup:
-                break
-    return steps * batch / (time.perf_counter() - t0)
 
 
 def answer_rate(model: str, data: Path, n: int = 64, batch: int = 16) -> tuple[float, float]:
@@ -95,7 +68,7 @@ def main() -> None:
             folder = tiny_base_model(DemoConfig(out=root / family, model_family=family),
                                      train_split)
             params = sum(p.numel() for p in load_model(folder).parameters())
-            rate = train_rate(folder, root / "prepared", args.steps, batch=8)
+            rate = bare_loop(root / "prepared", folder, args.steps, batch=8, warmup=3)
             answers, tokens = answer_rate(runs.get(family, str(folder)), root / "prepared")
             results[family] = {"params": params, "train_samples_per_s": round(rate, 1),
                                "answers_per_s": round(answers, 2),

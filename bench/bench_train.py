@@ -33,17 +33,18 @@ def make_data(tmp: Path, n: int) -> tuple[Path, Path]:
 
 
 def bare_loop(data: Path, model_dir: Path, steps: int, batch: int, warmup: int) -> float:
+    """Samples/s of a plain loop (forward, backward, clip, AdamW) after ``warmup`` steps, for
+    a model of any family (bench_families.py uses it too)."""
     from torch.utils.data import DataLoader
 
-    from productvlm.models.phi3v import Phi3VForCausalLM
-    from productvlm.models.phi3v.processing import Phi3VProcessor
+    from productvlm.models.loading import load_model, load_processor
     from productvlm.prepared import load_prepared
     from productvlm.training.collate import VLMCollator
 
     torch.manual_seed(0)
     ds = load_prepared(data)["train"]
-    model = Phi3VForCausalLM.from_pretrained(model_dir).train()
-    processor = Phi3VProcessor.from_pretrained(model_dir, num_crops=1)
+    model = load_model(model_dir, dtype="fp32").train()
+    processor = load_processor(model_dir, num_crops=1)
     loader = DataLoader(ds, batch_size=batch, shuffle=True, drop_last=True,
                         collate_fn=VLMCollator(processor, max_length=256))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-4)

@@ -81,42 +81,33 @@ def tiny_config(family: str, tokenizer: Any, *, hidden_size: int = 128, layers: 
             "max_position_embeddings": 4096, "tie_word_embeddings": False,
             "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
             "bos_token_id": ids("<|endoftext|>")}
-    if family == "qwen2_5_vl":
+    if family in ("qwen2_5_vl", "qwen3_vl"):
         head = hidden_size // 4
-        return transformers.Qwen2_5_VLConfig(
-            text_config={**text, "rope_scaling": {"type": "mrope", "rope_type": "default",
-                                                  "rope_theta": rope_theta,
-                                                  "mrope_section": [head // 8, head * 3 // 16,
-                                                                    head * 3 // 16]}},
-            vision_config={"depth": vision_layers, "hidden_size": vision_hidden,
-                           "intermediate_size": vision_hidden * 2, "num_heads": 4,
-                           "out_hidden_size": hidden_size, "patch_size": 14,
-                           "spatial_merge_size": 2, "temporal_patch_size": 2,
-                           "window_size": 56, "fullatt_block_indexes": [vision_layers - 1]},
-            image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
-            vision_start_token_id=ids("<|vision_start|>"),
-            vision_end_token_id=ids("<|vision_end|>"), tie_word_embeddings=False,
-            bos_token_id=ids("<|endoftext|>"), eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    if family == "qwen3_vl":
-        head = hidden_size // 4
+        # multimodal rope: the head's frequencies split over time, height and width
+        rope = {"rope_type": "default", "rope_theta": rope_theta,
+                "mrope_section": [head // 8, head * 3 // 16, head * 3 // 16]}
+        vision = {"depth": vision_layers, "hidden_size": vision_hidden,
+                  "intermediate_size": vision_hidden * 2, "num_heads": 4,
+                  "out_hidden_size": hidden_size, "spatial_merge_size": 2,
+                  "temporal_patch_size": 2}
+        common = {"image_token_id": ids("<|image_pad|>"),
+                  "video_token_id": ids("<|video_pad|>"),
+                  "vision_start_token_id": ids("<|vision_start|>"),
+                  "vision_end_token_id": ids("<|vision_end|>"), "tie_word_embeddings": False,
+                  "bos_token_id": ids("<|endoftext|>"), "eos_token_id": tokenizer.eos_token_id,
+                  "pad_token_id": tokenizer.pad_token_id}
+        if family == "qwen2_5_vl":
+            return transformers.Qwen2_5_VLConfig(
+                text_config={**text, "rope_scaling": {"type": "mrope", **rope}},
+                vision_config={**vision, "patch_size": 14, "window_size": 56,
+                               "fullatt_block_indexes": [vision_layers - 1]},
+                **common)
         return transformers.Qwen3VLConfig(
             text_config={**text, "head_dim": head,
-                         "rope_parameters": {"rope_type": "default", "rope_theta": rope_theta,
-                                             "mrope_interleaved": True,
-                                             "mrope_section": [head // 8, head * 3 // 16,
-                                                               head * 3 // 16]}},
-            vision_config={"depth": vision_layers, "hidden_size": vision_hidden,
-                           "intermediate_size": vision_hidden * 2, "num_heads": 4,
-                           "out_hidden_size": hidden_size, "patch_size": 16,
-                           "spatial_merge_size": 2, "temporal_patch_size": 2,
-                           "num_position_embeddings": 64,
+                         "rope_parameters": {**rope, "mrope_interleaved": True}},
+            vision_config={**vision, "patch_size": 16, "num_position_embeddings": 64,
                            "deepstack_visual_indexes": [vision_layers // 2]},
-            image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
-            vision_start_token_id=ids("<|vision_start|>"),
-            vision_end_token_id=ids("<|vision_end|>"), tie_word_embeddings=False,
-        )
+            **common)
     if family in ("smolvlm", "smolvlm2"):
         cls = transformers.Idefics3Config if family == "smolvlm" else transformers.SmolVLMConfig
         return cls(
