@@ -86,3 +86,14 @@ def test_messages_and_target() -> None:
         {"role": "assistant", "content": "A"},
     ]
     assert render_target("A", Tok()) == "A<|end|>\n<|endoftext|>"
+
+
+def test_the_real_phi3_template_gives_the_phi3_target(conformance_dir) -> None:
+    """chat_parts, read off Phi-3-vision's own chat template, gives the target productvlm has
+    always trained on: the answer, <|end|>, a newline and <|endoftext|>."""
+    from productvlm.models.loading import load_processor
+    from productvlm.prompts import chat_parts, render_target
+
+    tok = load_processor(conformance_dir / "hub").tokenizer
+    assert chat_parts(tok).end == "<|end|>"
+    assert render_target("A", tok) == "A<|end|>\n<|endoftext|>"

@@ -4,10 +4,10 @@ evaluate, predict, serve and audit all call :class:`Predictor`.
 Generation is batched greedy decoding with left padding and the KV cache, stopping at the
 answer's end token (``<|end|>`` for Phi-3, see ``prompts.answer_end``) or EOS; answers are
 constrained to the target format by default (:mod:`productvlm.constrained`), so every answer
-parses. With a calibration (a run's
-``calibration/``), each answer also gets a price interval, its category's probability and a
-confidence (:mod:`productvlm.calibration`, measured by :mod:`productvlm.measure`); the answer
-text is the same with or without it.
+parses. With a calibration (a run's ``calibration/``), each answer also gets a price
+interval, its category's probability and a confidence (:mod:`productvlm.calibration`,
+measured by :mod:`productvlm.measure`); the answer text is the same with or without it.
+Every model family takes this one path (:mod:`productvlm.models.families`).
 
 Usage:
     productvlm predict --model runs/demo/train shots/*.jpg https://example.com/bag.jpg
