@@ -37,7 +37,8 @@ def bare_loop(data: Path, model_dir: Path, steps: int, batch: int, warmup: int) 
     a model of any family (bench_families.py uses it too)."""
     from torch.utils.data import DataLoader
 
-    from productvlm.models.loading import load_model, load_processor
+    from productvlm.models.loading import load_model
+    from productvlm.models.processors import load_processor
     from productvlm.prepared import load_prepared
     from productvlm.training.collate import VLMCollator
 

@@ -102,9 +102,10 @@ def phase_check(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     from peft import PeftModel
     from safetensors import safe_open
 
-    from productvlm.models.loading import load_model, load_processor, save_merged
+    from productvlm.models.loading import load_model, save_merged
     from productvlm.models.phi3v import Phi3VConfig
     from productvlm.models.phi3v.hub_layout import compare_layout, hub_tensor_shapes, read_layout
+    from productvlm.models.processors import load_processor
     from productvlm.prepared import load_prepared
     from productvlm.training.collate import VLMCollator
 

@@ -156,7 +156,8 @@ def time_steps(model: Any, batches: list[dict], clock: Clock, warmup: int = 2,
 
 def lora_section(base: Path, rows: list, clock: Clock, device: torch.device,
                  peak: float | None, out: dict) -> None:
-    from productvlm.models.loading import load_model, load_processor
+    from productvlm.models.loading import load_model
+    from productvlm.models.processors import load_processor
     from productvlm.training.collate import VLMCollator
 
     attns = ["sdpa"]
@@ -208,7 +209,8 @@ def lora_section(base: Path, rows: list, clock: Clock, device: torch.device,
 def qlora_section(base: Path, rows: list, clock: Clock, device: torch.device,
                   out: dict) -> None:
     from productvlm.errors import ProductVLMError
-    from productvlm.models.loading import load_model, load_processor
+    from productvlm.models.loading import load_model
+    from productvlm.models.processors import load_processor
     from productvlm.training.collate import VLMCollator
 
     cfg = train_cfg("burberry-phi3v-qlora.yaml", base)
@@ -233,7 +235,8 @@ def qlora_section(base: Path, rows: list, clock: Clock, device: torch.device,
 def generation_section(base: Path, rows: list, clock: Clock, device: torch.device,
                        out: dict) -> None:
     from productvlm.inference import Predictor
-    from productvlm.models.loading import load_model, load_processor
+    from productvlm.models.loading import load_model
+    from productvlm.models.processors import load_processor
 
     model = load_model(base, dtype="bf16").to(device).eval()
     predictor = Predictor(model, load_processor(base, num_crops=16), batch_size=16,

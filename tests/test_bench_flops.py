@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-from productvlm.models.loading import LoraSpec, load_model, load_processor
+from productvlm.models.loading import LoraSpec, load_model
 from productvlm.models.phi3v.tiny import save_tiny_model, tiny_config
+from productvlm.models.processors import load_processor
 from productvlm.models.tiny_tokenizer import train_tiny_tokenizer
 from productvlm.training.collate import VLMCollator
 

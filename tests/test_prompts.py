@@ -91,7 +91,7 @@ def test_messages_and_target() -> None:
 def test_the_real_phi3_template_gives_the_phi3_target(conformance_dir) -> None:
     """chat_parts, read off Phi-3-vision's own chat template, gives the target productvlm has
     always trained on: the answer, <|end|>, a newline and <|endoftext|>."""
-    from productvlm.models.loading import load_processor
+    from productvlm.models.processors import load_processor
     from productvlm.prompts import chat_parts, render_target
 
     tok = load_processor(conformance_dir / "hub").tokenizer

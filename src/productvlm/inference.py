@@ -171,7 +171,8 @@ class Predictor:
         'seed'
         """
         info = resolve_model(model)  # first: a wrong path fails before torch is imported
-        from productvlm.models.loading import load_processor, pick_device, pick_dtype
+        from productvlm.models.loading import pick_device, pick_dtype
+        from productvlm.models.processors import load_processor
 
         dev = pick_device(device)
         try:

@@ -20,13 +20,8 @@ from PIL import Image
 from productvlm.errors import ProductVLMError
 from productvlm.inference import Predictor
 from productvlm.models.families import family_of, text_model
-from productvlm.models.loading import (
-    ImageOptions,
-    LoraSpec,
-    load_model,
-    load_processor,
-    save_merged,
-)
+from productvlm.models.loading import LoraSpec, load_model, save_merged
+from productvlm.models.processors import ImageOptions, load_processor
 from productvlm.models.scoring import score_continuations
 from productvlm.models.tiny_families import save_tiny_family
 from productvlm.prompts import chat_parts, render_prompt

@@ -12,9 +12,10 @@ from peft import PeftModel
 from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor
 
 from productvlm.errors import ProductVLMError
-from productvlm.models.loading import LoraSpec, load_model, load_processor
+from productvlm.models.loading import LoraSpec, load_model
 from productvlm.models.phi3v import Phi3VForCausalLM, Phi3VProcessor
 from productvlm.models.phi3v.tiny import save_tiny_model
+from productvlm.models.processors import load_processor
 from productvlm.models.tiny_tokenizer import train_tiny_tokenizer
 
 PROMPT = "<|user|>\n<|image_1|>\nWhat is shown in this image?<|end|>\n<|assistant|>\n"

@@ -10,9 +10,10 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from productvlm.models.loading import LoraSpec, load_model, load_processor, save_merged
+from productvlm.models.loading import LoraSpec, load_model, save_merged
 from productvlm.models.phi3v import Phi3VForCausalLM
 from productvlm.models.phi3v.tiny import save_tiny_model
+from productvlm.models.processors import load_processor
 from productvlm.models.remote_code import carry_remote_code
 from productvlm.models.tiny_tokenizer import train_tiny_tokenizer
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from productvlm.models.loading import load_model, load_processor
+from productvlm.models.loading import load_model
+from productvlm.models.processors import load_processor
 from productvlm.models.scoring import score_continuations
 from productvlm.prompts import render_prompt
 

@@ -18,7 +18,8 @@ from PIL import Image
 
 from productvlm.inference import Predictor
 from productvlm.models.families import FAMILIES, vision_param
-from productvlm.models.loading import load_model, load_processor
+from productvlm.models.loading import load_model
+from productvlm.models.processors import load_processor
 from productvlm.models.tiny_families import save_tiny_family
 from productvlm.training.config import TrainConfig
 from productvlm.training.trainer import train

@@ -17,8 +17,8 @@ from PIL import Image
 
 from productvlm.config import save_config
 from productvlm.errors import ProductVLMError
-from productvlm.models.loading import load_processor
 from productvlm.models.phi3v.hub_layout import compare_layout, hub_tensor_shapes, read_layout
+from productvlm.models.processors import load_processor
 from productvlm.prompts import render_prompt
 from productvlm.training.config import TrainConfig
 from productvlm.training.trainer import train

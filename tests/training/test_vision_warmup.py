@@ -9,8 +9,9 @@ import torch
 from PIL import Image, ImageOps
 
 from productvlm.errors import ProductVLMError
-from productvlm.models.loading import load_model, load_processor
+from productvlm.models.loading import load_model
 from productvlm.models.phi3v.image_processing import Phi3VImageProcessor
+from productvlm.models.processors import load_processor
 from productvlm.prepared import load_prepared
 from productvlm.prompts import title_words
 from productvlm.training.config import TrainConfig

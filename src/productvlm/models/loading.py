@@ -14,7 +14,6 @@ the same way. Phi-3-vision loads with our native classes, the others with transf
 >>> model = load_model("microsoft/Phi-3-vision-128k-instruct", dtype="bf16",
 ...     lora=LoraSpec(r=64, alpha=128), gradient_checkpointing=True)  # doctest: +SKIP
 >>> merged = load_model("runs/train/adapter")  # base + adapter, merged  # doctest: +SKIP
->>> processor = load_processor("runs/train/adapter", num_crops=4)  # doctest: +SKIP
 
 Nothing here runs remote code: our classes are registered for ``phi3_v`` on import.
 """
@@ -31,7 +30,7 @@ import torch
 
 from productvlm.errors import ProductVLMError
 from productvlm.models.families import FAMILIES, Family, family_for, family_of, vision_param
-from productvlm.models.phi3v import Phi3VForCausalLM, Phi3VProcessor
+from productvlm.models.phi3v import Phi3VForCausalLM
 from productvlm.rundir import is_hub_id
 
 DECODER_TARGETS = FAMILIES["phi3v"].decoder_targets
@@ -124,7 +123,7 @@ def lora_target_regex(config: Any, spec: LoraSpec) -> str:
     return "|".join(f"(?:{p})" for p in parts)
 
 
-def _check_source(name_or_path: str | os.PathLike) -> tuple[str, dict | None]:
+def check_source(name_or_path: str | os.PathLike) -> tuple[str, dict | None]:
     """(what to load, adapter_config or None), raising ProductVLMError for a bad source."""
     name = str(name_or_path)
     path = Path(name).expanduser()
@@ -149,7 +148,7 @@ def _check_source(name_or_path: str | os.PathLike) -> tuple[str, dict | None]:
     return name, None
 
 
-def _hub_config(name: str) -> Any:
+def hub_config(name: str) -> Any:
     from transformers import AutoConfig
 
     try:
@@ -171,13 +170,13 @@ def model_family(name_or_path: str | os.PathLike) -> Family:
     >>> model_family("HuggingFaceTB/SmolVLM-256M-Instruct").name  # doctest: +SKIP
     'smolvlm'
     """
-    source, adapter = _check_source(name_or_path)
+    source, adapter = check_source(name_or_path)
     if adapter is not None:
-        source, _ = _check_source(adapter.get("base_model_name_or_path") or "")
+        source, _ = check_source(adapter.get("base_model_name_or_path") or "")
     config = Path(source) / "config.json"
     if config.is_file():
         return family_for(str(json.loads(config.read_text()).get("model_type")))
-    return family_for(_hub_config(source).model_type)
+    return family_for(hub_config(source).model_type)
 
 
 def load_model(
@@ -216,12 +215,12 @@ def load_model(
         bf16 = pick_dtype(cfg.precision) == torch.bfloat16
         dtype = torch.bfloat16 if bf16 and mode != "full" else torch.float32
 
-    source, adapter_cfg = _check_source(name_or_path)
+    source, adapter_cfg = check_source(name_or_path)
     base = source
     if adapter is not None:
         if adapter_cfg is not None:
             raise ProductVLMError(f"{source}: an adapter folder cannot take another adapter")
-        adapter_dir, adapter_cfg = _check_source(adapter)
+        adapter_dir, adapter_cfg = check_source(adapter)
         if adapter_cfg is None:
             raise ProductVLMError(f"{adapter}: no adapter_config.json; not an adapter folder")
         source = adapter_dir
@@ -229,7 +228,7 @@ def load_model(
         base = adapter_cfg.get("base_model_name_or_path")
         if not base:
             raise ProductVLMError(f"{source}/adapter_config.json names no base_model_name_or_path")
-        base, nested = _check_source(base)
+        base, nested = check_source(base)
         if nested is not None:
             raise ProductVLMError(f"{source}: its base model {base} is itself an adapter")
     fam = model_family(base)
@@ -351,107 +350,6 @@ def _quantization(compute_dtype: torch.dtype, fam: Family) -> dict[str, Any]:
     return {"quantization_config": quant, "device_map": {"": int(os.environ.get("LOCAL_RANK", 0))}}
 
 
-@dataclass(frozen=True)
-class ImageOptions:
-    """A family's image-size settings (None: the checkpoint's own). Each family reads its
-    own and ignores the others': Phi-3-vision ``num_crops`` (336-px crops per image), Qwen
-    ``min_pixels`` / ``max_pixels`` (the resized photo's area, hence its token count),
-    SmolVLM ``image_splitting`` (tiles of the photo besides the whole) and ``longest_edge``
-    (the photo's longest side after resizing)."""
-
-    num_crops: int | None = None
-    min_pixels: int | None = None
-    max_pixels: int | None = None
-    image_splitting: bool | None = None
-    longest_edge: int | None = None
-
-
-def load_processor(name_or_path: str | os.PathLike, num_crops: int | None = None,
-                   options: ImageOptions | None = None) -> Any:
-    """The family's processor from a Hub id, a model, adapter or processor folder.
-
-    An adapter folder's own tokenizer files win (a run saves them beside the adapter);
-    otherwise its base model's are used. ``num_crops`` / ``options`` override the saved
-    image-size settings.
-
-    >>> opts = ImageOptions(max_pixels=448 * 448)
-    >>> load_processor("runs/demo/train", options=opts)  # doctest: +SKIP
-    """
-    options = options or ImageOptions()
-    num_crops = num_crops or options.num_crops
-    if (Path(name_or_path) / "tokenizer.json").is_file():  # a processor folder of its own
-        source, adapter = str(name_or_path), None
-    else:
-        source, adapter = _check_source(name_or_path)
-    if adapter is not None and not (Path(source) / "tokenizer.json").is_file():
-        source, _ = _check_source(adapter.get("base_model_name_or_path") or "")
-    if Path(source).is_dir() and not (Path(source) / "tokenizer.json").is_file():
-        raise ProductVLMError(
-            f"{source}: no tokenizer.json; save the processor there (processor.save_pretrained) "
-            "or point at the base model"
-        )
-    cls_name = _processor_class(source)
-    try:
-        if cls_name == Phi3VProcessor.__name__:
-            return Phi3VProcessor.from_pretrained(source, num_crops=num_crops)
-        import transformers
-
-        from productvlm.models.families import image_only_processor, torchvision_available
-
-        cls = getattr(transformers, cls_name)
-        if not torchvision_available():
-            cls = image_only_processor(cls)
-        processor = cls.from_pretrained(source)
-    except OSError as err:
-        raise ProductVLMError(f"cannot load the processor of {source}: {err}") from err
-    _apply_image_options(processor.image_processor, options)
-    processor.tokenizer.structured_chat = family_of(processor).structured_prompt
-    return processor
-
-
-def _processor_class(source: str) -> str:
-    """The processor class a folder names, else the one its (or a Hub id's) model type uses."""
-    for name in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
-        file = Path(source) / name
-        if file.is_file():
-            named = json.loads(file.read_text()).get("processor_class")
-            if named:
-                return str(named)
-    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
-
-    config = Path(source) / "config.json"
-    model_type = (json.loads(config.read_text()).get("model_type") if config.is_file()
-                  else _hub_config(source).model_type)
-    if model_type == "phi3_v":
-        return Phi3VProcessor.__name__
-    found = PROCESSOR_MAPPING_NAMES.get(model_type)
-    if not found:
-        raise ProductVLMError(f"{source}: no processor is known for model_type {model_type!r}")
-    return str(found)
-
-
-def _apply_image_options(images: Any, options: ImageOptions) -> None:
-    """Set a transformers image processor's size settings (Qwen's pixels, SmolVLM's tiles)."""
-    size = dict(getattr(images, "size", None) or {})
-    if options.min_pixels is not None or options.max_pixels is not None:
-        if "shortest_edge" not in size:
-            raise ProductVLMError("min_pixels / max_pixels are Qwen-VL settings; this model's "
-                                  "processor does not take them")
-        for key, value in (("shortest_edge", options.min_pixels),
-                           ("longest_edge", options.max_pixels)):
-            if value is not None:
-                size[key] = value
-        images.size = size  # Qwen's min and max pixels (its older min_pixels / max_pixels)
-    if options.image_splitting is not None or options.longest_edge is not None:
-        if not hasattr(images, "do_image_splitting"):
-            raise ProductVLMError("image_splitting / longest_edge are SmolVLM settings; this "
-                                  "model's processor does not take them")
-        if options.image_splitting is not None:
-            images.do_image_splitting = options.image_splitting
-        if options.longest_edge is not None:
-            images.size = {**size, "longest_edge": options.longest_edge}
-
-
-__all__ = ["DECODER_TARGETS", "PRECISIONS", "VISION_PARAMS", "ImageOptions", "LoraSpec",
-           "load_model", "load_processor", "lora_target_regex", "merge_adapter",
-           "mixed_precision", "model_family", "pick_device", "pick_dtype", "save_merged"]
+__all__ = ["DECODER_TARGETS", "PRECISIONS", "VISION_PARAMS", "LoraSpec", "check_source",
+           "hub_config", "load_model", "lora_target_regex", "merge_adapter", "mixed_precision",
+           "model_family", "pick_device", "pick_dtype", "save_merged"]

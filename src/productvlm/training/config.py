@@ -94,7 +94,7 @@ class TrainConfig(StageConfig):
 
     def image_options(self) -> Any:
         """The image-size settings, for ``load_processor`` (each family reads its own)."""
-        from productvlm.models.loading import ImageOptions
+        from productvlm.models.processors import ImageOptions
 
         return ImageOptions(num_crops=self.num_crops, min_pixels=self.min_pixels,
                             max_pixels=self.max_pixels, image_splitting=self.image_splitting,

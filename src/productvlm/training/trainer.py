@@ -84,12 +84,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     """
     from transformers import set_seed
 
-    from productvlm.models.loading import (
-        load_model,
-        load_processor,
-        mixed_precision,
-        pick_device,
-    )
+    from productvlm.models.loading import load_model, mixed_precision, pick_device
+    from productvlm.models.processors import load_processor
     from productvlm.prepared import load_prepared
     from productvlm.tracking import trainer_report_to
     from productvlm.training.callbacks import (
