@@ -109,7 +109,7 @@ class _Photos(torch.utils.data.Dataset):
     def __init__(self, rows: Any, image_processor: Any, cats: dict[str, int],
                  words: dict[str, int], hflip: float, shift: float, keep: bool = True,
                  native: bool = True) -> None:
-        self.native = native  # Phi-3's processed views, else photos processed per batch
+        self.native = native  # Phi-3: processed views mirrored as tensors; else _processed
         self.images = rows.select_columns(["image"])
         self.titles, self.categories = rows["title"], rows["category"]
         self.image_processor, self.cats, self.words = image_processor, cats, words
