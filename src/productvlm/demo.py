@@ -26,7 +26,7 @@ from productvlm.config import StageConfig, resolve_config, save_config
 from productvlm.errors import ProductVLMError
 
 #: the families the demo builds tiny models of (models/families.py's names)
-DEMO_FAMILIES = ("phi3v", "qwen2_5_vl", "smolvlm")
+DEMO_FAMILIES = ("phi3v", "qwen2_5_vl", "smolvlm", "phi4mm")
 
 
 class DemoConfig(StageConfig):
@@ -128,10 +128,8 @@ def demo(cfg: DemoConfig) -> DemoResult:
     from productvlm.training.trainer import train
 
     if cfg.model_family not in DEMO_FAMILIES:
-        hint = (" (Phi-4-multimodal's image processor needs torchvision, which does not "
-                "install beside the CPU torch wheel)" if cfg.model_family == "phi4mm" else "")
         raise ProductVLMError(f"--model-family {cfg.model_family!r}: the demo builds "
-                              f"{', '.join(DEMO_FAMILIES)}{hint}")
+                              f"{', '.join(DEMO_FAMILIES)}")
     console = Console()
     started = time.perf_counter()
     save_config(cfg, cfg.out, name="demo-config.yaml")

@@ -293,7 +293,10 @@ class Predictor:
     def _inputs(self, batch: Any) -> dict[str, Any]:
         device = self.model.device
         dtype = next(self.model.parameters()).dtype
-        return {k: v.to(device, dtype=dtype) if k == "pixel_values" else v.to(device)
+        from productvlm.models.families import family_of
+
+        pixels = family_of(self.model).pixels
+        return {k: v.to(device, dtype=dtype) if k == pixels else v.to(device)
                 for k, v in batch.items()}
 
     def generate(self, images: Sequence[Any], grid: Sequence[float] | None = None,

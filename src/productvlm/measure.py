@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from productvlm.calibration import Signals
-from productvlm.models.families import family_of, text_model, unwrap
+from productvlm.models.families import family_of, image_token_id, text_model, unwrap
 from productvlm.models.scoring import score_continuations
 from productvlm.prompts import (
     ProductFields,
@@ -48,7 +48,8 @@ class ImageFeatures:
     Phi-3-vision: a hook on its image side (``vision_embed_tokens``), whose output is the
     tokens of each image. The transformers families: a hook on the decoder's input, the
     embeddings with the image features already in place, read at the image-token positions
-    of ``input_ids``.
+    of ``input_ids`` (Phi-4-multimodal's decoder takes ids: there the hook is on the module
+    that writes those embeddings, ``embed_tokens_extend``).
 
     >>> with ImageFeatures(model, batch["input_ids"]) as feats:  # doctest: +SKIP
     ...     model.generate(**batch)
@@ -64,8 +65,11 @@ class ImageFeatures:
         else:
             if input_ids is None:
                 raise ValueError("ImageFeatures needs the batch's input_ids for this family")
-            self.module = text_model(self.model)
-            self.image_mask = input_ids == self.model.config.image_token_id
+            fam = family_of(self.model)
+            self.embeds_out = bool(fam.embeds_module)
+            self.module = (self.model.get_submodule(fam.embeds_module) if self.embeds_out
+                           else text_model(self.model))
+            self.image_mask = input_ids == image_token_id(self.model.config)
         self.pooled: np.ndarray | None = None
         self._handle: Any = None
 
@@ -74,7 +78,12 @@ class ImageFeatures:
             self.pooled = torch.stack([t.float().mean(0) for t in output]).cpu().numpy()
 
     def _pre_hook(self, module: Any, args: Any, kwargs: dict[str, Any]) -> None:
-        embeds = kwargs.get("inputs_embeds")
+        self._read(kwargs.get("inputs_embeds"))
+
+    def _embeds_hook(self, module: Any, args: Any, output: torch.Tensor) -> None:
+        self._read(output)
+
+    def _read(self, embeds: torch.Tensor | None) -> None:
         if self.pooled is not None or embeds is None or embeds.shape[1] != self.image_mask.shape[1]:
             return  # not the prompt's pass
         mask = self.image_mask.to(embeds.device)[..., None].float()
@@ -91,6 +100,8 @@ class ImageFeatures:
     def __enter__(self) -> ImageFeatures:
         if self.native:
             self._handle = self.module.register_forward_hook(self._hook)
+        elif self.embeds_out:
+            self._handle = self.module.register_forward_hook(self._embeds_hook)
         else:
             self._handle = self.module.register_forward_pre_hook(self._pre_hook,
                                                                  with_kwargs=True)

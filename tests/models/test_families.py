@@ -1,5 +1,5 @@
-"""Qwen2.5-VL, Qwen3-VL, SmolVLM (Idefics3) and SmolVLM2 through the same pipeline as
-Phi-3-vision.
+"""Qwen2.5-VL, Qwen3-VL, SmolVLM (Idefics3), SmolVLM2 and Phi-4-multimodal through the same
+pipeline as Phi-3-vision.
 
 Each family is a tiny random model of transformers' own class, with a tokenizer made here
 that has the family's special tokens and chat template, and the family's own processor
@@ -19,7 +19,7 @@ from PIL import Image
 
 from productvlm.errors import ProductVLMError
 from productvlm.inference import Predictor
-from productvlm.models.families import family_of, text_model
+from productvlm.models.families import family_of, image_token_id, text_model
 from productvlm.models.loading import LoraSpec, load_model, save_merged
 from productvlm.models.processors import ImageOptions, load_processor
 from productvlm.models.scoring import score_continuations
@@ -27,8 +27,8 @@ from productvlm.models.tiny_families import save_tiny_family
 from productvlm.prompts import chat_parts, render_prompt
 from productvlm.training.collate import IGNORE_INDEX, VLMCollator
 
-FAMILIES = ["qwen2_5_vl", "qwen3_vl", "smolvlm", "smolvlm2"]  # tiny_families names
-END = {"qwen2_5_vl": "<|im_end|>", "smolvlm": "<end_of_utterance>"}
+FAMILIES = ["qwen2_5_vl", "qwen3_vl", "smolvlm", "smolvlm2", "phi4mm"]  # tiny_families names
+END = {"qwen2_5_vl": "<|im_end|>", "smolvlm": "<end_of_utterance>", "phi4mm": "<|end|>"}
 TEXTS = [f"Product: {a} {b}, Category: {c}, Full Price: {p},290.00"
          for a in ("Medium", "Small", "Check") for b in ("Lola Bag", "Wool Scarf", "Trench")
          for c, p in (("BAGS", 1), ("SCARVES", 2), ("COATS", 3))] * 5
@@ -83,7 +83,7 @@ def test_labels_are_exactly_the_answer_and_its_end_tokens(folder: Path) -> None:
         trained = tok.decode(target)
         assert trained.strip().startswith("Product: ") and END[_family(folder)] in trained
     # the image tokens are never trained on
-    image_id = load_model(folder).config.image_token_id
+    image_id = image_token_id(load_model(folder).config)
     assert not (batch["labels"] == image_id).any()
 
 
@@ -112,6 +112,12 @@ def test_image_size_settings_change_the_tokens_per_photo(folder: Path) -> None:
         assert tokens(ImageOptions(max_pixels=28 * 28 * 4)) < tokens(ImageOptions())
         with pytest.raises(ProductVLMError, match="SmolVLM settings"):
             load_processor(folder, options=ImageOptions(image_splitting=True))
+        with pytest.raises(ProductVLMError, match="Phi-4-multimodal setting"):
+            load_processor(folder, options=ImageOptions(dynamic_hd=4))
+    elif name == "phi4mm":  # 224 px: 2 x 2 crops of 112 px, or one
+        assert tokens(ImageOptions(dynamic_hd=1)) < tokens(ImageOptions())
+        with pytest.raises(ProductVLMError, match="SmolVLM settings"):
+            load_processor(folder, options=ImageOptions(image_splitting=True))
     else:
         assert tokens(ImageOptions(image_splitting=True)) > tokens(ImageOptions())
         with pytest.raises(ProductVLMError, match="Qwen-VL settings"):
@@ -130,8 +136,10 @@ def test_lora_targets_and_frozen_tower(folder: Path) -> None:
     assert any(any(m in n for m in fam.tower) for n in trained_v)  # the encoder's layers
     full = load_model(folder, freeze_vision=True)
     for name, param in full.named_parameters():
-        in_tower = any(name.startswith(m + ".") for m in fam.tower)
-        assert param.requires_grad != in_tower, name
+        frozen = any(name.startswith(m + ".") for m in fam.tower + fam.frozen)
+        assert param.requires_grad != frozen, name
+    assert all(p.requires_grad != any(n.startswith(m + ".") for m in fam.frozen)
+               for n, p in load_model(folder).named_parameters())
 
 
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(folder: Path) -> None:
@@ -169,7 +177,7 @@ def test_merged_model_reloads_with_transformers_alone(folder: Path, tmp_path: Pa
     # a fresh interpreter that imports transformers only: the family's own Hub format
     code = (
         "import sys, torch, transformers\n"
-        "m = transformers.AutoModelForImageTextToText.from_pretrained(sys.argv[1])\n"
+        f"m = transformers.{family_of(model).auto_class}.from_pretrained(sys.argv[1])\n"
         f"inputs = torch.load({str(tmp_path / 'inputs.pt')!r})\n"
         "tok = transformers.AutoTokenizer.from_pretrained(sys.argv[1])\n"
         "assert tok.chat_template, 'no chat template'\n"
@@ -219,7 +227,7 @@ def test_packed_price_scores_equal_one_forward_per_candidate(folder: Path) -> No
     model, processor = load_model(folder).eval(), load_processor(folder)
     with torch.no_grad():  # sharp attention: a position off by one changes the scores
         for name, param in text_model(model).named_parameters():
-            if name.endswith(("q_proj.weight", "k_proj.weight")):
+            if name.endswith(("q_proj.weight", "k_proj.weight", "qkv_proj.weight")):
                 param.mul_(12)
     photos = [Image.new("RGB", (300, 200), (200, 40, 40)), Image.new("RGB", (90, 160), "navy")]
     batch = processor(text=[render_prompt(processor.tokenizer)] * 2,
@@ -249,7 +257,7 @@ def test_image_features_are_the_photo_own_and_batch_independent(folder: Path) ->
     photos = _photos()
     together = predictor.image_features(photos)
     apart = [Predictor(model, processor, batch_size=1).image_features([p])[0] for p in photos]
-    assert together.shape == (3, model.config.text_config.hidden_size)
+    assert together.shape == (3, model.config.get_text_config().hidden_size)
     torch.testing.assert_close(torch.tensor(together), torch.tensor(apart), atol=1e-4,
                                rtol=1e-4)
     assert not torch.allclose(torch.tensor(together[0]), torch.tensor(together[1]))
@@ -267,4 +275,4 @@ def test_the_warm_up_joins_photos_as_the_processor_batches_them(folder: Path) ->
     apart = [images([[p]], return_tensors="pt") for p in photos]
     for key, value in together.items():
         if isinstance(value, torch.Tensor):
-            torch.testing.assert_close(_join([a[key] for a in apart]), value)
+            torch.testing.assert_close(_join([a[key] for a in apart], key), value)

@@ -5,13 +5,17 @@ serve, audit) is one code path. What a family decides (torchtune's builders per 
 to a table):
 
 * which class loads it: Phi-3-vision is native here (:mod:`productvlm.models.phi3v`);
-  Qwen2.5-VL / Qwen3-VL and SmolVLM (Idefics3 / SmolVLM2) are transformers' own classes;
+  Qwen2.5-VL / Qwen3-VL, SmolVLM (Idefics3 / SmolVLM2) and Phi-4-multimodal are
+  transformers' own classes;
 * how a prompt with a photo is written for its chat template (Phi-3's ``<|image_1|>`` tag in
   the text, or an ``{"type": "image"}`` part); the processor turns it into ids;
 * which modules LoRA wraps, in the decoder and on the image side, and which parameters are
   the image side (frozen by ``freeze_vision``, given ``vision_lr``, kept out of 4-bit);
 * the processor's image-size settings: Phi-3's crops, Qwen's min/max pixels, SmolVLM's
-  image splitting.
+  image splitting, Phi-4's most crops (``dynamic_hd``);
+* what a photo task never uses and keeps frozen (Phi-4-multimodal's speech encoder), and
+  the adapters a checkpoint ships that are merged in at load (Phi-4-multimodal's vision
+  LoRA: its answers about images are made with it; its speech LoRA is left out).
 
 The answer's end token comes from the chat template itself (see :mod:`productvlm.prompts`).
 
@@ -44,10 +48,20 @@ class Family:
     # projection into the decoder stays trainable)
     vision_lora: str  # regex of the image side's linear layers LoRA may wrap
     text_model: str  # the decoder (embeddings to last hidden state), from the top model
-    # where the image-token positions are: config attribute of the image token's id
+    # where the image-token positions are: config attribute (dotted) of the image token's id
     image_token_attr: str = "image_token_id"
     processor_options: tuple[str, ...] = field(default=())  # image-size settings it takes
     native: bool = False  # our own implementation, not transformers' classes
+    auto_class: str = "AutoModelForImageTextToText"  # transformers' class that loads it
+    pixels: str = "pixel_values"  # the processor's image tensor (cast to the model's dtype)
+    # the module whose output is the decoder's input embeddings with the image features in
+    # place, where the decoder itself takes ids ("": the decoder's inputs_embeds argument)
+    embeds_module: str = ""
+    frozen: tuple[str, ...] = field(default=())  # module prefixes a photo task never uses
+    # subfolders of LoRA adapters the checkpoint ships that are merged in at load
+    merged_adapters: tuple[str, ...] = field(default=())
+    # attention classes of the image encoder that transformers marks causal by mistake
+    bidirectional: tuple[str, ...] = field(default=())
 
 
 FAMILIES: dict[str, Family] = {
@@ -94,6 +108,28 @@ FAMILIES: dict[str, Family] = {
             text_model="model.text_model",
             processor_options=("image_splitting", "longest_edge"),
         ),
+        Family(
+            name="phi4mm", title="Phi-4-multimodal", model_types=("phi4_multimodal",),
+            structured_prompt=True,
+            decoder=r"model\.layers\.\d+\.(self_attn|mlp)",
+            decoder_targets=("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
+            vision_modules=("model.embed_tokens_extend.image_embed",),
+            tower=("model.embed_tokens_extend.image_embed.img_processor",),
+            vision_lora=(r"model\.embed_tokens_extend\.image_embed\.img_processor\.encoder\."
+                         r"layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|out_proj)|mlp\.(fc1|fc2))"
+                         r"|model\.embed_tokens_extend\.image_embed\.img_projection_(up|down)"),
+            text_model="model",
+            processor_options=("dynamic_hd",),
+            auto_class="AutoModelForCausalLM", pixels="image_pixel_values",
+            image_token_attr="vision_config.image_token_id",
+            embeds_module="model.embed_tokens_extend",
+            frozen=("model.embed_tokens_extend.audio_embed",),  # the speech encoder
+            merged_adapters=("vision-lora",),  # the model card's image answers use it
+            # transformers 5.24 sets is_causal = True on its SigLIP tower's attention: with SDPA
+            # and no padded crop in the batch a patch then sees only the patches before it,
+            # with one it sees them all (eager attention always does); docs/families.md
+            bidirectional=("Phi4MultimodalVisionAttention",),
+        ),
     )
 }
 #: the names `--model-family` takes
@@ -127,7 +163,7 @@ def family_of(obj: Any) -> Family:
         return family_for(model_type)
     name = type(obj).__name__
     for prefix, fam in (("Phi3V", "phi3v"), ("Qwen", "qwen2_5_vl"), ("Idefics3", "smolvlm"),
-                        ("SmolVLM", "smolvlm")):
+                        ("SmolVLM", "smolvlm"), ("Phi4Multimodal", "phi4mm")):
         if name.startswith(prefix):
             return FAMILIES[fam]
     raise ProductVLMError(f"{name}: not a model, config or processor of a known family")
@@ -144,6 +180,20 @@ def text_model(model: Any) -> Any:
     runs on the KV cache, and where the image features are read as it receives them."""
     base = unwrap(model)
     return base.get_submodule(family_of(base).text_model)
+
+
+def image_token_id(config: Any) -> int:
+    """The id of the token that stands for one image feature in ``config``'s (a model's)
+    prompts.
+
+    >>> image_token_id(model.config)  # doctest: +SKIP
+    151655
+    """
+    config = getattr(config, "config", config)
+    value = config
+    for attr in family_of(config).image_token_attr.split("."):
+        value = getattr(value, attr)
+    return int(value)
 
 
 def vision_param(fam: Family, name: str, tower: bool = False) -> bool:
@@ -192,5 +242,5 @@ def torchvision_available() -> bool:
 
 
 __all__ = ["FAMILIES", "FAMILY_NAMES", "Family", "family_for", "family_of",
-           "image_only_processor", "text_model", "torchvision_available", "unwrap",
-           "vision_param"]
+           "image_only_processor", "image_token_id", "text_model", "torchvision_available",
+           "unwrap", "vision_param"]

@@ -243,24 +243,29 @@ def load_model(
         if fam.native:
             model = Phi3VForCausalLM.from_pretrained(base, **kwargs)
         else:
-            from transformers import AutoModelForImageTextToText
+            import transformers
 
-            model = AutoModelForImageTextToText.from_pretrained(base, **kwargs)
+            model = getattr(transformers, fam.auto_class).from_pretrained(base, **kwargs)
     except ImportError as err:  # e.g. flash_attention_2 requested but not installed
         raise ProductVLMError(f"cannot load {base} with {attn_implementation}: {err}") from err
     except OSError as err:
         raise ProductVLMError(f"cannot load model weights from {base}: {err}") from err
 
+    for module in model.modules():
+        if type(module).__name__ in fam.bidirectional:
+            module.is_causal = False  # an image encoder sees the whole crop
+    for sub in fam.merged_adapters:
+        model = _merge_shipped_adapter(model, base, sub)
     if adapter_cfg is not None:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, source, is_trainable=lora is not None)
         if lora is None:
             return merge_adapter(model).eval()
-    if freeze_vision:
-        for name, param in model.named_parameters():
-            if vision_param(fam, name, tower=True):
-                param.requires_grad_(False)
+    for name, param in model.named_parameters():
+        if (freeze_vision and vision_param(fam, name, tower=True)) or any(
+                name.startswith(f"{m}.") for m in fam.frozen):
+            param.requires_grad_(False)
     if gradient_checkpointing:
         model.config.use_cache = False
         if load_in_4bit:
@@ -279,6 +284,31 @@ def load_model(
                             task_type="CAUSAL_LM")
         model = get_peft_model(model, config)
     return model
+
+
+def _merge_shipped_adapter(model: Any, base: str, sub: str) -> torch.nn.Module:
+    """``model`` with the LoRA adapter its checkpoint ships in folder ``sub`` merged in, if
+    the checkpoint has one (Phi-4-multimodal's ``vision-lora``: the weights its answers about
+    images are made with); the merged weights are what productvlm trains and saves."""
+    if Path(base).is_dir():
+        if not (Path(base) / sub / "adapter_config.json").is_file():
+            return model
+    else:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
+
+        try:
+            hf_hub_download(base, f"{sub}/adapter_config.json")
+        except EntryNotFoundError:
+            return model
+    from peft import PeftModel
+
+    try:
+        shipped = PeftModel.from_pretrained(model, base, subfolder=sub)
+    except (OSError, ValueError, KeyError) as err:
+        raise ProductVLMError(f"{base}/{sub}: cannot load the adapter the checkpoint ships: "
+                              f"{err}") from err
+    return merge_adapter(shipped)
 
 
 def merge_adapter(model: Any) -> torch.nn.Module:

@@ -29,14 +29,16 @@ class ImageOptions:
     ``num_crops`` (336-px crops per image; the others ignore it, as every TrainConfig has
     one), Qwen ``min_pixels`` / ``max_pixels`` (the resized photo's area, hence its token
     count), SmolVLM ``image_splitting`` (tiles of the photo besides the whole) and
-    ``longest_edge`` (the photo's longest side after resizing). Qwen's or SmolVLM's given
-    to another family are an error."""
+    ``longest_edge`` (the photo's longest side after resizing), Phi-4-multimodal
+    ``dynamic_hd`` (most 448-px crops of a photo; each adds up to 272 tokens). Qwen's,
+    SmolVLM's or Phi-4's given to another family are an error."""
 
     num_crops: int | None = None
     min_pixels: int | None = None
     max_pixels: int | None = None
     image_splitting: bool | None = None
     longest_edge: int | None = None
+    dynamic_hd: int | None = None
 
 
 def load_processor(name_or_path: str | os.PathLike, num_crops: int | None = None,
@@ -71,9 +73,14 @@ def load_processor(name_or_path: str | os.PathLike, num_crops: int | None = None
 
         from productvlm.models.families import image_only_processor, torchvision_available
 
-        cls = getattr(transformers, cls_name)
-        if not torchvision_available():
-            cls = image_only_processor(cls)
+        if cls_name == "Phi4MultimodalProcessor":  # its image processor needs torchvision
+            from productvlm.models.phi4mm_images import processor_class
+
+            cls = processor_class()
+        else:
+            cls = getattr(transformers, cls_name)
+            if not torchvision_available():
+                cls = image_only_processor(cls)
         processor = cls.from_pretrained(source)
     except OSError as err:
         raise ProductVLMError(f"cannot load the processor of {source}: {err}") from err
@@ -104,7 +111,8 @@ def _processor_class(source: str) -> str:
 
 
 def _apply_image_options(images: Any, options: ImageOptions) -> None:
-    """Set a transformers image processor's size settings (Qwen's pixels, SmolVLM's tiles)."""
+    """Set a transformers image processor's size settings (Qwen's pixels, SmolVLM's tiles,
+    Phi-4's crops)."""
     size = dict(getattr(images, "size", None) or {})
     if options.min_pixels is not None or options.max_pixels is not None:
         if "shortest_edge" not in size:
@@ -123,6 +131,11 @@ def _apply_image_options(images: Any, options: ImageOptions) -> None:
             images.do_image_splitting = options.image_splitting
         if options.longest_edge is not None:
             images.size = {**size, "longest_edge": options.longest_edge}
+    if options.dynamic_hd is not None:
+        if not hasattr(images, "dynamic_hd"):
+            raise ProductVLMError("dynamic_hd is a Phi-4-multimodal setting; this model's "
+                                  "processor does not take it")
+        images.dynamic_hd = options.dynamic_hd
 
 
 __all__ = ["ImageOptions", "load_processor"]

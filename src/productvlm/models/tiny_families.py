@@ -57,7 +57,26 @@ SMOLVLM = TokenizerSpec(
                 "<global-img>", *_GRID),
     chat_template=SMOLVLM_TEMPLATE,
 )
-SPECS = {"qwen2_5_vl": QWEN, "qwen3_vl": QWEN, "smolvlm": SMOLVLM, "smolvlm2": SMOLVLM}
+# Phi-4-multimodal-instruct's turns (``<|user|>...<|end|><|assistant|>``, EOS after the last
+# when no generation prompt follows), with transformers' ``<|image|>`` placeholder for a photo
+PHI4MM_TEMPLATE = (
+    "{% for message in messages %}{{ '<|' + message['role'] + '|>' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for content in message['content'] %}{% if content['type'] == 'image' %}<|image|>"
+    "{% elif content['type'] == 'audio' %}<|audio|>{% elif content['type'] == 'text' %}"
+    "{{ content['text'] }}{% endif %}{% endfor %}{% endif %}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% else %}{{ eos_token }}{% endif %}"
+)
+PHI4MM = TokenizerSpec(
+    special=("<unk>", "<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>",
+             "<|image|>", "<|audio|>"),
+    bos=None, eos="<|endoftext|>", pad="<|endoftext|>",
+    additional=("<|system|>", "<|user|>", "<|assistant|>", "<|end|>"),
+    chat_template=PHI4MM_TEMPLATE,
+    named=(("image_token", "<|image|>"), ("audio_token", "<|audio|>")),
+)
+SPECS = {"qwen2_5_vl": QWEN, "qwen3_vl": QWEN, "smolvlm": SMOLVLM, "smolvlm2": SMOLVLM,
+         "phi4mm": PHI4MM}
 
 
 def tiny_tokenizer(family: str, texts: Iterable[str], vocab_size: int = 1024) -> Any:
@@ -118,7 +137,25 @@ def tiny_config(family: str, tokenizer: Any, *, hidden_size: int = 128, layers: 
                            "image_size": image_size, "patch_size": 14},
             scale_factor=2, image_token_id=ids("<image>"), tie_word_embeddings=False,
         )
-    raise ValueError(f"no tiny {family} model: use qwen2_5_vl, qwen3_vl, smolvlm or smolvlm2")
+    if family == "phi4mm":
+        # 14-px patches of a crop of image_size, pooled 2 x 2 (as the real 448-px crops are)
+        vision = transformers.Phi4MultimodalVisionConfig(
+            hidden_size=vision_hidden, intermediate_size=vision_hidden * 2,
+            num_hidden_layers=vision_layers, num_attention_heads=4, image_size=image_size,
+            patch_size=14, crop_size=image_size, image_token_id=ids("<|image|>"))
+        audio = transformers.Phi4MultimodalAudioConfig(  # never fed: photos only
+            num_blocks=1, hidden_size=32, num_attention_heads=4, intermediate_size=48,
+            depthwise_separable_out_channel=32, nemo_conv_channels=32,
+            audio_token_id=ids("<|audio|>"))
+        return transformers.Phi4MultimodalConfig(
+            **{k: v for k, v in text.items() if k != "bos_token_id"},
+            bos_token_id=tokenizer.eos_token_id,
+            original_max_position_embeddings=4096,
+            rope_parameters={"rope_type": "default", "rope_theta": rope_theta,
+                             "partial_rotary_factor": 1.0},
+            vision_config=vision, audio_config=audio)
+    raise ValueError(f"no tiny {family} model: use qwen2_5_vl, qwen3_vl, smolvlm, smolvlm2 "
+                     "or phi4mm")
 
 
 def tiny_processor(family: str, tokenizer: Any, config: Any) -> Any:
@@ -137,6 +174,16 @@ def tiny_processor(family: str, tokenizer: Any, config: Any) -> Any:
                                    else transformers.Qwen3VLProcessor)
         return cls(image_processor=images, tokenizer=tokenizer,
                    chat_template=tokenizer.chat_template)
+    if family == "phi4mm":
+        from productvlm.models.phi4mm_images import Phi4MultimodalImageProcessorPil
+
+        side = config.vision_config.crop_size
+        images = Phi4MultimodalImageProcessorPil(size={"height": side, "width": side},
+                                                 patch_size=config.vision_config.patch_size,
+                                                 dynamic_hd=4)
+        return transformers.Phi4MultimodalProcessor(
+            image_processor=images, audio_processor=transformers.Phi4MultimodalFeatureExtractor(),
+            tokenizer=tokenizer, chat_template=tokenizer.chat_template)
     side = config.vision_config.image_size
     images_cls, processor_cls = (
         (transformers.Idefics3ImageProcessorPil, transformers.Idefics3Processor)
@@ -153,10 +200,13 @@ def tiny_processor(family: str, tokenizer: Any, config: Any) -> Any:
 
 def tiny_model(config: Any, seed: int = 0) -> Any:
     """A randomly initialised model of ``config``'s family (transformers' own class)."""
-    from transformers import AutoModelForImageTextToText
+    import transformers
+
+    from productvlm.models.families import family_of
 
     torch.manual_seed(seed)
-    return AutoModelForImageTextToText.from_config(config).eval()
+    auto = getattr(transformers, family_of(config).auto_class)
+    return auto.from_config(config).eval()
 
 
 def save_tiny_family(family: str, folder: str | Path, texts: Iterable[str], *,
@@ -176,5 +226,5 @@ def save_tiny_family(family: str, folder: str | Path, texts: Iterable[str], *,
     return folder
 
 
-__all__ = ["QWEN", "SMOLVLM", "save_tiny_family", "tiny_config", "tiny_model",
+__all__ = ["PHI4MM", "QWEN", "SMOLVLM", "save_tiny_family", "tiny_config", "tiny_model",
            "tiny_processor", "tiny_tokenizer"]

@@ -46,6 +46,8 @@ class TokenizerSpec:
     pad: str = "<|endoftext|>"
     additional: tuple[str, ...] = ("<|system|>", "<|end|>", "<|user|>", "<|assistant|>")
     chat_template: str = CHAT_TEMPLATE
+    # special tokens a processor reads by name (``tokenizer.image_token``): (name, token)
+    named: tuple[tuple[str, str], ...] = ()
 
 
 PHI3 = TokenizerSpec()
@@ -89,6 +91,7 @@ def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 1024,
         additional_special_tokens=list(spec.additional),
         padding_side="right",
         clean_up_tokenization_spaces=False,
+        **({"extra_special_tokens": dict(spec.named)} if spec.named else {}),
     )
     fast.chat_template = spec.chat_template
     return fast

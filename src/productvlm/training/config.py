@@ -24,7 +24,8 @@ class TrainConfig(StageConfig):
     """Everything `productvlm train` needs; saved as config.yaml in the run directory."""
 
     model: str = Field(PHI3V_HUB_ID, description="Hub id or folder of a model: Phi-3-vision, "
-                       "Qwen2.5-VL / Qwen3-VL or SmolVLM (see models/families.py)")
+                       "Qwen2.5-VL / Qwen3-VL, SmolVLM or Phi-4-multimodal "
+                       "(see models/families.py)")
     data: Path = Field(Path("runs/prepared"), description="output folder of `productvlm prepare`")
     out: Path = Field(Path("runs/train"), description="run directory")
     num_crops: int = Field(16, ge=1, description="Phi-3-vision: max 336-px crops per image")
@@ -37,6 +38,8 @@ class TrainConfig(StageConfig):
                                          "photo besides the whole (None: the checkpoint's)")
     image_longest_edge: int | None = Field(None, ge=1, description="SmolVLM: the photo's "
                                            "longest side after resizing (None: the checkpoint's)")
+    dynamic_hd: int | None = Field(None, ge=1, description="Phi-4-multimodal: most 448-px "
+                                   "crops of a photo (None: the checkpoint's)")
     max_length: int = Field(4096, ge=16, description="max tokens per example, image included")
     target_format: TargetFormat = Field("seed", description="'seed' (cookbook) or 'json'")
     question: str = Field(QUESTION, description="the user turn after the image tag")
@@ -98,7 +101,7 @@ class TrainConfig(StageConfig):
 
         return ImageOptions(num_crops=self.num_crops, min_pixels=self.min_pixels,
                             max_pixels=self.max_pixels, image_splitting=self.image_splitting,
-                            longest_edge=self.image_longest_edge)
+                            longest_edge=self.image_longest_edge, dynamic_hd=self.dynamic_hd)
 
     @model_validator(mode="after")
     def _checkpoints_line_up_with_evaluations(self) -> TrainConfig:

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from productvlm.errors import ProductVLMError
-from productvlm.models.families import family_of, unwrap
+from productvlm.models.families import family_of, image_token_id, unwrap
 from productvlm.models.loading import VISION_PARAMS
 from productvlm.prompts import title_words
 from productvlm.rundir import RunDir, is_main_process
@@ -170,19 +170,25 @@ class _Photos(torch.utils.data.Dataset):
                  for k in ("category", "tags")}
         for key in items[0]:
             if key not in batch:
-                batch[key] = _join([x[key] for x in items])
+                batch[key] = _join([x[key] for x in items], key)
         return batch
 
 
-def _join(parts: list[torch.Tensor]) -> torch.Tensor:
-    """One photo's tensors after another along dim 0, as a processor batches them: Qwen's
-    patches and grids concatenate; SmolVLM's tiles are zero-padded to the most tiles (the
-    model drops all-zero tiles)."""
+#: tensors a processor pads with ones: Phi-4-multimodal's masks of empty crops (an all-zero
+#: mask would leave its patches nothing to attend to)
+_PADDED_WITH_ONES = frozenset({"image_attention_mask"})
+
+
+def _join(parts: list[torch.Tensor], key: str = "") -> torch.Tensor:
+    """Photos' tensors ``key`` one after another along dim 0, as a processor batches them:
+    Qwen's patches and grids concatenate; SmolVLM's tiles and Phi-4's crops are padded to the
+    most tiles (zeros; Phi-4's crop masks ones), which the models skip."""
+    fill = 1.0 if key in _PADDED_WITH_ONES else 0.0
     shape = [max(p.shape[d] for p in parts) for d in range(1, parts[0].dim())]
     padded = []
     for p in parts:
         pad = [x for d in reversed(range(1, p.dim())) for x in (0, shape[d - 1] - p.shape[d])]
-        padded.append(nn.functional.pad(p, pad) if any(pad) else p)
+        padded.append(nn.functional.pad(p, pad, value=fill) if any(pad) else p)
     return torch.cat(padded)
 
 
@@ -192,6 +198,17 @@ def _pooled(model: Any, side: nn.Module, batch: dict[str, torch.Tensor]) -> torc
     if family_of(unwrap(model)).native:
         tokens = side(batch["pixel_values"].to(dtype), batch["image_sizes"])
         return torch.stack([t.mean(0) for t in tokens]).float()
+    fam = family_of(unwrap(model))
+    if fam.embeds_module:  # Phi-4: the image embedding writes each photo's tokens in place
+        counts = batch["num_img_tokens"].tolist()
+        embed = unwrap(model).get_submodule(fam.vision_modules[0])
+        ids = torch.full((1, sum(counts)), image_token_id(unwrap(model).config))
+        room = torch.zeros(1, sum(counts), unwrap(model).config.hidden_size, dtype=dtype,
+                           device=next(side.parameters()).device)
+        tokens = embed(ids.to(room.device), room, image_pixel_values=batch[fam.pixels],
+                       image_sizes=batch["image_sizes"],
+                       image_attention_mask=batch["image_attention_mask"])[0]
+        return torch.stack([t.mean(0) for t in tokens.split(counts)]).float()
     inputs = {k: batch[k] for k in ("pixel_values", "image_grid_thw", "pixel_attention_mask")
               if k in batch}
     feats = unwrap(model).model.get_image_features(**inputs).pooler_output
