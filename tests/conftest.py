@@ -87,7 +87,7 @@ def calibrated_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return _calibrated_run(tmp_path_factory.mktemp("calibrated"))
 
 
-@pytest.fixture(scope="session", params=["qwen2_5_vl", "smolvlm"])
+@pytest.fixture(scope="session", params=["qwen2_5_vl", "smolvlm", "phi4mm"])
 def family_run(request: pytest.FixtureRequest,
                tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The same for each transformers family; key ``family`` names it."""
