@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from bench_train import bare_loop  # the same plain training loop (bench/ is on sys.path)
 
-FAMILIES = ("phi3v", "qwen2_5_vl", "smolvlm")
+FAMILIES = ("phi3v", "qwen2_5_vl", "smolvlm", "phi4mm")
 
 
 def answer_rate(model: str, data: Path, n: int = 64, batch: int = 16) -> tuple[float, float]:

@@ -67,3 +67,12 @@ def test_required_field_names_the_flag() -> None:
     with pytest.raises(ProductVLMError, match="'data_dir' is required; pass --data-dir"):
         resolve_config(Needs)
     assert resolve_config(Needs, None, {"data_dir": "x"}).data_dir == Path("x")
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_training_config_is_valid(path: Path) -> None:
+    from productvlm.training.config import TrainConfig
+
+    cfg = resolve_config(TrainConfig, path, section="train")
+    assert cfg.model and cfg.out

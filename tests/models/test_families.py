@@ -38,7 +38,7 @@ TEXTS = [f"Product: {a} {b}, Category: {c}, Full Price: {p},290.00"
 def folder(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_family(request.param, tmp_path_factory.mktemp(request.param) / "m", TEXTS,
                             vocab_size=320, hidden_size=64, layers=2, vision_hidden=32,
-                            vision_layers=2, rope_theta=20.0)
+                            vision_layers=2, rope_theta=20.0, crops=4)
 
 
 def _family(folder: Path) -> str:

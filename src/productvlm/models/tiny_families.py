@@ -1,13 +1,16 @@
-"""Tiny random Qwen2.5-VL, Qwen3-VL, SmolVLM (Idefics3) and SmolVLM2 models, for tests and
-the demo.
+"""Tiny random Qwen2.5-VL, Qwen3-VL, SmolVLM (Idefics3), SmolVLM2 and Phi-4-multimodal
+models, for tests and the demo.
 
 Each is transformers' own class on a small config, with a tokenizer trained on the catalog's
 text that has the family's special tokens and a chat template written from the public model
 cards (Qwen2.5-VL-Instruct's ChatML with ``<|vision_start|><|image_pad|><|vision_end|>``;
-SmolVLM-Instruct's ``User:<image>...<end_of_utterance>`` turns), and the family's own
-processor. A folder it writes loads with ``AutoModelForImageTextToText`` and
-``AutoProcessor`` like a Hub checkpoint (given torchvision, which the processors' video half
-needs; productvlm loads them without it, see :func:`families.image_only_processor`).
+SmolVLM-Instruct's ``User:<image>...<end_of_utterance>`` turns; Phi-4-multimodal-instruct's
+``<|user|><|image|>...<|end|><|assistant|>``), and the family's own processor (Phi-4's
+image processor: :mod:`productvlm.models.phi4mm_images`). A folder it writes loads with
+``AutoModelForImageTextToText`` (Phi-4: ``AutoModelForCausalLM``) and ``AutoProcessor`` like
+a Hub checkpoint (given torchvision, which the processors' video half and Phi-4's image
+processor need; productvlm loads them without it, see :func:`families.image_only_processor`
+and :func:`phi4mm_images.processor_class`).
 
 >>> folder = save_tiny_family("qwen2_5_vl", "runs/tiny-qwen", ["Medium Lola Bag"])  # doctest: +SKIP
 """
@@ -158,8 +161,9 @@ def tiny_config(family: str, tokenizer: Any, *, hidden_size: int = 128, layers: 
                      "or phi4mm")
 
 
-def tiny_processor(family: str, tokenizer: Any, config: Any) -> Any:
-    """The family's processor for ``config``'s image sizes."""
+def tiny_processor(family: str, tokenizer: Any, config: Any, crops: int = 1) -> Any:
+    """The family's processor for ``config``'s image sizes; ``crops``: Phi-4-multimodal's
+    most crops a photo (``dynamic_hd``; 1, as the demo's Phi-3: the whole and one crop)."""
     import transformers
 
     from productvlm.models.families import image_only_processor
@@ -180,7 +184,7 @@ def tiny_processor(family: str, tokenizer: Any, config: Any) -> Any:
         side = config.vision_config.crop_size
         images = Phi4MultimodalImageProcessorPil(size={"height": side, "width": side},
                                                  patch_size=config.vision_config.patch_size,
-                                                 dynamic_hd=4)
+                                                 dynamic_hd=crops)
         return transformers.Phi4MultimodalProcessor(
             image_processor=images, audio_processor=transformers.Phi4MultimodalFeatureExtractor(),
             tokenizer=tokenizer, chat_template=tokenizer.chat_template)
@@ -210,10 +214,12 @@ def tiny_model(config: Any, seed: int = 0) -> Any:
 
 
 def save_tiny_family(family: str, folder: str | Path, texts: Iterable[str], *,
-                     vocab_size: int = 1024, seed: int = 0, **sizes: Any) -> Path:
+                     vocab_size: int = 1024, seed: int = 0, crops: int = 1,
+                     **sizes: Any) -> Path:
     """Write a tiny random ``family`` model with its tokenizer and processor to ``folder``.
 
-    ``sizes``: hidden_size, layers, vision_hidden, vision_layers, image_size.
+    ``sizes``: hidden_size, layers, vision_hidden, vision_layers, image_size, rope_theta;
+    ``crops``: see :func:`tiny_processor`.
     """
     folder = Path(folder)
     tok = tiny_tokenizer(family, texts, vocab_size)
@@ -222,7 +228,7 @@ def save_tiny_family(family: str, folder: str | Path, texts: Iterable[str], *,
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(folder)
-    tiny_processor(family, tok, config).save_pretrained(folder)
+    tiny_processor(family, tok, config, crops).save_pretrained(folder)
     return folder
 
 
