@@ -53,9 +53,10 @@ def test_small_demo_runs_every_stage_and_learns(tmp_path: Path) -> None:
     assert not any(_learned(untrained.metrics, constant).values()), untrained.metrics
 
 
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "smolvlm"])
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "smolvlm", "phi4mm"])
 def test_small_demo_learns_with_each_family(family: str, tmp_path: Path) -> None:
-    """The same small recipe with a tiny Qwen2.5-VL / SmolVLM: it learns past the baselines."""
+    """The same small recipe with a tiny Qwen2.5-VL / SmolVLM / Phi-4-multimodal: it learns
+    past the baselines."""
     out = tmp_path / "demo"
     result = demo(DemoConfig(out=out, model_family=family, n=500, epochs=8,
                              vision_warmup_epochs=30, report_to="none"))

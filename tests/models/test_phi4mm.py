@@ -151,3 +151,20 @@ def test_the_image_encoder_sees_the_whole_crop_with_or_without_padding(folder: P
         reference = eager_tower(crops[:2], patch_attention_mask=mask[:2]).last_hidden_state
     torch.testing.assert_close(whole, padded, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(whole, reference, atol=1e-5, rtol=1e-4)
+
+
+def test_offline_without_the_shipped_adapter_in_the_cache_is_a_clear_error(
+        folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from productvlm.errors import ProductVLMError
+    from productvlm.models.loading import _merge_shipped_adapter
+
+    def offline(repo: str, filename: str, **kwargs: object) -> str:
+        raise LocalEntryNotFoundError(f"{repo}/{filename} is not in the cache")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    with pytest.raises(ProductVLMError, match="cannot tell whether it ships vision-lora/"):
+        _merge_shipped_adapter(load_model(folder), "microsoft/Phi-4-multimodal-instruct",
+                               "vision-lora")

@@ -127,7 +127,7 @@ FAMILIES: dict[str, Family] = {
             merged_adapters=("vision-lora",),  # the model card's image answers use it
             # transformers 5.24 sets is_causal = True on its SigLIP tower's attention: with SDPA
             # and no padded crop in the batch a patch then sees only the patches before it,
-            # with one it sees them all (eager attention always does); docs/families.md
+            # with one it sees them all (eager attention always does); README, Model families
             bidirectional=("Phi4MultimodalVisionAttention",),
         ),
     )

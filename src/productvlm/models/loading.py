@@ -295,12 +295,17 @@ def _merge_shipped_adapter(model: Any, base: str, sub: str) -> torch.nn.Module:
             return model
     else:
         from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError
+        from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
 
         try:
             hf_hub_download(base, f"{sub}/adapter_config.json")
-        except EntryNotFoundError:
-            return model
+        except RemoteEntryNotFoundError:
+            return model  # the checkpoint has none
+        except LocalEntryNotFoundError as err:  # offline, and not in the cache
+            raise ProductVLMError(
+                f"{base}: cannot tell whether it ships {sub}/ (offline, not in the Hub cache); "
+                f"download the whole checkpoint (huggingface-cli download {base}) or point at "
+                "its folder") from err
     from peft import PeftModel
 
     try:

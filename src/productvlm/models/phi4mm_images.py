@@ -29,7 +29,7 @@ right one for the tiny models tests build.
 >>> images = Phi4MultimodalImageProcessorPil(dynamic_hd=4)
 >>> out = images([Image.new("RGB", (900, 500))], return_tensors="pt")  # doctest: +SKIP
 >>> out["image_pixel_values"].shape, out["num_img_tokens"]  # doctest: +SKIP
-(torch.Size([1, 5, 3, 448, 448]), [841])
+(torch.Size([1, 3, 3, 448, 448]), [753])
 """
 
 from __future__ import annotations
