@@ -168,3 +168,12 @@ def test_offline_without_the_shipped_adapter_in_the_cache_is_a_clear_error(
     with pytest.raises(ProductVLMError, match="cannot tell whether it ships vision-lora/"):
         _merge_shipped_adapter(load_model(folder), "microsoft/Phi-4-multimodal-instruct",
                                "vision-lora")
+
+
+def test_the_remote_code_checkpoint_format_says_what_to_load_instead(tmp_path: Path) -> None:
+    from productvlm.errors import ProductVLMError
+    from productvlm.models.loading import check_source
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "phi4mm"}))
+    with pytest.raises(ProductVLMError, match="remote-code format.*--revision refs/pr/70"):
+        check_source(tmp_path)

@@ -145,10 +145,22 @@ def family_for(model_type: str) -> Family:
     for fam in FAMILIES.values():
         if model_type in fam.model_types:
             return fam
+    if model_type in REMOTE_CODE_FORMATS:
+        raise ProductVLMError(f"model_type {model_type!r}: {REMOTE_CODE_FORMATS[model_type]}")
     known = ", ".join(t for f in FAMILIES.values() for t in f.model_types)
     raise ProductVLMError(
         f"model_type {model_type!r} is not a family productvlm fine-tunes; it loads {known}"
     )
+
+
+#: model types of a family's remote-code checkpoints (productvlm runs no remote code), and
+#: what to load instead
+REMOTE_CODE_FORMATS = {
+    "phi4mm": "Phi-4-multimodal's remote-code format (the Hub repo's main branch); load its "
+              "transformers format (model_type phi4_multimodal; transformers' own tests use "
+              "revision refs/pr/70): huggingface-cli download microsoft/Phi-4-multimodal-"
+              "instruct --revision refs/pr/70 --local-dir DIR, then --model DIR",
+}
 
 
 def family_of(obj: Any) -> Family:
