@@ -209,8 +209,25 @@ def tiny_model(config: Any, seed: int = 0) -> Any:
     from productvlm.models.families import family_of
 
     torch.manual_seed(seed)
-    auto = getattr(transformers, family_of(config).auto_class)
-    return auto.from_config(config).eval()
+    fam = family_of(config)
+    model = getattr(transformers, fam.auto_class).from_config(config).eval()
+    if fam.name == "phi4mm":
+        _siglip_init(model.get_submodule(fam.tower[0]))
+    return model
+
+
+def _siglip_init(tower: torch.nn.Module) -> None:
+    """SigLIP's own initialisation of its attention and MLP weights (Xavier-uniform, biases
+    near 0). transformers draws Phi-4's from N(0, 1), which a pretrained checkpoint replaces
+    but which leaves a model trained from scratch with image features in the hundreds: its
+    vision warm-up then learns nothing (demo: validation category accuracy 0.23 against
+    Phi-3's 0.91)."""
+    with torch.no_grad():
+        for name, module in tower.named_modules():
+            if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in (
+                    "q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"):
+                torch.nn.init.xavier_uniform_(module.weight)
+                torch.nn.init.normal_(module.bias, std=1e-6)
 
 
 def save_tiny_family(family: str, folder: str | Path, texts: Iterable[str], *,
