@@ -69,7 +69,7 @@ def peak_rss_gb() -> float:
 def phase_build(work: Path, _: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from productvlm.models.loading import HUB_SHARD_SIZE
+    from productvlm.models.merged import HUB_SHARD_SIZE
     from productvlm.models.phi3v import Phi3VConfig, Phi3VForCausalLM
     from productvlm.models.phi3v.hub_layout import (
         WTE_COPY,

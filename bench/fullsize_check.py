@@ -102,7 +102,8 @@ def phase_check(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     from peft import PeftModel
     from safetensors import safe_open
 
-    from productvlm.models.loading import load_model, save_merged
+    from productvlm.models.loading import load_model
+    from productvlm.models.merged import save_merged
     from productvlm.models.phi3v import Phi3VConfig
     from productvlm.models.phi3v.hub_layout import compare_layout, hub_tensor_shapes, read_layout
     from productvlm.models.processors import load_processor

@@ -79,7 +79,7 @@ class Clock:
 
 def build_base(args: argparse.Namespace, work: Path, device: torch.device) -> Path:
     """A random-weight model folder (bf16, Hub layout) with a processor: full size, or tiny."""
-    from productvlm.models.loading import HUB_SHARD_SIZE
+    from productvlm.models.merged import HUB_SHARD_SIZE
     from productvlm.models.phi3v import Phi3VConfig, Phi3VForCausalLM
     from productvlm.models.phi3v.hub_layout import WTE_COPY
     from productvlm.models.phi3v.tiny import save_tiny_model, tiny_config

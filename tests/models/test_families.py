@@ -20,7 +20,8 @@ from PIL import Image
 from productvlm.errors import ProductVLMError
 from productvlm.inference import Predictor
 from productvlm.models.families import family_of, image_token_id, text_model
-from productvlm.models.loading import LoraSpec, load_model, save_merged
+from productvlm.models.loading import LoraSpec, load_model
+from productvlm.models.merged import save_merged
 from productvlm.models.processors import ImageOptions, load_processor
 from productvlm.models.scoring import score_continuations
 from productvlm.models.tiny_families import save_tiny_family

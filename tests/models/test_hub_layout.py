@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from productvlm.models.loading import save_merged
+from productvlm.models.merged import save_merged
 from productvlm.models.phi3v import Phi3VConfig
 from productvlm.models.phi3v.hub_layout import (
     INDEX,

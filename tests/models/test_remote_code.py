@@ -10,7 +10,8 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from productvlm.models.loading import LoraSpec, load_model, save_merged
+from productvlm.models.loading import LoraSpec, load_model
+from productvlm.models.merged import save_merged
 from productvlm.models.phi3v import Phi3VForCausalLM
 from productvlm.models.phi3v.tiny import save_tiny_model
 from productvlm.models.processors import load_processor

@@ -325,43 +325,6 @@ def merge_adapter(model: Any) -> torch.nn.Module:
     return model.merge_and_unload()
 
 
-#: The Hub checkpoint's shard size: a 4.2B bf16 model is two shards and an index, as there.
-HUB_SHARD_SIZE = "5GB"
-
-
-def save_merged(model: Any, processor: Any, out: str | os.PathLike,
-                base: str | os.PathLike) -> torch.nn.Module:
-    """Write ``out`` as a drop-in for the base model; returns the merged model.
-
-    A PEFT model is merged first (``merge_adapter``, in place). A transformers family
-    (Qwen2.5-VL, SmolVLM) is saved by its own ``save_pretrained`` with its processor: it
-    reloads with ``AutoModelForImageTextToText`` and ``AutoProcessor``. For Phi-3-vision
-    the weights are saved under
-    the Hub checkpoint's names and shards, with the decoder embedding's second copy
-    (``model.vision_embed_tokens.wte.weight``) that the reference code saves, then the
-    processor, then the base model's remote code and ``auto_map`` entries (see
-    models/remote_code.py), so tools that load the repo's own code load ``out`` as well.
-
-    >>> save_merged(peft_model, processor, "runs/lora/merged", base=cfg.model)  # doctest: +SKIP
-    """
-    from productvlm.models.phi3v.hub_layout import WTE_COPY
-    from productvlm.models.remote_code import carry_remote_code
-
-    merged = merge_adapter(model) if hasattr(model, "merge_and_unload") else model
-    if not family_of(merged).native:
-        merged.save_pretrained(out, max_shard_size=HUB_SHARD_SIZE)
-        processor.save_pretrained(out)
-        return merged
-    state = merged.state_dict()
-    # a copy: safetensors refuses aliased tensors (the reference shares the module instead)
-    state[WTE_COPY] = state["model.embed_tokens.weight"].clone()
-    merged.save_pretrained(out, state_dict=state, max_shard_size=HUB_SHARD_SIZE)
-    del state
-    processor.save_pretrained(out)
-    carry_remote_code(base, out)
-    return merged
-
-
 def _quantization(compute_dtype: torch.dtype, fam: Family) -> dict[str, Any]:
     """from_pretrained kwargs for QLoRA (4-bit NF4), or a clear error where it cannot run."""
     if not torch.cuda.is_available():
@@ -387,4 +350,4 @@ def _quantization(compute_dtype: torch.dtype, fam: Family) -> dict[str, Any]:
 
 __all__ = ["DECODER_TARGETS", "PRECISIONS", "VISION_PARAMS", "LoraSpec", "check_source",
            "hub_config", "load_model", "lora_target_regex", "merge_adapter", "mixed_precision",
-           "model_family", "pick_device", "pick_dtype", "save_merged"]
+           "model_family", "pick_device", "pick_dtype"]

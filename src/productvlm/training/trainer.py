@@ -244,7 +244,7 @@ def _calibrate(model: Any, processor: Any, ds: Any, cfg: TrainConfig) -> None:
 
 
 def _write_outputs(trainer: Any, processor: Any, cfg: TrainConfig) -> None:
-    from productvlm.models.loading import save_merged
+    from productvlm.models.merged import save_merged
 
     model, run = trainer.model, RunDir(cfg.out)
     processor.save_pretrained(run.processor)
