@@ -16,10 +16,10 @@ own ``interpolate``, the kernels torchvision's resize calls on CPU tensors):
 4. ``num_img_tokens``: the global view's pooled patches with a separator after each row,
    one separator, then the crops' real pooled patches with a separator per row.
 
-:func:`processor_class` is transformers' own ``Phi4MultimodalProcessor`` that loads it where
-torchvision is missing; it saves as ``Phi4MultimodalImageProcessor`` (the PIL backend drops
-its ``Pil`` suffix), so a folder it writes is the Hub format, which transformers' torchvision
-class loads where torchvision is installed.
+:func:`processor_class` is transformers' own ``Phi4MultimodalProcessor`` that loads it (with
+torchvision installed too: the same processing wherever a run trains or serves); it saves as
+``Phi4MultimodalImageProcessor`` (the PIL backend drops its ``Pil`` suffix), so a folder it
+writes is the Hub format, which transformers' torchvision class loads.
 
 Token count: transformers' processor writes the global view's share as 256 + 16 (crops of
 448 px and 14-px patches, pooled 2 x 2 into 16 x 16, the only size a Phi-4 checkpoint has);
@@ -155,21 +155,19 @@ class Phi4MultimodalImageProcessorPil(PilBackend):
 
 @cache
 def processor_class() -> type:
-    """transformers' ``Phi4MultimodalProcessor``, loading this image processor where
-    torchvision is missing (where it is there, transformers' own class as it is).
+    """transformers' ``Phi4MultimodalProcessor`` with this image processor.
 
-    The class keeps its name and its ``from_pretrained`` / ``save_pretrained``: the tokenizer
-    and the speech feature extractor load as transformers loads them, only the image
-    processor is this one.
+    Always this one, torchvision or not: a run then reads photos the same way on the machine
+    that trains it (often a GPU one with torchvision) and on the one that serves it (often a
+    CPU one without), and a tiny model's token count is right. The class keeps its name and
+    its ``from_pretrained`` / ``save_pretrained``: the tokenizer and the speech feature
+    extractor load as transformers loads them, only the image processor is this one.
 
     >>> processor_class().from_pretrained("microsoft/Phi-4-multimodal-instruct")  # doctest: +SKIP
     """
     from transformers import Phi4MultimodalProcessor
     from transformers.processing_utils import ProcessorMixin
-    from transformers.utils import is_torchvision_available
 
-    if is_torchvision_available():
-        return Phi4MultimodalProcessor
     attrs = Phi4MultimodalProcessor.get_attributes()
     rest = type("Phi4MultimodalProcessor", (Phi4MultimodalProcessor,), {
         "get_attributes": classmethod(lambda klass: [a for a in attrs if a != "image_processor"])})

@@ -73,7 +73,7 @@ def load_processor(name_or_path: str | os.PathLike, num_crops: int | None = None
 
         from productvlm.models.families import image_only_processor, torchvision_available
 
-        if cls_name == "Phi4MultimodalProcessor":  # its image processor needs torchvision
+        if cls_name == "Phi4MultimodalProcessor":  # ours reads photos, torchvision or not
             from productvlm.models.phi4mm_images import processor_class
 
             cls = processor_class()
