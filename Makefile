@@ -2,16 +2,24 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# The CPU torch wheel first, so nothing later resolves torch to a multi-GB CUDA build.
+# The CPU torch wheel first, so nothing later resolves torch to a multi-GB CUDA build. torch is
+# this step's alone: the lock holds every other package, torch's own dependencies included.
 TORCH_SPEC ?= torch==2.13.0
+# Exact versions and hashes of everything `make venv` installs (the [serve,dev] extras), the
+# versions the suite last passed with; `make lock` refreshes it (README: "Installs").
+LOCK := requirements.lock
+# A second venv with the newest releases pyproject allows: `make test-latest`.
+LATEST := .venv-latest
 
-.PHONY: venv demo test test-slow lint bench clean
+.PHONY: venv demo test test-slow test-latest lock lint bench clean
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$$(grep -o '^pip==[^ ]*' $(LOCK))"  # the lock's pip resolves the rest
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[serve,dev]"
+	$(BIN)/pip install -q --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/pip check
 	touch $@
 
 venv: $(BIN)/.installed
@@ -27,8 +35,32 @@ test: venv
 test-slow: venv
 	$(BIN)/python -m pytest -q -m slow
 
+# Re-resolve pyproject's ranges to the newest releases (pip-compile, from the lock's own
+# pip-tools); torch stays at TORCH_SPEC and out of the file. Then `make test`, and commit the
+# lock once the suite passes on it. LOCK_UPGRADE= (empty) keeps the pins and only adds what
+# pyproject gained; LOCK_UPGRADE="--upgrade-package transformers" moves one package.
+LOCK_UPGRADE ?= --upgrade
+lock: venv
+	echo "$(TORCH_SPEC)" > $(VENV)/torch-spec.txt
+	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet $(LOCK_UPGRADE) \
+	  --extra serve --extra dev --strip-extras --generate-hashes \
+	  --constraint $(VENV)/torch-spec.txt --unsafe-package torch \
+	  --no-emit-index-url --no-emit-find-links --output-file $(LOCK) pyproject.toml
+
+# The fast suite against the newest releases pyproject allows, in a venv of their own, after a
+# list of the packages whose newest release differs from the lock: how the next release that
+# breaks something is found by a command, not by a user.
+test-latest:
+	rm -rf $(LATEST)
+	$(PY) -m venv $(LATEST)
+	$(LATEST)/bin/pip install -q --upgrade pip
+	$(LATEST)/bin/pip install -q "$(TORCH_SPEC)"
+	$(LATEST)/bin/pip install -q --upgrade --upgrade-strategy eager -e ".[serve,dev]"
+	$(LATEST)/bin/python tools/lock_drift.py $(LOCK)
+	$(LATEST)/bin/python -m pytest -q
+
 lint: venv
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench tools
 	$(BIN)/lint-imports --no-cache pyproject.toml
 
 clean:

@@ -11,16 +11,26 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from productvlm.errors import ProductVLMError
 
 C = TypeVar("C", bound="StageConfig")
 
 CONFIG_FILENAME = "config.yaml"
+
+
+HUB_KERNELS_HELP = ("load kernels from the Hugging Face Hub (transformers' use_kernels) in "
+                    "place of the built-in attention, norm and MLP code; needs the Hub, so off: "
+                    "offline GPU machines then train and answer with the built-in code")
+
+#: The one field every stage that loads a model has (train, evaluate, predict, serve, audit):
+#: ``hub_kernels: false`` unless a user opts in. transformers 5.25 turns Hub kernels on by
+#: default and fetches them at the first CUDA step, which fails on a machine without the Hub.
+HubKernels = Annotated[bool, Field(description=HUB_KERNELS_HELP)]
 
 
 class StageConfig(BaseModel):

@@ -151,6 +151,7 @@ class Predictor:
         *,
         device: str = "auto",
         precision: str = "auto",
+        hub_kernels: bool = False,
         batch_size: int = BATCH_SIZE,
         max_new_tokens: int = MAX_NEW_TOKENS,
         constrained: bool = True,
@@ -177,7 +178,8 @@ class Predictor:
         dev = pick_device(device)
         try:
             processor = load_processor(info.processor, num_crops=num_crops or info.num_crops)
-            net = _load_weights(info.weights, info.adapter, pick_dtype(precision, dev))
+            net = _load_weights(info.weights, info.adapter, pick_dtype(precision, dev),
+                                hub_kernels)
         except (OSError, ValueError) as e:
             if isinstance(e, ProductVLMError):
                 raise
@@ -364,7 +366,7 @@ def _cut(text: str, stops: list[str]) -> str:
     return text.strip()
 
 
-def _load_weights(weights: str, adapter: Path | None, dtype: Any) -> Any:
+def _load_weights(weights: str, adapter: Path | None, dtype: Any, hub_kernels: bool) -> Any:
     from transformers.utils import logging as hf_logging
 
     from productvlm.models.loading import load_model
@@ -373,7 +375,7 @@ def _load_weights(weights: str, adapter: Path | None, dtype: Any) -> Any:
     hf_logging.disable_progress_bar()  # "Loading weights" bars would clutter predict's output
     try:
         # the base comes from resolve_model (it may differ from the path the adapter saved)
-        return load_model(weights, adapter=adapter, dtype=dtype)
+        return load_model(weights, adapter=adapter, dtype=dtype, hub_kernels=hub_kernels)
     finally:
         if bars:
             hf_logging.enable_progress_bar()

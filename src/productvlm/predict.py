@@ -23,7 +23,7 @@ from typing import Any, Literal
 import typer
 from pydantic import Field
 
-from productvlm.config import StageConfig, resolve_config
+from productvlm.config import HUB_KERNELS_HELP, HubKernels, StageConfig, resolve_config
 from productvlm.inference import (
     BATCH_SIZE,
     INTERVAL_LEVEL,
@@ -48,6 +48,7 @@ class PredictConfig(StageConfig):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="auto: bf16 on a CUDA GPU that has it, else fp32")
+    hub_kernels: HubKernels = False
     interval_level: float = Field(INTERVAL_LEVEL, ge=0.5, le=0.99,
                                   description="level of the price intervals")
 
@@ -120,7 +121,8 @@ def predict_files(cfg: PredictConfig) -> int:
     from rich.table import Table
 
     predictor = Predictor.load(cfg.model, device=cfg.device, precision=cfg.precision,
-                               batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
+                               hub_kernels=cfg.hub_kernels, batch_size=cfg.batch_size,
+                               max_new_tokens=cfg.max_new_tokens,
                                constrained=cfg.constrained, num_crops=cfg.num_crops,
                                interval_level=cfg.interval_level)
     sources = expand_inputs(cfg.images)
@@ -170,12 +172,14 @@ def register(app: typer.Typer) -> None:
         num_crops: int | None = typer.Option(None, min=1, help="override the run's num_crops"),
         device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:1, ..."),
         precision: str | None = typer.Option(None, help="auto, bf16, fp16 or fp32"),
+        hub_kernels: bool | None = typer.Option(None, "--hub-kernels/--no-hub-kernels",
+                                                help=HUB_KERNELS_HELP + " [off]"),
         interval_level: float | None = typer.Option(None, help="price interval level [0.8]"),
     ) -> None:
         """Title, category and price for each product photo. Exit 1 if an image was unreadable."""
         cfg = resolve_config(PredictConfig, config, dict(
             model=model, images=images, json_lines=json_lines or None, batch_size=batch_size,
             constrained=constrained, local_root=local_root, max_new_tokens=max_new_tokens,
-            num_crops=num_crops, device=device, precision=precision,
+            num_crops=num_crops, device=device, precision=precision, hub_kernels=hub_kernels,
             interval_level=interval_level), section="predict")
         raise typer.Exit(predict_files(cfg))

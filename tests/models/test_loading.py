@@ -161,3 +161,62 @@ def test_mode_qlora_says_in_one_line_what_it_needs(folder, monkeypatch) -> None:
     with pytest.raises(ProductVLMError) as err:
         load_model(folder, cfg=cfg)
     assert str(err.value) == "QLoRA needs bitsandbytes: pip install 'productvlm[gpu]'"
+
+
+# ---------------------------------------------------------------- Hub kernels
+@pytest.fixture
+def kernel_requests(monkeypatch) -> list[bool]:
+    """What each model load asks of transformers' Hub kernels (``set_use_kernels``'s flag).
+
+    An opt-in is recorded, never run: running it would fetch kernels from the Hub."""
+    from transformers import PreTrainedModel
+
+    asked: list[bool] = []
+    real = PreTrainedModel.set_use_kernels
+
+    def record(self, use_kernels, *args, **kwargs):
+        asked.append(bool(use_kernels))
+        if not use_kernels:
+            return real(self, use_kernels, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedModel, "set_use_kernels", record)
+    return asked
+
+
+@pytest.fixture(scope="module")
+def qwen_folder(tmp_path_factory) -> Path:
+    from productvlm.models.tiny_families import save_tiny_family
+
+    return save_tiny_family("qwen2_5_vl", tmp_path_factory.mktemp("qwen") / "model",
+                            ["Check Cotton Trench Coat, COATS, 1,990.00"], vocab_size=300,
+                            hidden_size=32, layers=1, vision_hidden=16, vision_layers=1)
+
+
+@pytest.mark.parametrize("which", ["phi3v", "qwen"])
+def test_loads_ask_for_no_hub_kernels_unless_the_config_says_so(
+        which, folder, qwen_folder, kernel_requests) -> None:
+    from productvlm.inference import Predictor
+    from productvlm.training.config import TrainConfig
+
+    source = folder if which == "phi3v" else qwen_folder
+    # transformers 5.25 turns them on when from_pretrained is not told (use_kernels=None)
+    trained = load_model(source, cfg=TrainConfig(model=str(source), lora_r=4, lora_alpha=8))
+    answering = Predictor.load(source, device="cpu", max_new_tokens=4).model
+    assert True not in kernel_requests
+    assert not trained.base_model.model.use_kernels and not answering.use_kernels
+    load_model(source, cfg=TrainConfig(model=str(source), hub_kernels=True))
+    Predictor.load(source, device="cpu", hub_kernels=True)
+    assert kernel_requests[-2:] == [True, True]
+
+
+def test_every_stage_that_loads_a_model_has_hub_kernels_off() -> None:
+    from productvlm.audit.run import AuditConfig
+    from productvlm.config import HUB_KERNELS_HELP
+    from productvlm.evaluation.evaluate import EvalConfig
+    from productvlm.predict import PredictConfig
+    from productvlm.serving.config import ServeConfig
+    from productvlm.training.config import TrainConfig
+
+    for cls in (AuditConfig, EvalConfig, PredictConfig, ServeConfig, TrainConfig):
+        field = cls.model_fields["hub_kernels"]
+        assert field.default is False and field.description == HUB_KERNELS_HELP, cls.__name__

@@ -29,7 +29,14 @@ from typing import Any, Literal
 import typer
 from pydantic import Field, field_validator
 
-from productvlm.config import StageConfig, parse_pairs, resolve_config, save_config
+from productvlm.config import (
+    HUB_KERNELS_HELP,
+    HubKernels,
+    StageConfig,
+    parse_pairs,
+    resolve_config,
+    save_config,
+)
 from productvlm.errors import ProductVLMError
 from productvlm.inference import BATCH_SIZE, INTERVAL_LEVEL
 
@@ -54,6 +61,7 @@ class AuditConfig(StageConfig):
                                 "score the audit against")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    hub_kernels: HubKernels = False
     fetch: dict[str, Any] = Field(default_factory=dict, description="image fetching "
                                   "(prepare's fetch: settings)")
 
@@ -98,7 +106,8 @@ def audit(cfg: AuditConfig) -> Path:
     if rank == 0:
         save_config(cfg, cfg.out)
     predictor = Predictor.load(cfg.model, device=cfg.device, precision=cfg.precision,
-                               batch_size=cfg.batch_size, interval_level=cfg.interval_level)
+                               hub_kernels=cfg.hub_kernels, batch_size=cfg.batch_size,
+                               interval_level=cfg.interval_level)
     if predictor.calibration is None or not predictor.calibration.given_margins:
         raise ProductVLMError(f"{cfg.model}: no calibration for audits in the run directory; "
                               "run `productvlm evaluate` on it once to calibrate it")
@@ -157,6 +166,8 @@ def register(app: typer.Typer) -> None:
         cache_dir: Path | None = typer.Option(None, help="image cache [OUT/image-cache]"),
         device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:1 [auto]"),
         precision: str | None = typer.Option(None, help="auto, bf16, fp16, fp32 [auto]"),
+        hub_kernels: bool | None = typer.Option(None, "--hub-kernels/--no-hub-kernels",
+                                                help=HUB_KERNELS_HELP + " [off]"),
         config: Path | None = typer.Option(None, "--config", "-c", help="YAML (audit: section)"),
     ) -> None:
         """Check a catalog's listed prices against the model: audit.csv, audit.html."""
@@ -166,7 +177,8 @@ def register(app: typer.Typer) -> None:
             model=model, source=source, out=out, preset=preset,
             map=parse_pairs(map, "--map") or None, source_split=source_split, limit=limit,
             batch_size=batch_size, interval_level=interval_level, flag_level=flag_level,
-            faults=faults, device=device, precision=precision, fetch=fetch or None),
+            faults=faults, device=device, precision=precision, hub_kernels=hub_kernels,
+            fetch=fetch or None),
             section="audit")
         path = audit(cfg)
         if _shard()[0] == 0:

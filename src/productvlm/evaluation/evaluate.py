@@ -16,7 +16,7 @@ from typing import Any, Literal
 import typer
 from pydantic import Field
 
-from productvlm.config import StageConfig, resolve_config, save_config
+from productvlm.config import HUB_KERNELS_HELP, HubKernels, StageConfig, resolve_config, save_config
 from productvlm.errors import ProductVLMError
 from productvlm.inference import BATCH_SIZE, INTERVAL_LEVEL, MAX_NEW_TOKENS
 
@@ -41,6 +41,7 @@ class EvalConfig(StageConfig):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="auto: bf16 on a CUDA GPU that has it, else fp32")
+    hub_kernels: HubKernels = False
     report_to: Literal["wandb", "none"] = "wandb"
     wandb_project: str = "productvlm"
 
@@ -87,6 +88,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         cfg.model,
         device=cfg.device,
         precision=cfg.precision,
+        hub_kernels=cfg.hub_kernels,
         batch_size=cfg.batch_size,
         max_new_tokens=cfg.max_new_tokens,
         constrained=cfg.constrained,
@@ -255,6 +257,8 @@ def register(app: typer.Typer) -> None:
         report_to: str | None = typer.Option(None, help="wandb | none"),
         device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:1 [auto]"),
         precision: str | None = typer.Option(None, help="auto, bf16, fp16, fp32 [auto]"),
+        hub_kernels: bool | None = typer.Option(None, "--hub-kernels/--no-hub-kernels",
+                                                help=HUB_KERNELS_HELP + " [off]"),
     ) -> None:
         """Answer the split's photos, score them beside baselines, write report.html."""
         cfg = resolve_config(
@@ -275,6 +279,7 @@ def register(app: typer.Typer) -> None:
                 report_to=report_to,
                 device=device,
                 precision=precision,
+                hub_kernels=hub_kernels,
             ),
             section="evaluate",
         )

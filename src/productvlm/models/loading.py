@@ -190,17 +190,20 @@ def load_model(
     gradient_checkpointing: bool = False,
     load_in_4bit: bool = False,
     device_map: Any = None,
+    hub_kernels: bool = False,
     cfg: Any = None,
 ) -> torch.nn.Module:
     """A model of any family from a Hub id, a model folder or an adapter folder, ready to
     train: Phi3VForCausalLM (ours) or transformers' own class for the others.
 
     ``lora`` wraps it with PEFT (trainable adapters only); ``load_in_4bit`` is QLoRA (CUDA and
-    bitsandbytes). ``freeze_vision`` freezes the image side for full fine-tuning. An adapter
+    bitsandbytes). ``hub_kernels`` is transformers' ``use_kernels``, always passed (see
+    ``config.HubKernels``): off, nothing is fetched from the Hub at load or at the first
+    training step. ``freeze_vision`` freezes the image side for full fine-tuning. An adapter
     (an adapter folder as ``name_or_path`` on the base it names, or ``adapter`` on
     ``name_or_path``) is merged, unless ``lora`` asks to train it further. ``cfg`` (a
     TrainConfig: mode, precision, lora_*, freeze_vision, gradient_checkpointing,
-    attn_implementation) sets all of these.
+    attn_implementation, hub_kernels) sets all of these.
     """
     if cfg is not None:
         mode = getattr(cfg, "mode", "lora")
@@ -211,6 +214,7 @@ def load_model(
         freeze_vision = cfg.freeze_vision
         gradient_checkpointing = cfg.gradient_checkpointing
         attn_implementation = cfg.attn_implementation
+        hub_kernels = cfg.hub_kernels
         # full fine-tuning keeps fp32 master weights (mixed precision does the bf16 compute)
         bf16 = pick_dtype(cfg.precision) == torch.bfloat16
         dtype = torch.bfloat16 if bf16 and mode != "full" else torch.float32
@@ -234,7 +238,8 @@ def load_model(
     fam = model_family(base)
 
     kwargs: dict[str, Any] = {"dtype": pick_dtype(dtype),
-                              "attn_implementation": attn_implementation}
+                              "attn_implementation": attn_implementation,
+                              "use_kernels": bool(hub_kernels)}
     if device_map is not None:
         kwargs["device_map"] = device_map
     if load_in_4bit:

@@ -153,6 +153,10 @@ class Phi4MultimodalImageProcessorPil(PilBackend):
         return BatchFeature(data=data, tensor_type=return_tensors)
 
 
+#: ``from_pretrained`` arguments that say where the files are; every part reads them alike
+HUB_ARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
+
+
 @cache
 def processor_class() -> type:
     """transformers' ``Phi4MultimodalProcessor`` with this image processor.
@@ -160,29 +164,32 @@ def processor_class() -> type:
     Always this one, torchvision or not: a run then reads photos the same way on the machine
     that trains it (often a GPU one with torchvision) and on the one that serves it (often a
     CPU one without), and a tiny model's token count is right. The class keeps its name and
-    its ``from_pretrained`` / ``save_pretrained``: the tokenizer and the speech feature
-    extractor load as transformers loads them, only the image processor is this one.
+    its ``save_pretrained``, so a folder it writes is the Hub format.
+
+    Its ``from_pretrained`` builds the processor from its parts through public calls only:
+    the tokenizer (``AutoTokenizer``), the speech feature extractor, this image processor and
+    the chat template (``get_processor_dict``), then the constructor. transformers' own
+    ``from_pretrained`` cannot take a ready image processor on every 5.x release (5.24 loads
+    each part itself through a private hook, which 5.25 removed), and the constructor can.
 
     >>> processor_class().from_pretrained("microsoft/Phi-4-multimodal-instruct")  # doctest: +SKIP
     """
-    from transformers import Phi4MultimodalProcessor
-    from transformers.processing_utils import ProcessorMixin
+    from transformers import AutoTokenizer, Phi4MultimodalFeatureExtractor, Phi4MultimodalProcessor
 
-    attrs = Phi4MultimodalProcessor.get_attributes()
-    rest = type("Phi4MultimodalProcessor", (Phi4MultimodalProcessor,), {
-        "get_attributes": classmethod(lambda klass: [a for a in attrs if a != "image_processor"])})
-    load_rest = ProcessorMixin._get_arguments_from_pretrained.__func__  # type: ignore[attr-defined]
-
-    def _get_arguments_from_pretrained(klass: type, path: Any, processor_dict: Any = None,
-                                       **kwargs: Any) -> list[Any]:
-        args = load_rest(rest, path, processor_dict, **kwargs)
-        images = Phi4MultimodalImageProcessorPil.from_pretrained(
-            path, **{k: v for k, v in kwargs.items() if k in ("subfolder", "revision")})
-        args.insert(attrs.index("image_processor"), images)
-        return args
+    def from_pretrained(klass: type, path: Any, **kwargs: Any) -> Any:
+        unknown = sorted(set(kwargs) - set(HUB_ARGS))
+        if unknown:
+            raise TypeError(f"Phi4MultimodalProcessor.from_pretrained: unexpected {unknown}; "
+                            "set image sizes on the loaded processor's image_processor")
+        saved, _ = klass.get_processor_dict(path, **kwargs)
+        images = Phi4MultimodalImageProcessorPil.from_pretrained(path, **kwargs)
+        audio = Phi4MultimodalFeatureExtractor.from_pretrained(path, **kwargs)
+        return klass(image_processor=images, audio_processor=audio,
+                     tokenizer=AutoTokenizer.from_pretrained(path, **kwargs),
+                     chat_template=saved.get("chat_template"))
 
     return type("Phi4MultimodalProcessor", (Phi4MultimodalProcessor,), {
-        "_get_arguments_from_pretrained": classmethod(_get_arguments_from_pretrained),
+        "from_pretrained": classmethod(from_pretrained),
         "__module__": Phi4MultimodalProcessor.__module__,
         "__qualname__": Phi4MultimodalProcessor.__qualname__})
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import typer
 
-from productvlm.config import resolve_config
+from productvlm.config import HUB_KERNELS_HELP, resolve_config
 from productvlm.errors import ProductVLMError
 from productvlm.serving.config import ServeConfig, check_exposure, is_loopback
 
@@ -50,7 +50,8 @@ def load_predictor(cfg: ServeConfig) -> Any:
     from productvlm.inference import Predictor
 
     kwargs: dict[str, Any] = {"batch_size": cfg.max_batch, "device": cfg.device,
-                              "precision": cfg.precision, "interval_level": cfg.interval_level,
+                              "precision": cfg.precision, "hub_kernels": cfg.hub_kernels,
+                              "interval_level": cfg.interval_level,
                               "low_confidence": cfg.low_confidence}
     if cfg.max_new_tokens is not None:
         kwargs["max_new_tokens"] = cfg.max_new_tokens
@@ -99,6 +100,8 @@ def register(app: typer.Typer) -> None:
         max_new_tokens: int | None = typer.Option(None, help="override the run's setting"),
         device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:1 [auto]"),
         precision: str | None = typer.Option(None, help="auto, bf16, fp16, fp32 [auto]"),
+        hub_kernels: bool | None = typer.Option(None, "--hub-kernels/--no-hub-kernels",
+                                                help=HUB_KERNELS_HELP + " [off]"),
         interval_level: float | None = typer.Option(None, help="price interval level [0.8]"),
         low_confidence: float | None = typer.Option(None, help="mark answers under this "
                                                     "confidence [0.5]"),
@@ -110,6 +113,7 @@ def register(app: typer.Typer) -> None:
             max_upload_mb=max_upload_mb, max_pixels=max_pixels,
             request_timeout_s=request_timeout_s, allow_urls=allow_urls or None,
             max_new_tokens=max_new_tokens, device=device, precision=precision,
-            interval_level=interval_level, low_confidence=low_confidence,
+            hub_kernels=hub_kernels, interval_level=interval_level,
+            low_confidence=low_confidence,
         )
         serve(resolve_config(ServeConfig, config, flags, section="serve"))

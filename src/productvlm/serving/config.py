@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from productvlm.config import StageConfig
+from productvlm.config import HubKernels, StageConfig
 from productvlm.errors import ProductVLMError
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -49,6 +49,7 @@ class ServeConfig(StageConfig):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="auto: bf16 on a CUDA GPU that has it, else fp32")
+    hub_kernels: HubKernels = False
 
     @property
     def max_upload_bytes(self) -> int:

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from productvlm.config import StageConfig
+from productvlm.config import HubKernels, StageConfig
 from productvlm.prompts import QUESTION, TargetFormat
 
 PHI3V_HUB_ID = "microsoft/Phi-3-vision-128k-instruct"
@@ -59,6 +59,7 @@ class TrainConfig(StageConfig):
         "auto", description="auto: bf16 where the GPU has it, else fp32"
     )
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    hub_kernels: HubKernels = False
 
     learning_rate: float = Field(2e-4, gt=0)
     vision_lr: float | None = Field(

@@ -18,7 +18,13 @@ from typing import Any
 
 import typer
 
-from productvlm.config import load_saved_config, parse_pairs, resolve_config, save_config
+from productvlm.config import (
+    HUB_KERNELS_HELP,
+    load_saved_config,
+    parse_pairs,
+    resolve_config,
+    save_config,
+)
 from productvlm.errors import ProductVLMError
 from productvlm.rundir import RunDir, is_main_process, last_complete_checkpoint
 from productvlm.training.config import RESUMABLE_CHANGES, TrainConfig
@@ -274,6 +280,8 @@ def register(app: typer.Typer) -> None:
         batch_size: int | None = typer.Option(None, help="per device"),
         learning_rate: float | None = typer.Option(None, "--lr"),
         report_to: str | None = typer.Option(None, help="wandb | tensorboard | mlflow | none"),
+        hub_kernels: bool | None = typer.Option(None, "--hub-kernels/--no-hub-kernels",
+                                                help=HUB_KERNELS_HELP + " [off]"),
         resume: bool = typer.Option(False, "--resume", help="continue from the last checkpoint"),
         set_: list[str] | None = typer.Option(None, "--set", help="any other field: KEY=VALUE"),
     ) -> None:
@@ -281,7 +289,7 @@ def register(app: typer.Typer) -> None:
         flags: dict[str, Any] = dict(
             model=model, data=data, out=out, mode=mode, num_crops=num_crops, epochs=epochs,
             max_steps=max_steps, batch_size=batch_size, learning_rate=learning_rate,
-            report_to=report_to, resume=resume or None,
+            report_to=report_to, resume=resume or None, hub_kernels=hub_kernels,
         )
         flags.update(parse_pairs(set_, "--set"))
         cfg = resolve_config(TrainConfig, config, flags, section="train")

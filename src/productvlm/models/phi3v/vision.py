@@ -62,10 +62,9 @@ class Phi3VImageEmbedding(nn.Module):
     def __init__(self, config: Phi3VConfig):
         super().__init__()
         self.config = config
-        vision = config.vision_config
-        if vision._attn_implementation is None:  # the decoder's choice, unless set apart
-            vision._attn_implementation = config._attn_implementation
-        self.img_processor = CLIPImageProcessor(vision)
+        # the tower's attention kernel: transformers sets it on vision_config (a sub-config)
+        # with the decoder's, unless attn_implementation gives it one of its own
+        self.img_processor = CLIPImageProcessor(config.vision_config)
         width = 4 * config.image_dim_out
         self.glb_GN = nn.Parameter(torch.zeros(1, 1, width))
         self.sub_GN = nn.Parameter(torch.zeros(1, 1, 1, width))
