@@ -16,6 +16,7 @@ import contextlib
 import json
 import math
 import re
+import weakref
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -233,6 +234,8 @@ class ChatParts:
 
 
 _PROBE = "Product: X"
+# chat_parts per tokenizer, kept while the tokenizer lives (nothing is set on the tokenizer)
+_CHAT_PARTS: weakref.WeakKeyDictionary[Any, ChatParts] = weakref.WeakKeyDictionary()
 
 
 def chat_parts(tokenizer: Any) -> ChatParts:
@@ -241,9 +244,9 @@ def chat_parts(tokenizer: Any) -> ChatParts:
     >>> chat_parts(tok)  # doctest: +SKIP
     ChatParts(lead='', end='<|end|>', tail='<|end|>\\n<|endoftext|>')
     """
-    cached = getattr(tokenizer, "_productvlm_chat_parts", None)
-    if cached is not None:
-        return cached
+    with contextlib.suppress(TypeError):  # a tokenizer that cannot be a weak key: no cache
+        if (cached := _CHAT_PARTS.get(tokenizer)) is not None:
+            return cached
     if not getattr(tokenizer, "chat_template", None):
         return _phi3_parts(tokenizer)  # a bare tokenizer (tests, tools): Phi-3's conventions
     structured = structured_chat(tokenizer)
@@ -265,9 +268,8 @@ def chat_parts(tokenizer: Any) -> ChatParts:
     eos = getattr(tokenizer, "eos_token", None)
     tail = after if not eos or eos in after else after + eos
     parts = ChatParts(lead, end, tail)
-    # a tokenizer that takes no new attributes recomputes it each time
-    with contextlib.suppress(AttributeError):
-        tokenizer._productvlm_chat_parts = parts
+    with contextlib.suppress(TypeError):
+        _CHAT_PARTS[tokenizer] = parts
     return parts
 
 

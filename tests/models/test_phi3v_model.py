@@ -316,3 +316,29 @@ def test_one_crop_images_encode_their_shared_view_once(model) -> None:
         feats = original(pv[i, : 1 + h * w])
         expected = embed.img_projection(embed.hd_tokens(feats[0], feats[1:], h, w))
         torch.testing.assert_close(tokens[i], expected, atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- transformers' hooks
+def test_transformers_still_reads_the_model_author_hooks(tmp_path) -> None:
+    """Phi3VPreTrainedModel relies on hooks transformers reads from a model class
+    (``_init_weights``, ``_keys_to_ignore_on_load_unexpected``): each assert names the hook a
+    transformers release stopped reading."""
+    import transformers
+    from safetensors.torch import load_file, save_file
+
+    cfg = tiny_config(VOCAB)
+    model = tiny_model(cfg, seed=0)
+    embed = model.model.vision_embed_tokens.img_processor.vision_model.embeddings
+    width = embed.class_embedding.numel()
+    assert abs(embed.class_embedding.std().item() - width ** -0.5) < 0.5 * width ** -0.5, (
+        f"transformers {transformers.__version__} no longer calls "
+        "Phi3VPreTrainedModel._init_weights on new models (CLIP's class embedding kept "
+        "torch's N(0, 1))")
+    model.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    weights["model.vision_embed_tokens.wte.weight"] = torch.zeros(VOCAB, 8)  # the Hub's copy
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    _, info = Phi3VForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["unexpected_keys"] and not info["missing_keys"], (
+        f"transformers {transformers.__version__} no longer honours "
+        f"_keys_to_ignore_on_load_unexpected: {info}")

@@ -31,6 +31,11 @@ from .vision import Phi3VImageEmbedding
 
 
 class Phi3VPreTrainedModel(Phi3PreTrainedModel):
+    # The underscored names below are transformers' hooks for model authors, not private calls:
+    # a PreTrainedModel subclass declares them and transformers reads them (every model in
+    # transformers is written so), and there is no public spelling of them.
+    # tests/models/test_phi3v_model.py::test_transformers_still_reads_the_model_author_hooks
+    # fails, naming the hook, on a release that stops reading one.
     config_class = Phi3VConfig
     input_modalities = ("image", "text")
     _no_split_modules = ["Phi3DecoderLayer", "CLIPEncoderLayer"]
