@@ -16,7 +16,8 @@ from __future__ import annotations
 import io
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,13 +25,8 @@ import typer
 from pydantic import Field
 
 from productvlm.config import HUB_KERNELS_HELP, HubKernels, StageConfig, resolve_config
-from productvlm.inference import (
-    BATCH_SIZE,
-    INTERVAL_LEVEL,
-    MAX_NEW_TOKENS,
-    Prediction,
-    Predictor,
-)
+from productvlm.inference import BATCH_SIZE, INTERVAL_LEVEL, MAX_NEW_TOKENS, Predictor
+from productvlm.inference.batch import Row, answer_rows
 
 
 class PredictConfig(StageConfig):
@@ -126,16 +122,20 @@ def predict_files(cfg: PredictConfig) -> int:
                                constrained=cfg.constrained, num_crops=cfg.num_crops,
                                interval_level=cfg.interval_level)
     sources = expand_inputs(cfg.images)
-    images = read_images(sources, cfg.local_root)
-    good = [im for im in images if not isinstance(im, str)]
-    preds = iter(predictor.predict(good, progress=sys.stderr.isatty()))
-    answers = [Prediction(error=im) if isinstance(im, str) else next(preds) for im in images]
-    if cfg.json_lines:
-        for (name, _), answer in zip(sources, answers, strict=True):
-            print(json.dumps({"image": name, **answer.to_dict()}, ensure_ascii=False))
+    rows = _rows(sources, cfg.local_root, predictor.batch_size)
+    unread = 0
+    if cfg.json_lines:  # one line as each answer comes: a long list of files streams
+        for row, answer in answer_rows(rows, predictor):
+            unread += not row.readable
+            print(json.dumps({"image": row.key, **answer.to_dict()}, ensure_ascii=False),
+                  flush=True)
     else:
+        with _bar(len(sources)) as advance:
+            answers = list(answer_rows(rows, predictor, progress=advance))
         table = Table("image", "title", "category", "price", "range", "confidence", "note")
-        for (name, _), a in zip(sources, answers, strict=True):
+        for row, a in answers:
+            unread += not row.readable
+            name = row.key
             price = (f"{a.price:,.2f} {a.currency or ''}".strip() if a.price is not None else "")
             span = (f"{a.price_low:,.0f}-{a.price_high:,.0f} ({a.interval_level:.0%})"
                     if a.price_low is not None else "")
@@ -144,10 +144,35 @@ def predict_files(cfg: PredictConfig) -> int:
                     "[yellow]low confidence: a guess[/]" if a.low_confidence else "")
             table.add_row(name, a.title or "", a.category or "", price, span, conf, note)
         Console(soft_wrap=False).print(table)
-    unread = sum(isinstance(im, str) for im in images)
     if unread:
-        print(f"{unread} of {len(images)} images could not be read", file=sys.stderr)
+        print(f"{unread} of {len(sources)} images could not be read", file=sys.stderr)
     return 1 if unread else 0
+
+
+def _rows(sources: list[tuple[str, str | None]], local_root: Path | None,
+          batch: int) -> Iterator[Row]:
+    """The batch engine's rows, read a few batches ahead (files and URLs fetched together),
+    so a long list of photos never sits in memory at once."""
+    step = 4 * batch
+    for start in range(0, len(sources), step):
+        chunk = sources[start:start + step]
+        for (name, _), image in zip(chunk, read_images(chunk, local_root), strict=True):
+            yield Row(name, image)
+
+
+@contextmanager
+def _bar(total: int) -> Iterator[Callable[[int], None]]:
+    """A progress bar with answers/s on a terminal (stderr); its value advances it."""
+    from productvlm.inference.predictor import AnswerBar
+
+    if not sys.stderr.isatty():
+        yield lambda n: None
+        return
+    bar = AnswerBar(total)
+    try:
+        yield bar.advance
+    finally:
+        bar.close()
 
 
 def register(app: typer.Typer) -> None:

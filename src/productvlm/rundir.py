@@ -24,7 +24,6 @@ PosixPath('runs/demo/train/merged')
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 from dataclasses import dataclass
@@ -145,12 +144,6 @@ class TrainingItems:
     product_codes: set[str]
     image_sha256: set[str]
     title_words: set[str]
-
-
-def is_main_process() -> bool:
-    """Rank 0 of a distributed run (torchrun / accelerate set RANK), or a single process: the
-    one process that writes the run directory."""
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def last_complete_checkpoint(ckpt_dir: Path) -> str | None:

@@ -101,21 +101,26 @@ def test_ctrl_c_then_rerun_redoes_no_finished_batch(calibrated_run: dict[str, Pa
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     import productvlm.audit.work as work
 
-    real, calls = work._judge, []
+    real, calls = work.answer_batches, []
 
-    def interrupt_second(rows: list, *args: Any) -> None:
-        calls.append(len(rows))
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        real(rows, *args)
+    def interrupt_second(*args: Any, **kwargs: Any) -> Any:
+        for n, answered in enumerate(real(*args, **kwargs)):
+            if n == 1:
+                raise KeyboardInterrupt
+            calls.append(sum(row.readable for row, _ in answered))
+            yield answered
 
-    monkeypatch.setattr(work, "_judge", interrupt_second)
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        for answered in real(*args, **kwargs):
+            calls.append(sum(row.readable for row, _ in answered))
+            yield answered
+
+    monkeypatch.setattr(work, "answer_batches", interrupt_second)
     with pytest.raises(KeyboardInterrupt):
         audit(_config(calibrated_run, tmp_path))
     first = calls[0]
     calls.clear()
-    monkeypatch.setattr(work, "_judge", lambda rows, *a: (calls.append(len(rows)),
-                                                          real(rows, *a)))
+    monkeypatch.setattr(work, "answer_batches", counted)
     audit(_config(calibrated_run, tmp_path))
     total = sum(1 for r in _csv(audited / "audit.csv"))
     assert sum(calls) == total - first  # the finished batch was not judged again

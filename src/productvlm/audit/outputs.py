@@ -17,6 +17,7 @@ import numpy as np
 
 from productvlm.evaluation.listings import known_errors, mispricing_figures, rule_scores
 from productvlm.evaluation.plots import data_uri, png
+from productvlm.inference.batch import Parts
 from productvlm.prepared import FAILURE_COLUMNS
 from productvlm.prompts import format_price
 
@@ -28,17 +29,9 @@ COLUMNS = ("rank", "row", "product_code", "title", "category", "listed_price",
 MAX_CARDS = 200  # flagged products shown with their photos in audit.html
 
 
-def read_parts(out: Path) -> list[dict[str, Any]]:
-    """Every row the processes have written so far (a line torn by a kill is left out)."""
-    rows: dict[int, dict[str, Any]] = {}
-    for part in sorted((out / PARTS).glob("rank*.jsonl")):
-        for line in part.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            rows.setdefault(int(row["row"]), row)
-    return [rows[k] for k in sorted(rows)]
+def parts_of(out: Path) -> Parts:
+    """The audit's part files (OUT/parts/rank{r}.jsonl), keyed by catalog row."""
+    return Parts(out / PARTS, key_field="row")
 
 
 def _yes(value: Any) -> str:
@@ -59,7 +52,7 @@ def merge_and_write(cfg: Any, rows_in: int, failures: list[tuple[int, str, str]]
     """Merge the parts and write audit.csv, failures.csv, audit.json and audit.html."""
     from productvlm.errors import ProductVLMError
 
-    rows = read_parts(cfg.out)
+    rows = parts_of(cfg.out).read()
     ok = [r for r in rows if r["status"] == "ok"]
     failed = sorted(failures + [(r["row"], r["product_code"], r["reason"])
                                 for r in rows if r["status"] != "ok"])

@@ -21,7 +21,6 @@ are the same as in one process, so the audit is too) and rank 0 merges the parts
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +28,7 @@ from typing import Any, Literal
 import typer
 from pydantic import Field, field_validator
 
+from productvlm import dist
 from productvlm.config import (
     HUB_KERNELS_HELP,
     HubKernels,
@@ -71,27 +71,23 @@ class AuditConfig(StageConfig):
         return None if isinstance(v, str) and v.lower() in ("none", "") else v
 
 
-def _shard() -> tuple[int, int]:
-    """(rank, world size) under torchrun / accelerate, else (0, 1)."""
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def audit(cfg: AuditConfig) -> Path:
     """Audit ``cfg.source`` with ``cfg.model``; returns the path of audit.csv.
 
     >>> audit(AuditConfig(model="runs/demo/train", source="cat.parquet"))  # doctest: +SKIP
     PosixPath('runs/audit/audit.csv')
     """
-    from productvlm.audit.outputs import PARTS, merge_and_write, read_parts
+    from productvlm.audit.outputs import merge_and_write, parts_of
     from productvlm.audit.work import audit_batches
     from productvlm.catalog.fetch_config import FetchConfig
     from productvlm.catalog.prepare import read_records
     from productvlm.catalog.schema import resolve_column_map
     from productvlm.catalog.sources import open_source
     from productvlm.inference import Predictor
+    from productvlm.inference.batch import plan
     from productvlm.rundir import resolve_model
 
-    rank, world = _shard()
+    rank, world = dist.rank(), dist.world_size()
     info = resolve_model(cfg.model)  # a wrong model fails before any work
     src = open_source(cfg.source, cfg.source_split)
     mapping = resolve_column_map(src.columns, cfg.preset, cfg.map, source=src.name)
@@ -112,36 +108,23 @@ def audit(cfg: AuditConfig) -> Path:
         raise ProductVLMError(f"{cfg.model}: no calibration for audits in the run directory; "
                               "run `productvlm evaluate` on it once to calibrate it")
     trained = info.run.read_training_items() if info.run else None
-    done = {r["row"] for r in read_parts(cfg.out)}
-    batches = [records[i:i + cfg.batch_size] for i in range(0, len(records), cfg.batch_size)]
-    mine = [b for j, b in enumerate(batches) if j % world == rank]
-    todo = [[r for r in b if r.row not in done] for b in mine]
-    todo = [b for b in todo if b]
+    parts = parts_of(cfg.out)
+    done = parts.done()
+    batches = plan([r.row for r in records], cfg.batch_size, done, rank, world)
     if done and rank == 0:
-        print(f"resuming: {len(done)} rows already audited in {cfg.out / PARTS}",
-              file=sys.stderr)
+        print(f"resuming: {len(done)} rows already audited in {parts.folder}", file=sys.stderr)
     try:
-        audit_batches(todo, predictor, fetch_cfg, cfg, trained,
-                      cfg.out / PARTS / f"rank{rank}.jsonl", progress=rank == 0)
+        with parts.writer(rank) as write:
+            audit_batches(records, batches, predictor, fetch_cfg, cfg, trained, write,
+                          progress=rank == 0)
     except KeyboardInterrupt:
-        print(f"interrupted; run the same command again to continue ({cfg.out / PARTS})",
+        print(f"interrupted; run the same command again to continue ({parts.folder})",
               file=sys.stderr)
         raise
-    if world > 1:
-        _barrier()
+    dist.barrier()
     if rank != 0:
         return cfg.out / "audit.csv"
     return merge_and_write(cfg, rows_in, failures, predictor.calibration)
-
-
-def _barrier() -> None:
-    """Wait for every process (gloo: works on CPUs and GPUs alike)."""
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
-    dist.barrier()
-    dist.destroy_process_group()
 
 
 def register(app: typer.Typer) -> None:
@@ -181,7 +164,7 @@ def register(app: typer.Typer) -> None:
             fetch=fetch or None),
             section="audit")
         path = audit(cfg)
-        if _shard()[0] == 0:
+        if dist.is_main_process():
             summary = json.loads((cfg.out / "audit.json").read_text())
             typer.echo(f"audited {summary['audited']} of {summary['rows_in']} rows, "
                        f"{summary['flagged']} flagged; {path} and {path.with_suffix('.html')}")

@@ -15,7 +15,7 @@ import numpy as np
 
 from productvlm.calibration import Calibration
 from productvlm.errors import ProductVLMError
-from productvlm.inference import Prediction
+from productvlm.inference.batch import Row, answer_rows
 from productvlm.prompts import ProductFields
 
 MAX_GRID = 512  # candidate prices scored per photo at most
@@ -53,17 +53,21 @@ def ensure_calibration(predictor: Any, ds: Any, out: Any) -> None:
           f"{out / 'calibration'}", file=sys.stderr)
 
 
+def _photo(split: Any, i: int) -> Any:
+    """Row ``i``'s RGB photo, or why it has none (a broken stored photo: not a calibration
+    row)."""
+    try:
+        return split[i]["image"].convert("RGB")
+    except Exception as e:  # noqa: BLE001
+        return f"image failed to decode: {e}"
+
+
 def _images(split: Any, batch: int) -> Iterator[tuple[list[int], list[Any]]]:
     """(row indices, RGB photos) a batch at a time; rows whose photo fails are left out."""
     for start in range(0, len(split), batch):
-        rows, images = [], []
-        for i in range(start, min(start + batch, len(split))):
-            try:
-                images.append(split[i]["image"].convert("RGB"))
-                rows.append(i)
-            except Exception:  # noqa: BLE001  a broken stored photo: not a calibration row
-                continue
-        yield rows, images
+        pairs = [(i, _photo(split, i)) for i in range(start, min(start + batch, len(split)))]
+        ok = [(i, im) for i, im in pairs if not isinstance(im, str)]
+        yield [i for i, _ in ok], [im for _, im in ok]
 
 
 def fit_calibration(predictor: Any, train: Any, validation: Any, *,
@@ -85,19 +89,17 @@ def fit_calibration(predictor: Any, train: Any, validation: Any, *,
     try:
         with Progress(transient=True, disable=not progress) as bar:
             task = bar.add_task("calibrating on the validation split", total=len(validation))
-            for rows, images in _images(validation, predictor.batch_size):
-                given = [(meta[i]["title"], meta[i]["category"]) for i in rows]
-                texts, sigs = predictor.generate(images, grid=grid, given=given)
-                for i, text, sig in zip(rows, texts, sigs, strict=True):
-                    pred = Prediction.from_answer(text, predictor.target_format)
-                    if sig is None or sig.price_logprobs is None or not pred.category:
-                        continue
-                    row = meta[i]
-                    signals.append(sig)
-                    answers.append(pred)
-                    truths.append(ProductFields(row["title"], row["category"],
-                                                float(row["price"])))
-                bar.advance(task, len(rows))
+            rows = (Row(i, _photo(validation, i), (m["title"], m["category"]), m)
+                    for i, m in enumerate(meta))
+            for row, pred in answer_rows(rows, predictor, grid=grid,
+                                         progress=lambda n: bar.advance(task, n)):
+                sig = pred.signals
+                if sig is None or sig.price_logprobs is None or not pred.category:
+                    continue  # a photo that failed to decode, or an answer without a category
+                signals.append(sig)
+                answers.append(pred)
+                truths.append(ProductFields(row.data["title"], row.data["category"],
+                                            float(row.data["price"])))
             feats, cats = [], []
             task = bar.add_task("image features of the training photos", total=len(train))
             for rows, images in _images(train, predictor.batch_size):

@@ -9,6 +9,8 @@ report.html and config.yaml; prints every metric beside the baselines; logs to W
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +21,7 @@ from pydantic import Field
 from productvlm.config import HUB_KERNELS_HELP, HubKernels, StageConfig, resolve_config, save_config
 from productvlm.errors import ProductVLMError
 from productvlm.inference import BATCH_SIZE, INTERVAL_LEVEL, MAX_NEW_TOKENS
+from productvlm.inference.batch import Row
 
 
 class EvalConfig(StageConfig):
@@ -74,7 +77,8 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     from productvlm.evaluation.report import write_report
     from productvlm.evaluation.rows import PredictionRow
     from productvlm.evaluation.uncertainty import uncertainty_figures
-    from productvlm.inference import Prediction, Predictor
+    from productvlm.inference import Predictor
+    from productvlm.inference.batch import answer_rows
     from productvlm.prompts import ProductFields
 
     ds = _load_split(cfg)
@@ -102,30 +106,15 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
 
     rows: list[PredictionRow] = []
     source_rows: list[int | None] = []
-    # image decoding is lazy per chunk, so a big split never sits in memory at once
-    meta_cols = [c for c in split.column_names if c != "image"]
-    for start in _progress(range(0, len(split), cfg.batch_size), len(split), cfg.batch_size):
-        chunk = split.select(range(start, min(start + cfg.batch_size, len(split))))
-        metas = chunk.select_columns(meta_cols).to_list()
-        images: list[Any] = []
-        for i in range(len(chunk)):
-            try:
-                images.append(chunk[i]["image"].convert("RGB"))
-            except Exception as e:  # one broken image is that row's error, not the run's
-                images.append(e)
-        good = [im for im in images if not isinstance(im, Exception)]
-        given = ([(m["title"], m["category"]) for m, im in zip(metas, images, strict=True)
-                  if not isinstance(im, Exception)] if errors is not None else None)
-        preds = iter(predictor.predict(good, given=given)) if good else iter(())
-        for meta, image in zip(metas, images, strict=True):
+    with _progress(len(split)) as advance:
+        for row, pred in answer_rows(_split_rows(split, errors is not None), predictor,
+                                     progress=advance):
+            meta = row.data
             source_rows.append(meta.get("source_row"))
             truth = ProductFields(meta["title"], meta["category"], float(meta["price"]))
             row_id = str(meta.get("product_code") or meta.get("source_row") or len(rows))
-            if isinstance(image, Exception):
-                failed = Prediction(error=f"image failed to decode: {image}")
-                rows.append(PredictionRow(row_id, truth, failed, None))
-                continue
-            rows.append(PredictionRow(row_id, truth, next(preds), _thumb(image)))
+            thumb = _thumb(row.image) if row.readable else None
+            rows.append(PredictionRow(row_id, truth, pred, thumb))
 
     train = fields_from_records(ds["train"].select_columns(["title", "category", "price"]))
     fallback = median_price(train)
@@ -199,7 +188,25 @@ def _default_out(cfg: EvalConfig) -> Path:
     return (base if base.is_dir() else Path("runs")) / f"eval-{cfg.split}"
 
 
-def _progress(chunks: range, total: int, batch: int) -> Any:
+def _split_rows(split: Any, given: bool) -> Iterator[Row]:
+    """The batch engine's rows of a prepared split, a photo decoded only when its batch is
+    answered (a big split never sits in memory); a photo that fails to decode is that row's
+    error, not the run's. ``given``: score the listing's own prices too (--faults)."""
+    meta_cols = [c for c in split.column_names if c != "image"]
+    for start in range(0, len(split), 256):
+        chunk = split.select(range(start, min(start + 256, len(split))))
+        for i, meta in enumerate(chunk.select_columns(meta_cols).to_list()):
+            try:
+                image: Any = chunk[i]["image"].convert("RGB")
+            except Exception as e:  # noqa: BLE001  one broken image is that row's error
+                image = f"image failed to decode: {e}"
+            yield Row(start + i, image, (meta["title"], meta["category"]) if given else None,
+                      meta)
+
+
+@contextmanager
+def _progress(total: int) -> Iterator[Callable[[int], None]]:
+    """A progress bar with answers/s; its value advances it by the rows of a batch."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     progress = Progress(
@@ -211,11 +218,13 @@ def _progress(chunks: range, total: int, batch: int) -> Any:
     )
     with progress:
         task = progress.add_task("answering", total=total, rate="-")
-        for start in chunks:
-            yield start
-            done = min(start + batch, total)
+
+        def advance(n: int) -> None:
+            progress.advance(task, n)
             elapsed = progress.tasks[task].elapsed or 1e-9
-            progress.update(task, completed=done, rate=f"{done / elapsed:.1f}")
+            progress.update(task, rate=f"{progress.tasks[task].completed / elapsed:.1f}")
+
+        yield advance
 
 
 def _log_wandb(

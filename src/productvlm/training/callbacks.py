@@ -92,6 +92,7 @@ class GenerationEvalCallback(TrainerCallback):
             return
         from productvlm.evaluation.metrics import all_metrics
         from productvlm.inference import MAX_NEW_TOKENS, Predictor
+        from productvlm.inference.batch import Row, answer_rows
         from productvlm.prompts import ProductFields
 
         predictor = Predictor(
@@ -101,7 +102,8 @@ class GenerationEvalCallback(TrainerCallback):
         )
         was_training = model.training
         model.eval()
-        preds = predictor.predict([r["image"] for r in self.rows])
+        preds = [p for _, p in answer_rows((Row(i, r["image"]) for i, r in
+                                            enumerate(self.rows)), predictor)]
         model.train(was_training)
         truths = [ProductFields(r["title"], r["category"], r["price"]) for r in self.rows]
         scores = all_metrics(truths, preds)

@@ -25,8 +25,9 @@ from productvlm.config import (
     resolve_config,
     save_config,
 )
+from productvlm.dist import is_main_process
 from productvlm.errors import ProductVLMError
-from productvlm.rundir import RunDir, is_main_process, last_complete_checkpoint
+from productvlm.rundir import RunDir, last_complete_checkpoint
 from productvlm.training.config import RESUMABLE_CHANGES, TrainConfig
 
 

@@ -35,11 +35,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from productvlm.dist import is_main_process
 from productvlm.errors import ProductVLMError
 from productvlm.models.families import family_of, image_token_id, unwrap
 from productvlm.models.loading import VISION_PARAMS
 from productvlm.prompts import title_words
-from productvlm.rundir import RunDir, is_main_process
+from productvlm.rundir import RunDir
 from productvlm.training.collate import augment
 from productvlm.training.config import TrainConfig
 

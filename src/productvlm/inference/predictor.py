@@ -1,5 +1,6 @@
 """The one prediction path: photos -> answers -> parsed fields, with how far to trust them.
-evaluate, predict, serve and audit all call :class:`Predictor`.
+evaluate, predict, serve and audit all call :class:`Predictor` (through
+:mod:`productvlm.inference.batch` when they answer many rows).
 
 Generation is batched greedy decoding with left padding and the KV cache, stopping at the
 answer's end token (``<|end|>`` for Phi-3, see ``prompts.answer_end``) or EOS; answers are
@@ -23,77 +24,22 @@ import contextlib
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from productvlm.calibration import Calibration, Signals, Uncertainty
 from productvlm.errors import ProductVLMError
-from productvlm.prompts import (
-    QUESTION,
-    ParsedAnswer,
-    TargetFormat,
-    answer_end,
-    parse_answer,
-    render_prompt,
+from productvlm.inference.record import (
+    BATCH_SIZE,
+    INTERVAL_LEVEL,
+    LOW_CONFIDENCE,
+    MAX_NEW_TOKENS,
+    Prediction,
 )
+from productvlm.prompts import QUESTION, TargetFormat, answer_end, render_prompt
 from productvlm.rundir import resolve_model
 
 Progress = bool | Callable[[int, int], None] | None
-
-#: Prediction defaults, for every command that predicts (evaluate, predict, serve, audit, the
-#: training callback): photos per generation batch, and the longest answer in tokens.
-BATCH_SIZE = 16
-MAX_NEW_TOKENS = 64
-#: ... the price interval's level, and the confidence under which an answer is marked as low
-INTERVAL_LEVEL = 0.8
-LOW_CONFIDENCE = 0.5
-
-
-@dataclass
-class Prediction(ParsedAnswer):
-    """The one answer record: what evaluate, predict, serve and audit get for a photo.
-
-    The parsed fields (title, category, price; ``error`` says why one is missing), the raw
-    text, the catalog's currency, and how long its batch took. ``ok`` is False when the
-    answer did not parse, or (``raw`` None) when there was no answer at all (an unreadable
-    photo: ``error`` says why). With a calibrated model: the price interval at
-    ``interval_level``, the probability that the category is right, and ``confidence``, the
-    chance that the category is right and the price within 25% (near 0 for a picture unlike
-    the training photos); ``low_confidence`` when it is under the predictor's threshold.
-    Without a calibration these are None.
-    """
-
-    currency: str | None = None
-    raw: str | None = None
-    latency_ms: float | None = None  # wall time of the batch this photo was answered in
-    price_low: float | None = None
-    price_high: float | None = None
-    interval_level: float | None = None
-    category_prob: float | None = None
-    confidence: float | None = None
-    low_confidence: bool | None = None
-    #: what the calibration read (price distribution, image features): for evaluation and
-    #: audit, never serialised
-    signals: Signals | None = field(default=None, repr=False, compare=False)
-
-    @classmethod
-    def from_answer(cls, raw: str, fmt: TargetFormat = "seed", *, currency: str | None = None,
-                    latency_ms: float | None = None) -> Prediction:
-        """Parse a raw answer into the record.
-
-        >>> Prediction.from_answer("Product: Lola Bag, Category: BAGS, Full Price: 2,290.00").price
-        2290.0
-        """
-        parsed = parse_answer(raw, fmt)
-        return cls(parsed.title, parsed.category, parsed.price, parsed.error, currency, raw,
-                   latency_ms)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The record as JSON: predict --json's rows and the HTTP API's fields."""
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "signals"}
-        error = out.pop("error")
-        return {**out, "ok": self.ok, "error": error}
 
 
 class Predictor:
@@ -226,28 +172,34 @@ class Predictor:
         return self._grammar
 
     def predict(self, images: Sequence[Any], progress: Progress = None,
-                given: Sequence[tuple[str, str]] | None = None) -> list[Prediction]:
+                given: Sequence[tuple[str, str]] | None = None,
+                grid: Sequence[float] | None = None,
+                answer_prices: bool = True) -> list[Prediction]:
         """Answer each image (PIL, RGB) in chunks of ``batch_size``; never raises on an answer
         that does not parse (its ``error`` says why).
 
         ``progress``: True for a progress bar with answers/s, or ``fn(done, total)``.
         ``given``: per image a catalog (title, category) whose prices are scored too
         (``signals.given_logprobs``, for judging a listed price), with a calibration.
+        ``grid``: candidate prices to measure (``signals``) without a calibration (to fit
+        one); ``answer_prices=False`` skips scoring the answer's own price.
         """
         images = list(images)
+        prices = grid if grid is not None else self.calibration.grid if self.calibration else None
         out: list[Prediction] = []
-        bar = _Bar(len(images)) if progress is True else None
+        bar = AnswerBar(len(images)) if progress is True else None
         try:
             for start in range(0, len(images), self.batch_size):
                 chunk = images[start:start + self.batch_size]
                 t0 = time.perf_counter()
-                grid = self.calibration.grid if self.calibration else None
                 sub = given[start:start + self.batch_size] if given is not None else None
-                answers, signals = self.generate(chunk, grid=grid, given=sub)
+                answers, signals = self.generate(chunk, grid=prices, given=sub,
+                                                 answer_prices=answer_prices)
                 ms = (time.perf_counter() - t0) * 1000
                 for raw, sig in zip(answers, signals, strict=True):
                     pred = Prediction.from_answer(raw, self.target_format, currency=self.currency,
                                                   latency_ms=round(ms, 1))
+                    pred.signals = sig
                     out.append(self.calibrated(pred, sig))
                 if bar is not None:
                     bar.advance(len(chunk))
@@ -381,7 +333,7 @@ def _load_weights(weights: str, adapter: Path | None, dtype: Any, hub_kernels: b
             hf_logging.enable_progress_bar()
 
 
-class _Bar:
+class AnswerBar:
     """A rich progress bar on stderr with answers/s."""
 
     def __init__(self, total: int) -> None:

@@ -1,0 +1,192 @@
+"""The batch engine: rows of any source -> (row, Prediction), a batch at a time; and the part
+files that let a long run be split across processes and resumed.
+
+Every command that answers many photos goes through :func:`answer_rows`: evaluate (a
+prepared split), the calibration fit, the training callback, predict over many files and
+audit (a catalog, its photos fetched). A row carries its photo, or the reason it has none
+(it is then answered with ``Prediction(error=...)`` without a model call, so no row is ever
+dropped), and optionally the listing's own title and category, whose prices are scored too.
+Rows are pulled lazily, one batch at a time, so a split of 100k photos never sits in memory.
+
+Long runs (audit) are cut into batches by position (:func:`plan`): the same batches in one
+process or many, so the answers are too; under torchrun each process takes every
+``world``-th batch, appends each finished batch to its own part file (:class:`Parts`,
+fsynced) and a rerun skips the rows already there.
+
+>>> rows = (Row(key=i, image=photo) for i, photo in enumerate(photos))  # doctest: +SKIP
+>>> for row, pred in answer_rows(rows, predictor): print(row.key, pred.title)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any, TypeVar
+
+from productvlm.inference.record import Prediction
+
+T = TypeVar("T")
+
+
+@dataclass
+class Row:
+    """One row to answer.
+
+    ``key``: what identifies it in its source (a catalog row number, a split index); part
+    files and resume go by it. ``image``: the photo (PIL, RGB), or a ``str`` saying why there
+    is none. ``given``: the listing's (title, category) whose prices are scored too, or None.
+    ``data``: whatever the caller wants back beside the answer.
+    """
+
+    key: Any
+    image: Any
+    given: tuple[str, str] | None = None
+    data: Any = None
+
+    @property
+    def readable(self) -> bool:
+        return not isinstance(self.image, str)
+
+
+def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``items`` in lists of ``size`` (the last may be shorter), pulled lazily.
+
+    >>> list(chunks(range(5), 2))
+    [[0, 1], [2, 3], [4]]
+    """
+    it = iter(items)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+def answer_rows(rows: Iterable[Row], predictor: Any, *, grid: Sequence[float] | None = None,
+                answer_prices: bool = True, progress: Callable[[int], None] | None = None,
+                ) -> Iterator[tuple[Row, Prediction]]:
+    """(row, Prediction) for each row, in order, ``predictor.batch_size`` photos a batch (rows
+    without a photo ride along with the batch they fall in, so every batch is full).
+
+    ``grid``: candidate prices to measure (``Prediction.signals``) where the predictor has no
+    calibration of its own yet (fitting one); rows with ``given`` get their listing's prices
+    scored too. ``answer_prices=False`` skips scoring the answer's own price (the audit needs
+    only the listing's). ``progress(n)`` is called with the rows of each finished batch.
+    """
+    for answered in answer_batches(packed(rows, predictor.batch_size), predictor, grid=grid,
+                                   answer_prices=answer_prices, progress=progress):
+        yield from answered
+
+
+def packed(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
+    """``rows`` in order, in lists of ``size`` readable rows each (and the unreadable ones
+    between them); the last list may hold fewer.
+
+    >>> photo = object()
+    >>> [[r.key for r in b] for b in packed([Row(0, photo), Row(1, "no photo"), Row(2, photo)], 1)]
+    [[0], [1, 2]]
+    """
+    batch: list[Row] = []
+    ready = 0
+    for row in rows:
+        batch.append(row)
+        ready += row.readable
+        if ready == size:
+            yield batch
+            batch, ready = [], 0
+    if batch:
+        yield batch
+
+
+def answer_batches(batches: Iterable[list[Row]], predictor: Any, *,
+                   grid: Sequence[float] | None = None, answer_prices: bool = True,
+                   progress: Callable[[int], None] | None = None,
+                   ) -> Iterator[list[tuple[Row, Prediction]]]:
+    """:func:`answer_rows` over batches the caller cut (:func:`plan`'s, so that a batch is the
+    same in one process or many, and after a resume): one list of (row, Prediction) a batch.
+    """
+    for batch in batches:
+        ready = [r for r in batch if r.readable]
+        given = [r.given for r in ready] if any(r.given for r in ready) else None
+        preds = iter(predictor.predict([r.image for r in ready], given=given, grid=grid,
+                                       answer_prices=answer_prices) if ready else ())
+        yield [(row, next(preds) if row.readable else Prediction(error=row.image))
+               for row in batch]
+        if progress is not None:
+            progress(len(batch))
+
+
+def plan(keys: Sequence[Any], batch_size: int, done: set[Any], rank: int = 0,
+         world: int = 1) -> list[list[int]]:
+    """The batches (as positions in ``keys``) that process ``rank`` of ``world`` still has to
+    answer: batches are cut by position over every row, then each process takes every
+    ``world``-th batch and drops the rows already ``done``; batches left empty are skipped.
+
+    >>> plan(["a", "b", "c", "d", "e"], 2, {"b"}, rank=0, world=2)
+    [[0], [4]]
+    """
+    todo = []
+    for j, start in enumerate(range(0, len(keys), batch_size)):
+        if j % world != rank:
+            continue
+        batch = [i for i in range(start, min(start + batch_size, len(keys)))
+                 if keys[i] not in done]
+        if batch:
+            todo.append(batch)
+    return todo
+
+
+class Parts:
+    """The part files of a sharded, resumable run: ``folder/rank{r}.jsonl``, one JSON object
+    a row, each with the row's ``key_field``; appended a batch at a time.
+
+    >>> parts = Parts(Path("runs/audit/parts"), key_field="row")  # doctest: +SKIP
+    >>> with parts.writer(rank=0) as write: write([{"row": 3, "flagged": False}])  # doctest: +SKIP
+    """
+
+    def __init__(self, folder: Path, key_field: str) -> None:
+        self.folder, self.key_field = Path(folder), key_field
+
+    def read(self) -> list[dict[str, Any]]:
+        """Every row written so far by any process, by key (a line torn by a kill is left
+        out; a row written twice counts once)."""
+        rows: dict[Any, dict[str, Any]] = {}
+        for part in sorted(self.folder.glob("rank*.jsonl")):
+            for line in part.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                rows.setdefault(row[self.key_field], row)
+        return [rows[k] for k in sorted(rows)]
+
+    def done(self) -> set[Any]:
+        """The keys of the rows already written."""
+        return {r[self.key_field] for r in self.read()}
+
+    def writer(self, rank: int) -> _PartWriter:
+        """A context manager whose value appends a batch of rows to this rank's part file."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return _PartWriter(self.folder / f"rank{rank}.jsonl")
+
+
+class _PartWriter:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> Callable[[Iterable[dict[str, Any]]], None]:
+        self.file = self.path.open("a", encoding="utf-8")
+        return self.write
+
+    def write(self, rows: Iterable[dict[str, Any]]) -> None:
+        for row in rows:
+            self.file.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self.file.flush()
+        os.fsync(self.file.fileno())  # a batch is on disk before the next one starts
+
+    def __exit__(self, *exc: Any) -> None:
+        self.file.close()
+
+
+__all__ = ["Parts", "Row", "answer_batches", "answer_rows", "chunks", "packed", "plan"]

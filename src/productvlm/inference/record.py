@@ -1,0 +1,72 @@
+"""The one answer record, :class:`Prediction`, and the prediction defaults every command
+shares (evaluate, predict, serve, audit, the training callback).
+
+>>> Prediction.from_answer("Product: Lola Bag, Category: BAGS, Full Price: 2,290.00").ok
+True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from productvlm.calibration import Signals
+from productvlm.prompts import ParsedAnswer, TargetFormat, parse_answer
+
+#: Prediction defaults, for every command that predicts (evaluate, predict, serve, audit, the
+#: training callback): photos per generation batch, and the longest answer in tokens.
+BATCH_SIZE = 16
+MAX_NEW_TOKENS = 64
+#: ... the price interval's level, and the confidence under which an answer is marked as low
+INTERVAL_LEVEL = 0.8
+LOW_CONFIDENCE = 0.5
+
+
+
+@dataclass
+class Prediction(ParsedAnswer):
+    """The one answer record: what evaluate, predict, serve and audit get for a photo.
+
+    The parsed fields (title, category, price; ``error`` says why one is missing), the raw
+    text, the catalog's currency, and how long its batch took. ``ok`` is False when the
+    answer did not parse, or (``raw`` None) when there was no answer at all (an unreadable
+    photo: ``error`` says why). With a calibrated model: the price interval at
+    ``interval_level``, the probability that the category is right, and ``confidence``, the
+    chance that the category is right and the price within 25% (near 0 for a picture unlike
+    the training photos); ``low_confidence`` when it is under the predictor's threshold.
+    Without a calibration these are None.
+    """
+
+    currency: str | None = None
+    raw: str | None = None
+    latency_ms: float | None = None  # wall time of the batch this photo was answered in
+    price_low: float | None = None
+    price_high: float | None = None
+    interval_level: float | None = None
+    category_prob: float | None = None
+    confidence: float | None = None
+    low_confidence: bool | None = None
+    #: what the calibration read (price distribution, image features): for evaluation and
+    #: audit, never serialised
+    signals: Signals | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_answer(cls, raw: str, fmt: TargetFormat = "seed", *, currency: str | None = None,
+                    latency_ms: float | None = None) -> Prediction:
+        """Parse a raw answer into the record.
+
+        >>> Prediction.from_answer("Product: Lola Bag, Category: BAGS, Full Price: 2,290.00").price
+        2290.0
+        """
+        parsed = parse_answer(raw, fmt)
+        return cls(parsed.title, parsed.category, parsed.price, parsed.error, currency, raw,
+                   latency_ms)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as JSON: predict --json's rows and the HTTP API's fields."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "signals"}
+        error = out.pop("error")
+        return {**out, "ok": self.ok, "error": error}
+
+
+__all__ = ["BATCH_SIZE", "INTERVAL_LEVEL", "LOW_CONFIDENCE", "MAX_NEW_TOKENS", "Prediction"]
