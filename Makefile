@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU torch wheel first, so nothing later resolves torch to a multi-GB CUDA build. torch is
 # this step's alone: the lock holds every other package, torch's own dependencies included.
 TORCH_SPEC ?= torch==2.13.0
-# Exact versions and hashes of everything `make venv` installs (the [serve,dev] extras), the
+# Exact versions and hashes of everything `make venv` installs (the [serve,dev,ray] extras), the
 # versions the suite last passed with; `make lock` refreshes it (README: "Installs").
 LOCK := requirements.lock
 # A second venv with the newest releases pyproject allows: `make test-latest`.
@@ -43,7 +43,7 @@ LOCK_UPGRADE ?= --upgrade
 lock: venv
 	echo "$(TORCH_SPEC)" > $(VENV)/torch-spec.txt
 	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet $(LOCK_UPGRADE) \
-	  --extra serve --extra dev --strip-extras --generate-hashes \
+	  --extra serve --extra dev --extra ray --strip-extras --generate-hashes \
 	  --constraint $(VENV)/torch-spec.txt --unsafe-package torch \
 	  --no-emit-index-url --no-emit-find-links --output-file $(LOCK) pyproject.toml
 
@@ -55,7 +55,7 @@ test-latest:
 	$(PY) -m venv $(LATEST)
 	$(LATEST)/bin/pip install -q --upgrade pip
 	$(LATEST)/bin/pip install -q "$(TORCH_SPEC)"
-	$(LATEST)/bin/pip install -q --upgrade --upgrade-strategy eager -e ".[serve,dev]"
+	$(LATEST)/bin/pip install -q --upgrade --upgrade-strategy eager -e ".[serve,dev,ray]"
 	$(LATEST)/bin/python tools/lock_drift.py $(LOCK)
 	$(LATEST)/bin/python -m pytest -q
 

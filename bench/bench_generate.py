@@ -2,7 +2,11 @@
 constrained vs free decoding.
 
 Usage: .venv/bin/python bench/bench_generate.py [--n 32] [--batch-size 16] [--threads 1]
-           [--max-new-tokens 48] [--repeat 3] [--model FOLDER]
+           [--max-new-tokens 48] [--repeat 3] [--model FOLDER] [--data PREPARED]
+
+    # the constraint's cost on a trained model and its own test photos (the demo's):
+    .venv/bin/python bench/bench_generate.py --model runs/demo/train \
+        --data runs/demo/prepared --n 64 --max-new-tokens 64 --repeat 2
 
 Without --model it writes a tiny random Phi-3-vision with the demo's shapes (tiny tokenizer,
 128-wide 4-layer decoder, 112-px crops, num_crops 1) to bench/out/generate/ and uses it. The
@@ -13,11 +17,14 @@ same model and the same --n photos (varied sizes) are answered, in the same run:
   3. batched, free decoding (--no-constrained): the constraint's cost, per generated token
      (a random model's free answers never stop early, so totals alone would mislead), and
      the time spent inside the logits processor itself, which machine noise does not blur.
-Each batched figure is the best of --repeat runs, constrained and free interleaved; the
-one-at-a-time baseline runs once (it averages over --n calls by itself). Target: batched
->= 4x the one-at-a-time answers/s on the CPU tiny model. Timings on a shared machine are
-noisy: the load average is printed with them. Keep --threads 1 there: on an oversubscribed
-CPU, torch's second thread makes each small op wait for a core (16x slower, measured).
+With --data the photos are the first --n of that prepared dataset's test split: a trained
+model then answers in full with or without the constraint, and the wall-time ratio is the
+constraint's whole cost (target <= 1.15x). Each batched figure is the best of --repeat runs,
+constrained and free interleaved; the one-at-a-time baseline runs once (it averages over --n
+calls by itself). Target: batched >= 4x the one-at-a-time answers/s on the CPU tiny model.
+Timings on a shared machine are noisy: the load average is printed with them. Keep
+--threads 1 there: on an oversubscribed CPU, torch's second thread makes each small op
+wait for a core (16x slower, measured).
 """
 
 from __future__ import annotations
@@ -85,12 +92,22 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--model", type=Path, default=None)
+    ap.add_argument("--data", type=Path, default=None,
+                    help="prepared dataset whose test photos to answer (default: drawn)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     folder = args.model or tiny_model_folder()
     predictor = Predictor.load(folder, device="cpu", batch_size=args.batch_size,
-                               max_new_tokens=args.max_new_tokens, categories=CATEGORIES)
-    images = photos(args.n)
+                               max_new_tokens=args.max_new_tokens,
+                               categories=None if args.data else CATEGORIES)
+    if args.data:
+        from productvlm.prepared import load_prepared
+
+        test = load_prepared(args.data, splits=("test",))["test"]
+        images = [test[i]["image"].convert("RGB") for i in range(min(args.n, len(test)))]
+        args.n = len(images)
+    else:
+        images = photos(args.n)
     predictor.predict(images[:2])  # warm-up: grammar masks, allocator, lazy imports
     print(f"model {folder}, {args.n} photos, batch {args.batch_size}, {args.threads} threads, "
           f"max_new_tokens {args.max_new_tokens}, load average {os.getloadavg()[0]:.1f}")
@@ -122,8 +139,9 @@ def main() -> None:
     print(f"batched vs one at a time: {t_single / t_batch:.2f}x answers/s (target >= 4x); "
           f"identical answers {same}/{args.n}")
     per_tok_c, per_tok_f = t_batch / max(tok_batch, 1), t_free / max(tok_free, 1)
-    print(f"constrained vs free, batched: {t_batch / t_free:.2f}x the wall time, "
-          f"{per_tok_c / per_tok_f:.2f}x the time per generated token")
+    print(f"constrained vs free, batched: {t_batch / t_free:.2f}x the wall time "
+          f"(target <= 1.15x with --data), {per_tok_c / per_tok_f:.2f}x the time per "
+          "generated token")
     steps = -(-args.n // args.batch_size) * args.max_new_tokens
     print(f"time inside the constraint (logits processor): {t_mask:.3f} s = "
           f"{1000 * t_mask / steps:.2f} ms per step of {args.batch_size} rows, "

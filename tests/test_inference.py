@@ -1,4 +1,4 @@
-"""inference.py + predict.py: the one prediction path, on a real tiny random Phi-3-vision.
+"""inference/ + predict.py: the one prediction path, on a real tiny random Phi-3-vision.
 
 Random weights answer nonsense, which is the point: constrained decoding must still make
 every answer parse, batching must not change any row's greedy answer, and loading must find

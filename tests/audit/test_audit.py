@@ -198,3 +198,47 @@ def _same_rows(a: Path, b: Path) -> bool:
     shape, which can move a float's last digit)."""
     key = lambda p: sorted((r["row"], r["flagged"]) for r in _csv(p / "audit.csv"))  # noqa: E731
     return key(a) == key(b)
+
+
+# ---------------------------------------------------------------- on Ray Data
+def _watch_and_kill_first_actor(parts: Path, killed: dict[str, Any]) -> None:
+    """Kill -9 the Ray actor that writes the first part line, as soon as it is on disk."""
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and not killed:
+        for part in parts.glob("rank-ray-*.jsonl") if parts.is_dir() else ():
+            if part.read_text().count("\n"):
+                pid = int(part.name.split("-")[2])
+                killed["rows_then"] = sum(p.read_text().count("\n")
+                                          for p in parts.glob("rank*.jsonl"))
+                os.kill(pid, signal.SIGKILL)
+                killed["pid"] = pid
+                return
+        time.sleep(0.05)
+
+
+def test_ray_pool_gives_the_same_audit_even_when_an_actor_is_killed(
+        calibrated_run: dict[str, Path], audited: Path, tmp_path: Path) -> None:
+    import threading
+
+    pytest.importorskip("ray.data")
+    killed: dict[str, Any] = {}
+    watcher = threading.Thread(target=_watch_and_kill_first_actor,
+                               args=(tmp_path / "parts", killed), daemon=True)
+    watcher.start()
+    audit(_config(calibrated_run, tmp_path, ray="local", ray_actors=2))
+    watcher.join(timeout=5)
+    assert killed.get("pid"), "no actor wrote a part line"
+    rows, failed = _csv(tmp_path / "audit.csv"), _csv(tmp_path / "failures.csv")
+    assert killed["rows_then"] < len(rows)  # it died with work left, which others then did
+    assert len(list((tmp_path / "parts").glob("rank-ray-*.jsonl"))) >= 3  # 2 + its restart
+    for name in ("audit.csv", "failures.csv"):  # every row exactly once, as in one process
+        assert (tmp_path / name).read_text() == (audited / name).read_text(), name
+    assert failed and len(rows) + len(failed) == 40
+
+
+def test_ray_is_a_clear_error_where_it_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from productvlm.inference.raydata import import_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(ProductVLMError, match=r"pip install 'productvlm\[ray\]'"):
+        import_ray()

@@ -23,52 +23,15 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import typer
-from pydantic import Field, field_validator
 
 from productvlm import dist
-from productvlm.config import (
-    HUB_KERNELS_HELP,
-    HubKernels,
-    StageConfig,
-    parse_pairs,
-    resolve_config,
-    save_config,
-)
+from productvlm.audit.config import AuditConfig
+from productvlm.config import HUB_KERNELS_HELP, parse_pairs, resolve_config, save_config
 from productvlm.errors import ProductVLMError
-from productvlm.inference import BATCH_SIZE, INTERVAL_LEVEL
-
-
-class AuditConfig(StageConfig):
-    """What `productvlm audit` runs with; saved as config.yaml beside audit.csv."""
-
-    model: str = Field(..., description="run directory (with its calibration/)")
-    source: str = Field(..., description="catalog: any source `prepare` reads")
-    out: Path = Field(Path("runs/audit"), description="output folder")
-    preset: str | None = Field("burberry", description="column preset: burberry, simple, none")
-    map: dict[str, str] = Field(default_factory=dict, description="field -> column, over it")
-    source_split: str | None = Field(None, description="split of a Hugging Face source")
-    currency: str = Field("", description="currency when the catalog has none")
-    limit: int | None = Field(None, ge=1, description="audit only the first N rows")
-    batch_size: int = Field(BATCH_SIZE, ge=1, description="photos per generation batch")
-    interval_level: float = Field(INTERVAL_LEVEL, ge=0.5, le=0.99,
-                                  description="level of the interval in audit.csv")
-    flag_level: float = Field(0.99, ge=0.5, le=0.99, description="a listed price outside "
-                              "this interval is flagged")
-    faults: Path | None = Field(None, description="known errors (synth's faults.csv) to "
-                                "score the audit against")
-    device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
-    hub_kernels: HubKernels = False
-    fetch: dict[str, Any] = Field(default_factory=dict, description="image fetching "
-                                  "(prepare's fetch: settings)")
-
-    @field_validator("preset", mode="before")
-    @classmethod
-    def _none_preset(cls, v: Any) -> Any:
-        return None if isinstance(v, str) and v.lower() in ("none", "") else v
+from productvlm.inference import BATCH_SIZE
 
 
 def audit(cfg: AuditConfig) -> Path:
@@ -78,15 +41,14 @@ def audit(cfg: AuditConfig) -> Path:
     PosixPath('runs/audit/audit.csv')
     """
     from productvlm.audit.outputs import merge_and_write, parts_of
-    from productvlm.audit.work import audit_batches
     from productvlm.catalog.fetch_config import FetchConfig
     from productvlm.catalog.prepare import read_records
     from productvlm.catalog.schema import resolve_column_map
     from productvlm.catalog.sources import open_source
-    from productvlm.inference import Predictor
     from productvlm.inference.batch import plan
     from productvlm.rundir import resolve_model
 
+    # one process, a torchrun process of many, or the driver of a Ray pool (then rank 0 of 1)
     rank, world = dist.rank(), dist.world_size()
     info = resolve_model(cfg.model)  # a wrong model fails before any work
     src = open_source(cfg.source, cfg.source_split)
@@ -101,22 +63,22 @@ def audit(cfg: AuditConfig) -> Path:
     cfg.out.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         save_config(cfg, cfg.out)
-    predictor = Predictor.load(cfg.model, device=cfg.device, precision=cfg.precision,
-                               hub_kernels=cfg.hub_kernels, batch_size=cfg.batch_size,
-                               interval_level=cfg.interval_level)
-    if predictor.calibration is None or not predictor.calibration.given_margins:
-        raise ProductVLMError(f"{cfg.model}: no calibration for audits in the run directory; "
-                              "run `productvlm evaluate` on it once to calibrate it")
-    trained = info.run.read_training_items() if info.run else None
+    calibration = audit_calibration(cfg.model, info)
     parts = parts_of(cfg.out)
     done = parts.done()
     batches = plan([r.row for r in records], cfg.batch_size, done, rank, world)
     if done and rank == 0:
         print(f"resuming: {len(done)} rows already audited in {parts.folder}", file=sys.stderr)
     try:
-        with parts.writer(rank) as write:
-            audit_batches(records, batches, predictor, fetch_cfg, cfg, trained, write,
-                          progress=rank == 0)
+        if cfg.ray:
+            _audit_on_ray(cfg, records, batches, fetch_cfg)
+        else:
+            from productvlm.audit.work import audit_batches, load_audit_model
+
+            predictor, trained = load_audit_model(cfg)
+            with parts.writer(rank) as write:
+                audit_batches(records, batches, predictor, fetch_cfg, cfg, trained, write,
+                              progress=rank == 0)
     except KeyboardInterrupt:
         print(f"interrupted; run the same command again to continue ({parts.folder})",
               file=sys.stderr)
@@ -124,7 +86,35 @@ def audit(cfg: AuditConfig) -> Path:
     dist.barrier()
     if rank != 0:
         return cfg.out / "audit.csv"
-    return merge_and_write(cfg, rows_in, failures, predictor.calibration)
+    return merge_and_write(cfg, rows_in, failures, calibration)
+
+
+def audit_calibration(model: str, info: Any) -> Any:
+    """The run's calibration, which an audit needs (its listed-price margins), or a one-line
+    error saying how to get one."""
+    from productvlm.calibration import Calibration
+
+    folder = info.run.calibration if info.run else None
+    cal = Calibration.load(folder) if folder is not None and folder.is_dir() else None
+    if cal is None or not cal.given_margins:
+        raise ProductVLMError(f"{model}: no calibration for audits in the run directory; "
+                              "run `productvlm evaluate` on it once to calibrate it")
+    return cal
+
+
+def _audit_on_ray(cfg: AuditConfig, records: list[Any], batches: list[list[int]],
+                  fetch_cfg: Any) -> None:
+    """The planned batches through a Ray Data pool of audit actors (productvlm.audit.work)."""
+    from dataclasses import asdict
+
+    from productvlm.audit.work import AuditActor
+    from productvlm.inference.raydata import run_on_ray
+
+    payloads = [json.dumps([asdict(records[i]) for i in b], ensure_ascii=False)
+                for b in batches]
+    run_on_ray(payloads, AuditActor, {"cfg": cfg.model_dump_json(),
+                                      "fetch": fetch_cfg.model_dump_json()},
+               address=cfg.ray, actors=cfg.ray_actors)
 
 
 def register(app: typer.Typer) -> None:
@@ -151,6 +141,10 @@ def register(app: typer.Typer) -> None:
         precision: str | None = typer.Option(None, help="auto, bf16, fp16, fp32 [auto]"),
         hub_kernels: bool | None = typer.Option(None, "--hub-kernels/--no-hub-kernels",
                                                 help=HUB_KERNELS_HELP + " [off]"),
+        ray: str | None = typer.Option(None, "--ray", help="run on Ray Data: local, auto or "
+                                       "a cluster address (ray://HOST:10001)"),
+        ray_actors: int | None = typer.Option(None, help="model actors in the Ray pool "
+                                              "[one per GPU, else per CPU]"),
         config: Path | None = typer.Option(None, "--config", "-c", help="YAML (audit: section)"),
     ) -> None:
         """Check a catalog's listed prices against the model: audit.csv, audit.html."""
@@ -161,7 +155,7 @@ def register(app: typer.Typer) -> None:
             map=parse_pairs(map, "--map") or None, source_split=source_split, limit=limit,
             batch_size=batch_size, interval_level=interval_level, flag_level=flag_level,
             faults=faults, device=device, precision=precision, hub_kernels=hub_kernels,
-            fetch=fetch or None),
+            fetch=fetch or None, ray=ray, ray_actors=ray_actors),
             section="audit")
         path = audit(cfg)
         if dist.is_main_process():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -57,6 +58,50 @@ def audit_batches(records: Sequence[Any], batches: Sequence[Sequence[int]], pred
                 out.append(row.data if not row.readable else
                            _judged(row, pred, cal, cfg, trained))
             write(out)
+
+
+def load_audit_model(cfg: Any) -> tuple[Any, TrainingItems | None]:
+    """The predictor an audit answers with, and the run's training items (to mark listings
+    the model was trained on)."""
+    from productvlm.inference import Predictor
+    from productvlm.rundir import resolve_model
+
+    predictor = Predictor.load(cfg.model, device=cfg.device, precision=cfg.precision,
+                               hub_kernels=cfg.hub_kernels, batch_size=cfg.batch_size,
+                               interval_level=cfg.interval_level)
+    info = resolve_model(cfg.model)
+    return predictor, info.run.read_training_items() if info.run else None
+
+
+class AuditActor:
+    """One model actor of a Ray Data audit: loads the model once, then audits each planned
+    batch it is handed (JSON of catalog Records) into a part file of its own.
+
+    >>> AuditActor(cfg=cfg.model_dump_json(), fetch=fetch_cfg.model_dump_json())  # doctest: +SKIP
+    """
+
+    def __init__(self, cfg: str, fetch: str) -> None:
+        from productvlm.audit.config import AuditConfig
+        from productvlm.audit.outputs import parts_of
+        from productvlm.catalog.fetch_config import FetchConfig
+        from productvlm.inference.raydata import part_name
+
+        self.cfg = AuditConfig.model_validate_json(cfg)
+        self.fetch = FetchConfig.model_validate_json(fetch)
+        self.predictor, self.trained = load_audit_model(self.cfg)
+        self.parts, self.name = parts_of(self.cfg.out), part_name()
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list[int]]:
+        from productvlm.catalog.schema import Record
+
+        done = []
+        for payload in batch["batch"]:
+            records = [Record(**r) for r in json.loads(str(payload))]
+            with self.parts.writer(self.name) as write:
+                audit_batches(records, [list(range(len(records)))], self.predictor,
+                              self.fetch, self.cfg, self.trained, write, progress=False)
+            done.append(len(records))
+        return {"rows": done}
 
 
 def _row(record: Any, fetched: Any, trained: TrainingItems | None) -> Row:

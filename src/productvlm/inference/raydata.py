@@ -1,0 +1,94 @@
+"""The batch engine past one machine: planned batches run as a Ray Data pipeline over a pool
+of model actors, each writing its own part file.
+
+The driver plans the batches exactly as one process would (:func:`~.batch.plan`: by position,
+the rows already in the part files left out) and hands each batch to Ray Data as one item;
+``map_batches`` streams them through a pool of actors (one per GPU, or per CPU slot), each
+of which loads the model once and, per batch, does the whole work (fetch the photos, answer,
+judge) and appends the batch's rows to its own part file (``rank-ray-<id>.jsonl``). So a run
+on Ray gives the same batches, hence the same rows, as one process; an actor that dies is
+restarted by Ray and its unfinished batch is retried (a batch written twice counts once,
+:class:`~.batch.Parts`); and a rerun resumes from the part files. The driver keeps only the
+plan: photos and answers never pass through it.
+
+Ray is optional (``pip install 'productvlm[ray]'``).
+
+>>> run_on_ray(payloads, AuditActor, {"cfg": cfg_json}, address="local", actors=2)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from productvlm.errors import ProductVLMError
+
+#: ``--ray local`` starts a Ray instance on this machine; anything else is a cluster address
+#: for ``ray.init`` (``auto``: the cluster this machine is part of, ``ray://host:10001``).
+LOCAL = "local"
+
+
+def import_ray() -> Any:
+    """``ray`` with Ray Data, or a one-line error saying how to install it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise ProductVLMError("--ray needs Ray Data: pip install 'productvlm[ray]'") from None
+    return ray
+
+
+def part_name() -> str:
+    """A part-file name of this actor's own (``rank-ray-<id>``: read with the ranks' files)."""
+    return f"-ray-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def run_on_ray(payloads: Sequence[str], actor: type, actor_kwargs: dict[str, Any], *,
+               address: str = LOCAL, actors: int | None = None,
+               gpus_per_actor: float | None = None, cpus_per_actor: float = 1.0) -> int:
+    """Stream ``payloads`` (one planned batch each, as JSON text) through a pool of
+    ``actors`` instances of ``actor(**actor_kwargs)``; each is called with a Ray Data batch
+    ``{"batch": [payload]}`` and returns ``{"rows": [n]}``. Returns the rows done.
+
+    ``actors``: the pool's size (default: one actor per GPU of the cluster, else one per
+    ``cpus_per_actor`` CPUs). ``gpus_per_actor``: default 1 where the cluster has GPUs.
+    """
+    ray = import_ray()
+    started = not ray.is_initialized()
+    if started:
+        if address == LOCAL:
+            ray.init(include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+        else:
+            try:
+                ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+            except (ConnectionError, ValueError) as err:
+                raise ProductVLMError(f"--ray {address}: cannot reach the Ray cluster "
+                                      f"({err})") from None
+    try:
+        if not payloads:
+            return 0
+        res = ray.cluster_resources()
+        if gpus_per_actor is None:
+            gpus_per_actor = 1.0 if res.get("GPU", 0) >= 1 else 0.0
+        if actors is None:
+            actors = (int(res.get("GPU", 0) // gpus_per_actor) if gpus_per_actor
+                      else int(res.get("CPU", 1) // cpus_per_actor))
+        actors = max(1, min(actors, len(payloads)))
+        ds = ray.data.from_items([{"batch": p} for p in payloads],
+                                 override_num_blocks=len(payloads))
+        # an actor pool restarts a dead actor and retries its batch (Ray Data's defaults:
+        # max_restarts=-1, max_task_retries=-1)
+        out = ds.map_batches(actor, batch_size=1,
+                             compute=ray.data.ActorPoolStrategy(size=actors),
+                             fn_constructor_kwargs=actor_kwargs, num_cpus=cpus_per_actor,
+                             num_gpus=gpus_per_actor or None)
+        return sum(int(b["rows"].sum()) for b in out.iter_batches(batch_size=None,
+                                                                  batch_format="numpy"))
+    finally:
+        if started:
+            ray.shutdown()
+
+
+__all__ = ["LOCAL", "import_ray", "part_name", "run_on_ray"]
