@@ -194,6 +194,31 @@ def test_predict_cli_reports_a_bad_image_in_its_row(model_dir: Path, tmp_path: P
 
 
 
+def test_predict_on_a_ray_pool_gives_the_same_rows_in_order(
+        model_dir: Path, tmp_path: Path, photos: list[Image.Image],
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from productvlm.predict import PredictConfig, predict_files
+
+    pytest.importorskip("ray.data")
+    names = []
+    for i, photo in enumerate(photos):
+        photo.save(tmp_path / f"p{i}.jpg")
+        names.append(f"p{i}.jpg")
+    names.insert(2, "gone.jpg")
+    run = _run_dir(tmp_path, model_dir, "seed")
+    monkeypatch.chdir(tmp_path)
+    out = {}
+    for ray in (None, "local"):
+        code = predict_files(PredictConfig(model=str(run), images=names, json_lines=True,
+                                           batch_size=2, max_new_tokens=24, ray=ray,
+                                           ray_actors=2))
+        rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert code == 1 and [r["image"] for r in rows] == names
+        out[ray] = [{k: v for k, v in r.items() if k != "latency_ms"} for r in rows]
+    assert out["local"] == out[None]
+    assert out[None][2]["error"] == "file not found"
+
+
 def test_predict_table_and_local_root(model_dir: Path, tmp_path: Path,
                                       photos: list[Image.Image],
                                       capsys: pytest.CaptureFixture[str],

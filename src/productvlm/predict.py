@@ -25,7 +25,7 @@ import typer
 from pydantic import Field
 
 from productvlm.config import HUB_KERNELS_HELP, HubKernels, StageConfig, resolve_config
-from productvlm.inference import BATCH_SIZE, INTERVAL_LEVEL, MAX_NEW_TOKENS, Predictor
+from productvlm.inference import BATCH_SIZE, INTERVAL_LEVEL, MAX_NEW_TOKENS, Prediction, Predictor
 from productvlm.inference.batch import Row, answer_rows
 
 
@@ -47,6 +47,10 @@ class PredictConfig(StageConfig):
     hub_kernels: HubKernels = False
     interval_level: float = Field(INTERVAL_LEVEL, ge=0.5, le=0.99,
                                   description="level of the price intervals")
+    ray: str | None = Field(None, description="answer on Ray Data: 'local', 'auto' or a "
+                            "cluster address; None: this process")
+    ray_actors: int | None = Field(None, ge=1, description="model actors in the Ray pool "
+                                   "(default: one per GPU of the cluster, else per CPU)")
 
 
 def expand_inputs(inputs: Sequence[str]) -> list[tuple[str, str | None]]:
@@ -116,26 +120,19 @@ def predict_files(cfg: PredictConfig) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    predictor = Predictor.load(cfg.model, device=cfg.device, precision=cfg.precision,
-                               hub_kernels=cfg.hub_kernels, batch_size=cfg.batch_size,
-                               max_new_tokens=cfg.max_new_tokens,
-                               constrained=cfg.constrained, num_crops=cfg.num_crops,
-                               interval_level=cfg.interval_level)
     sources = expand_inputs(cfg.images)
-    rows = _rows(sources, cfg.local_root, predictor.batch_size)
     unread = 0
     if cfg.json_lines:  # one line as each answer comes: a long list of files streams
-        for row, answer in answer_rows(rows, predictor):
-            unread += not row.readable
-            print(json.dumps({"image": row.key, **answer.to_dict()}, ensure_ascii=False),
+        for name, readable, answer in _answers(cfg, sources):
+            unread += not readable
+            print(json.dumps({"image": name, **answer.to_dict()}, ensure_ascii=False),
                   flush=True)
     else:
         with _bar(len(sources)) as advance:
-            answers = list(answer_rows(rows, predictor, progress=advance))
+            answers = list(_answers(cfg, sources, advance))
         table = Table("image", "title", "category", "price", "range", "confidence", "note")
-        for row, a in answers:
-            unread += not row.readable
-            name = row.key
+        for name, readable, a in answers:
+            unread += not readable
             price = (f"{a.price:,.2f} {a.currency or ''}".strip() if a.price is not None else "")
             span = (f"{a.price_low:,.0f}-{a.price_high:,.0f} ({a.interval_level:.0%})"
                     if a.price_low is not None else "")
@@ -147,6 +144,59 @@ def predict_files(cfg: PredictConfig) -> int:
     if unread:
         print(f"{unread} of {len(sources)} images could not be read", file=sys.stderr)
     return 1 if unread else 0
+
+
+def load_predictor(cfg: PredictConfig) -> Predictor:
+    """The predictor ``cfg`` asks for (here, or in each Ray actor)."""
+    return Predictor.load(cfg.model, device=cfg.device, precision=cfg.precision,
+                          hub_kernels=cfg.hub_kernels, batch_size=cfg.batch_size,
+                          max_new_tokens=cfg.max_new_tokens, constrained=cfg.constrained,
+                          num_crops=cfg.num_crops, interval_level=cfg.interval_level)
+
+
+def _answers(cfg: PredictConfig, sources: list[tuple[str, str | None]],
+             progress: Callable[[int], None] | None = None,
+             ) -> Iterator[tuple[str, bool, Prediction]]:
+    """(name, whether the image was read, answer) per source, in order: through the batch
+    engine in this process, or on a Ray Data pool of :class:`PredictActor` (``--ray``)."""
+    if not cfg.ray:
+        predictor = load_predictor(cfg)
+        rows = _rows(sources, cfg.local_root, predictor.batch_size)
+        for row, answer in answer_rows(rows, predictor, progress=progress):
+            yield row.key, row.readable, answer
+        return
+    from productvlm.inference.raydata import run_on_ray
+
+    payloads = [json.dumps(sources[i:i + cfg.batch_size])
+                for i in range(0, len(sources), cfg.batch_size)]
+    for text in run_on_ray(payloads, PredictActor, {"cfg": cfg.model_dump_json()},
+                           address=cfg.ray, actors=cfg.ray_actors):
+        lines = [json.loads(line) for line in text.splitlines()]
+        for r in lines:
+            yield r["image"], r["readable"], Prediction.from_dict(r["answer"])
+        if progress is not None:
+            progress(len(lines))
+
+
+class PredictActor:
+    """One model actor of ``predict --ray``: loads the model once, then reads and answers
+    each batch of sources it is handed, returning one JSON line per image."""
+
+    def __init__(self, cfg: str) -> None:
+        self.cfg = PredictConfig.model_validate_json(cfg)
+        self.predictor = load_predictor(self.cfg)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
+        out = []
+        for payload in batch["batch"]:
+            sources = [(name, source) for name, source in json.loads(str(payload))]
+            rows = [Row(name, image) for (name, _), image
+                    in zip(sources, read_images(sources, self.cfg.local_root), strict=True)]
+            out.append("\n".join(
+                json.dumps({"image": row.key, "readable": row.readable,
+                            "answer": answer.to_dict()}, ensure_ascii=False)
+                for row, answer in answer_rows(rows, self.predictor)))
+        return {"out": out}
 
 
 def _rows(sources: list[tuple[str, str | None]], local_root: Path | None,
@@ -200,11 +250,16 @@ def register(app: typer.Typer) -> None:
         hub_kernels: bool | None = typer.Option(None, "--hub-kernels/--no-hub-kernels",
                                                 help=HUB_KERNELS_HELP + " [off]"),
         interval_level: float | None = typer.Option(None, help="price interval level [0.8]"),
+        ray: str | None = typer.Option(None, "--ray", help="answer on Ray Data: local, auto or "
+                                       "a cluster address (ray://HOST:10001)"),
+        ray_actors: int | None = typer.Option(None, help="model actors in the Ray pool "
+                                              "[one per GPU, else per CPU]"),
     ) -> None:
         """Title, category and price for each product photo. Exit 1 if an image was unreadable."""
         cfg = resolve_config(PredictConfig, config, dict(
             model=model, images=images, json_lines=json_lines or None, batch_size=batch_size,
             constrained=constrained, local_root=local_root, max_new_tokens=max_new_tokens,
             num_crops=num_crops, device=device, precision=precision, hub_kernels=hub_kernels,
-            interval_level=interval_level), section="predict")
+            interval_level=interval_level, ray=ray, ray_actors=ray_actors),
+            section="predict")
         raise typer.Exit(predict_files(cfg))

@@ -112,9 +112,10 @@ def _audit_on_ray(cfg: AuditConfig, records: list[Any], batches: list[list[int]]
 
     payloads = [json.dumps([asdict(records[i]) for i in b], ensure_ascii=False)
                 for b in batches]
-    run_on_ray(payloads, AuditActor, {"cfg": cfg.model_dump_json(),
-                                      "fetch": fetch_cfg.model_dump_json()},
-               address=cfg.ray, actors=cfg.ray_actors)
+    for _ in run_on_ray(payloads, AuditActor, {"cfg": cfg.model_dump_json(),
+                                               "fetch": fetch_cfg.model_dump_json()},
+                        address=cfg.ray, actors=cfg.ray_actors):
+        pass  # the rows are in the actors' part files
 
 
 def register(app: typer.Typer) -> None:

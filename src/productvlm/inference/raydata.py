@@ -5,22 +5,23 @@ The driver plans the batches exactly as one process would (:func:`~.batch.plan`:
 the rows already in the part files left out) and hands each batch to Ray Data as one item;
 ``map_batches`` streams them through a pool of actors (one per GPU, or per CPU slot), each
 of which loads the model once and, per batch, does the whole work (fetch the photos, answer,
-judge) and appends the batch's rows to its own part file (``rank-ray-<id>.jsonl``). So a run
-on Ray gives the same batches, hence the same rows, as one process; an actor that dies is
-restarted by Ray and its unfinished batch is retried (a batch written twice counts once,
-:class:`~.batch.Parts`); and a rerun resumes from the part files. The driver keeps only the
-plan: photos and answers never pass through it.
+judge) and appends the batch's rows to its own part file (``rank-ray-<id>.jsonl``), or
+returns them as text (predict), in order. So a run on Ray gives the same batches, hence the
+same rows, as one process; an actor that dies is restarted by Ray and its unfinished batch is
+retried (a batch written twice counts once, :class:`~.batch.Parts`); and a rerun resumes
+from the part files. The driver keeps only the plan: photos never pass through it.
 
 Ray is optional (``pip install 'productvlm[ray]'``).
 
->>> run_on_ray(payloads, AuditActor, {"cfg": cfg_json}, address="local", actors=2)  # doctest: +SKIP
+>>> for text in run_on_ray(payloads, PredictActor, {"cfg": cfg_json}, actors=2):  # doctest: +SKIP
+...     print(text)
 """
 
 from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from productvlm.errors import ProductVLMError
@@ -47,10 +48,12 @@ def part_name() -> str:
 
 def run_on_ray(payloads: Sequence[str], actor: type, actor_kwargs: dict[str, Any], *,
                address: str = LOCAL, actors: int | None = None,
-               gpus_per_actor: float | None = None, cpus_per_actor: float = 1.0) -> int:
+               gpus_per_actor: float | None = None, cpus_per_actor: float = 1.0,
+               ) -> Iterator[str]:
     """Stream ``payloads`` (one planned batch each, as JSON text) through a pool of
     ``actors`` instances of ``actor(**actor_kwargs)``; each is called with a Ray Data batch
-    ``{"batch": [payload]}`` and returns ``{"rows": [n]}``. Returns the rows done.
+    ``{"batch": [payload]}`` and returns ``{"out": [text]}``. Yields the texts in the order of
+    the payloads, as they come (the driver holds one batch's output at a time).
 
     ``actors``: the pool's size (default: one actor per GPU of the cluster, else one per
     ``cpus_per_actor`` CPUs). ``gpus_per_actor``: default 1 where the cluster has GPUs.
@@ -68,7 +71,7 @@ def run_on_ray(payloads: Sequence[str], actor: type, actor_kwargs: dict[str, Any
                                       f"({err})") from None
     try:
         if not payloads:
-            return 0
+            return
         res = ray.cluster_resources()
         if gpus_per_actor is None:
             gpus_per_actor = 1.0 if res.get("GPU", 0) >= 1 else 0.0
@@ -76,6 +79,7 @@ def run_on_ray(payloads: Sequence[str], actor: type, actor_kwargs: dict[str, Any
             actors = (int(res.get("GPU", 0) // gpus_per_actor) if gpus_per_actor
                       else int(res.get("CPU", 1) // cpus_per_actor))
         actors = max(1, min(actors, len(payloads)))
+        ray.data.DataContext.get_current().execution_options.preserve_order = True
         ds = ray.data.from_items([{"batch": p} for p in payloads],
                                  override_num_blocks=len(payloads))
         # an actor pool restarts a dead actor and retries its batch (Ray Data's defaults:
@@ -84,8 +88,8 @@ def run_on_ray(payloads: Sequence[str], actor: type, actor_kwargs: dict[str, Any
                              compute=ray.data.ActorPoolStrategy(size=actors),
                              fn_constructor_kwargs=actor_kwargs, num_cpus=cpus_per_actor,
                              num_gpus=gpus_per_actor or None)
-        return sum(int(b["rows"].sum()) for b in out.iter_batches(batch_size=None,
-                                                                  batch_format="numpy"))
+        for row in out.iter_rows():
+            yield str(row["out"])
     finally:
         if started:
             ray.shutdown()

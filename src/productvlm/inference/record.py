@@ -62,6 +62,17 @@ class Prediction(ParsedAnswer):
         return cls(parsed.title, parsed.category, parsed.price, parsed.error, currency, raw,
                    latency_ms)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Prediction:
+        """The record back from :meth:`to_dict` (``signals`` are not serialised).
+
+        >>> p = Prediction("Lola Bag", "BAGS", 2290.0)
+        >>> Prediction.from_dict(p.to_dict()) == p
+        True
+        """
+        names = {f.name for f in fields(cls)} - {"signals"}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON: predict --json's rows and the HTTP API's fields."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "signals"}
