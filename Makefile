@@ -54,8 +54,10 @@ test-latest:
 	rm -rf $(LATEST)
 	$(PY) -m venv $(LATEST)
 	$(LATEST)/bin/pip install -q --upgrade pip
+	echo "$(TORCH_SPEC)" > $(LATEST)/torch-spec.txt
 	$(LATEST)/bin/pip install -q "$(TORCH_SPEC)"
-	$(LATEST)/bin/pip install -q --upgrade --upgrade-strategy eager -e ".[serve,dev,ray]"
+	$(LATEST)/bin/pip install -q --upgrade --upgrade-strategy eager -c $(LATEST)/torch-spec.txt \
+	  -e ".[serve,dev,ray]"
 	$(LATEST)/bin/python tools/lock_drift.py $(LOCK)
 	$(LATEST)/bin/python -m pytest -q
 
