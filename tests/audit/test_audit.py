@@ -230,7 +230,6 @@ def test_ray_pool_gives_the_same_audit_even_when_an_actor_is_killed(
     assert killed.get("pid"), "no actor wrote a part line"
     rows, failed = _csv(tmp_path / "audit.csv"), _csv(tmp_path / "failures.csv")
     assert killed["rows_then"] < len(rows)  # it died with work left, which others then did
-    assert len(list((tmp_path / "parts").glob("rank-ray-*.jsonl"))) >= 3  # 2 + its restart
     for name in ("audit.csv", "failures.csv"):  # every row exactly once, as in one process
         assert (tmp_path / name).read_text() == (audited / name).read_text(), name
     assert failed and len(rows) + len(failed) == 40
