@@ -33,6 +33,16 @@ HUB_KERNELS_HELP = ("load kernels from the Hugging Face Hub (transformers' use_k
 HubKernels = Annotated[bool, Field(description=HUB_KERNELS_HELP)]
 
 
+def hub_kernels_option() -> Any:
+    """The ``--hub-kernels/--no-hub-kernels`` flag of every command that loads a model.
+
+    >>> def train(hub_kernels: bool | None = hub_kernels_option()) -> None: ...
+    """
+    import typer
+
+    return typer.Option(None, "--hub-kernels/--no-hub-kernels", help=HUB_KERNELS_HELP + " [off]")
+
+
 class StageConfig(BaseModel):
     """Base of every stage config: unknown keys are errors, values are validated on assignment."""
 

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import typer
 from pydantic import Field
 
-from productvlm.config import HUB_KERNELS_HELP, HubKernels, StageConfig, resolve_config
+from productvlm.config import HubKernels, StageConfig, hub_kernels_option, resolve_config
 from productvlm.inference import BATCH_SIZE, INTERVAL_LEVEL, MAX_NEW_TOKENS, Prediction, Predictor
 from productvlm.inference.batch import Row, answer_rows
 
@@ -247,8 +247,7 @@ def register(app: typer.Typer) -> None:
         num_crops: int | None = typer.Option(None, min=1, help="override the run's num_crops"),
         device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:1, ..."),
         precision: str | None = typer.Option(None, help="auto, bf16, fp16 or fp32"),
-        hub_kernels: bool | None = typer.Option(None, "--hub-kernels/--no-hub-kernels",
-                                                help=HUB_KERNELS_HELP + " [off]"),
+        hub_kernels: bool | None = hub_kernels_option(),
         interval_level: float | None = typer.Option(None, help="price interval level [0.8]"),
         ray: str | None = typer.Option(None, "--ray", help="answer on Ray Data: local, auto or "
                                        "a cluster address (ray://HOST:10001)"),

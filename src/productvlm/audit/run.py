@@ -5,6 +5,7 @@ Usage:
     productvlm audit --model runs/demo/train data/catalog.parquet --out runs/audit
     productvlm audit --model RUN DBQ/Burberry.Product.prices.United.States --limit 500
     torchrun --nproc_per_node 2 -m productvlm.cli audit --model RUN catalog.csv --out OUT
+    productvlm audit --model RUN catalog.parquet --out OUT --ray auto   # a Ray Data pool
 
 The catalog is read as `prepare` reads it (presets, --map, image fetching with the cache,
 failures.csv: every row is audited or has its reason). Each product's photo is answered and
@@ -15,7 +16,8 @@ well the flags find the known errors, beside a category-median rule) and config.
 
 Interrupted work resumes: finished batches are appended to OUT/parts/ as they are done, and
 a rerun skips their rows. Under torchrun each process takes every n-th batch (the batches
-are the same as in one process, so the audit is too) and rank 0 merges the parts.
+are the same as in one process, so the audit is too) and rank 0 merges the parts; with
+``--ray`` the same batches go to a Ray Data pool of model actors (inference/raydata.py).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import typer
 
 from productvlm import dist
 from productvlm.audit.config import AuditConfig
-from productvlm.config import HUB_KERNELS_HELP, parse_pairs, resolve_config, save_config
+from productvlm.config import hub_kernels_option, parse_pairs, resolve_config, save_config
 from productvlm.errors import ProductVLMError
 from productvlm.inference import BATCH_SIZE
 
@@ -140,8 +142,7 @@ def register(app: typer.Typer) -> None:
         cache_dir: Path | None = typer.Option(None, help="image cache [OUT/image-cache]"),
         device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:1 [auto]"),
         precision: str | None = typer.Option(None, help="auto, bf16, fp16, fp32 [auto]"),
-        hub_kernels: bool | None = typer.Option(None, "--hub-kernels/--no-hub-kernels",
-                                                help=HUB_KERNELS_HELP + " [off]"),
+        hub_kernels: bool | None = hub_kernels_option(),
         ray: str | None = typer.Option(None, "--ray", help="run on Ray Data: local, auto or "
                                        "a cluster address (ray://HOST:10001)"),
         ray_actors: int | None = typer.Option(None, help="model actors in the Ray pool "

@@ -18,7 +18,13 @@ from typing import Any, Literal
 import typer
 from pydantic import Field
 
-from productvlm.config import HUB_KERNELS_HELP, HubKernels, StageConfig, resolve_config, save_config
+from productvlm.config import (
+    HubKernels,
+    StageConfig,
+    hub_kernels_option,
+    resolve_config,
+    save_config,
+)
 from productvlm.errors import ProductVLMError
 from productvlm.inference import BATCH_SIZE, INTERVAL_LEVEL, MAX_NEW_TOKENS
 from productvlm.inference.batch import Row
@@ -266,8 +272,7 @@ def register(app: typer.Typer) -> None:
         report_to: str | None = typer.Option(None, help="wandb | none"),
         device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:1 [auto]"),
         precision: str | None = typer.Option(None, help="auto, bf16, fp16, fp32 [auto]"),
-        hub_kernels: bool | None = typer.Option(None, "--hub-kernels/--no-hub-kernels",
-                                                help=HUB_KERNELS_HELP + " [off]"),
+        hub_kernels: bool | None = hub_kernels_option(),
     ) -> None:
         """Answer the split's photos, score them beside baselines, write report.html."""
         cfg = resolve_config(

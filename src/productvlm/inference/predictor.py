@@ -214,7 +214,6 @@ class Predictor:
         """``pred`` with the calibrated interval, category probability and confidence."""
         if self.calibration is None or signals is None:
             return pred
-        pred.signals = signals
         u: Uncertainty = self.calibration.uncertainty(signals, pred.category,
                                                       self.interval_level)
         pred.price_low, pred.price_high = u.price_low, u.price_high

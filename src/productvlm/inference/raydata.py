@@ -79,7 +79,8 @@ def run_on_ray(payloads: Sequence[str], actor: type, actor_kwargs: dict[str, Any
             actors = (int(res.get("GPU", 0) // gpus_per_actor) if gpus_per_actor
                       else int(res.get("CPU", 1) // cpus_per_actor))
         actors = max(1, min(actors, len(payloads)))
-        ray.data.DataContext.get_current().execution_options.preserve_order = True
+        options = ray.data.DataContext.get_current().execution_options
+        was_ordered, options.preserve_order = options.preserve_order, True
         ds = ray.data.from_items([{"batch": p} for p in payloads],
                                  override_num_blocks=len(payloads))
         # an actor pool restarts a dead actor and retries its batch (Ray Data's defaults:
@@ -88,8 +89,11 @@ def run_on_ray(payloads: Sequence[str], actor: type, actor_kwargs: dict[str, Any
                              compute=ray.data.ActorPoolStrategy(size=actors),
                              fn_constructor_kwargs=actor_kwargs, num_cpus=cpus_per_actor,
                              num_gpus=gpus_per_actor or None)
-        for row in out.iter_rows():
-            yield str(row["out"])
+        try:
+            for row in out.iter_rows():
+                yield str(row["out"])
+        finally:
+            options.preserve_order = was_ordered
     finally:
         if started:
             ray.shutdown()

@@ -21,7 +21,7 @@ from typing import Any
 
 import typer
 
-from productvlm.config import HUB_KERNELS_HELP, resolve_config
+from productvlm.config import hub_kernels_option, resolve_config
 from productvlm.errors import ProductVLMError
 from productvlm.serving.config import ServeConfig, check_exposure, is_loopback
 
@@ -100,8 +100,7 @@ def register(app: typer.Typer) -> None:
         max_new_tokens: int | None = typer.Option(None, help="override the run's setting"),
         device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:1 [auto]"),
         precision: str | None = typer.Option(None, help="auto, bf16, fp16, fp32 [auto]"),
-        hub_kernels: bool | None = typer.Option(None, "--hub-kernels/--no-hub-kernels",
-                                                help=HUB_KERNELS_HELP + " [off]"),
+        hub_kernels: bool | None = hub_kernels_option(),
         interval_level: float | None = typer.Option(None, help="price interval level [0.8]"),
         low_confidence: float | None = typer.Option(None, help="mark answers under this "
                                                     "confidence [0.5]"),

@@ -19,7 +19,7 @@ from typing import Any
 import typer
 
 from productvlm.config import (
-    HUB_KERNELS_HELP,
+    hub_kernels_option,
     load_saved_config,
     parse_pairs,
     resolve_config,
@@ -281,8 +281,7 @@ def register(app: typer.Typer) -> None:
         batch_size: int | None = typer.Option(None, help="per device"),
         learning_rate: float | None = typer.Option(None, "--lr"),
         report_to: str | None = typer.Option(None, help="wandb | tensorboard | mlflow | none"),
-        hub_kernels: bool | None = typer.Option(None, "--hub-kernels/--no-hub-kernels",
-                                                help=HUB_KERNELS_HELP + " [off]"),
+        hub_kernels: bool | None = hub_kernels_option(),
         resume: bool = typer.Option(False, "--resume", help="continue from the last checkpoint"),
         set_: list[str] | None = typer.Option(None, "--set", help="any other field: KEY=VALUE"),
     ) -> None:
