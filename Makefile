@@ -23,13 +23,14 @@ $(BIN)/.installed: pyproject.toml $(LOCK)
 	touch $@
 
 venv: $(BIN)/.installed
-	@# Debian chromium for the browser test (never `playwright install`); it skips without one
-	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) || echo "chromium not installed: tests/serving/test_browser.py will skip"
 
 demo: venv
 	$(BIN)/productvlm demo --out runs/demo
 
+# Debian chromium for the browser test only (never `playwright install`), so `make demo`
+# installs no system package; without it tests/serving/test_browser.py skips.
 test: venv
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) || echo "chromium not installed: tests/serving/test_browser.py will skip"
 	$(BIN)/python -m pytest -q
 
 test-slow: venv
