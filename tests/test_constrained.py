@@ -8,6 +8,7 @@ that run across segment boundaries) and a SentencePiece-style "▁" BPE.
 from __future__ import annotations
 
 import json
+import re
 import random
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from productvlm.constrained import AnswerGrammar, TokenVocab, answer_template
+from productvlm.constrained.template import PRICE_RESERVE, Number
 from productvlm.prompts import END, ProductFields, format_answer, parse_answer
 
 CATEGORIES = ["BAGS", "BAG CHARMS", "SHOES", "WOMEN'S COATS", "SCARVES & SHAWLS"]
@@ -88,9 +90,9 @@ def vocab_of(tok: PreTrainedTokenizerFast) -> TokenVocab:
     return _VOCABS[id(tok)]
 
 
-def run(grammar: AnswerGrammar, pick, max_new: int, width: int) -> list[int]:
+def run(grammar: AnswerGrammar, pick, max_new: int, width: int, proc=None) -> list[int]:
     """Generate with the grammar's processor; ``pick(step, scores)`` chooses each token."""
-    proc = grammar.logits_processor(max_new)
+    proc = proc or grammar.logits_processor(max_new)
     ids = torch.zeros((1, 3), dtype=torch.long)
     out: list[int] = []
     for step in range(max_new):
@@ -133,7 +135,11 @@ def test_training_tokenization_is_allowed_step_by_step(tok: PreTrainedTokenizerF
     ("text", "ok"),
     [
         ("Product: Lola Bag, Category: BAGS, Full Price: 2,290.00", True),
-        (" Product: Lola, Bag, Category: BAG CHARMS, Full Price: 5", True),
+        (" Product: Lola, Bag, Category: BAG CHARMS, Full Price: 5.00", True),
+        ("Product: Lola, Category: BAGS, Full Price: 5", False),  # cut after a digit
+        ("Product: Lola, Category: BAGS, Full Price: 2290.00", False),  # not grouped
+        ("Product: Lola, Category: BAGS, Full Price: 22,90.00", False),
+        ("Product: Lola, Category: BAGS, Full Price: 0.50", True),
         ("Product: Lola Bag, Category: BELTS, Full Price: 2,290.00", False),  # unseen category
         ("Product: Lola\nBag, Category: BAGS, Full Price: 2,290.00", False),  # newline
         ("Product: , Category: BAGS, Full Price: 2,290.00", False),  # empty title
@@ -246,3 +252,71 @@ def test_unspellable_category_is_dropped(tok: PreTrainedTokenizerFast) -> None:
     assert g.t[3].options == ("BAGS",)
     with pytest.raises(ValueError, match="cannot spell"):
         AnswerGrammar(v, answer_template("seed", [odd]))
+
+
+TITLE_ALPHABET = "".join(sorted({c for p in PRODUCTS for c in p.title if c not in ",0123456789"}))
+
+
+def _greedy_for_long_fields(tok: PreTrainedTokenizerFast, g: AnswerGrammar):
+    """A model that wants to go on: in the title the longest allowed token that is not a
+    separator, in the price digits before anything else (the noise photo's failure)."""
+    surfaces, in_price = g.vocab.surfaces, []
+
+    def pick(step: int, allowed: list[int]) -> int:
+        text = [surfaces[t] or "" for t in allowed]
+        digits = [t for t, s in zip(allowed, text, strict=True) if s and s.isdigit()]
+        if digits:
+            in_price.append(True)
+            return max(digits, key=lambda t: (len(surfaces[t]), surfaces[t]))
+        commas = [t for t, s in zip(allowed, text, strict=True) if s == ","]
+        if in_price and commas:
+            return commas[0]
+        words = [t for t, s in zip(allowed, text, strict=True)
+                 if s and "Category" not in s and "," not in s and s.strip()]
+        return max(words or allowed, key=lambda t: (len(surfaces[t] or ""), -t))
+    return pick
+
+
+@pytest.mark.parametrize("fmt", ["seed", "json"])
+@pytest.mark.parametrize("max_new", [64, 40])
+def test_no_field_is_cut_by_a_long_title(tok: PreTrainedTokenizerFast, fmt: str,
+                                          max_new: int) -> None:
+    """A title bounded by the training titles (their characters and longest length) cannot
+    run into digits and commas, and leaves the price room for a whole price: never one digit
+    after a title that ate the budget."""
+    longest = max(len(p.title) for p in PRODUCTS)
+    template = answer_template(fmt, CATEGORIES, title_max_chars=longest,
+                               title_alphabet=TITLE_ALPHABET)
+    g = AnswerGrammar.within(vocab_of(tok), template, max_new)
+    greedy, room = _greedy_for_long_fields(tok, g), []
+
+    def pick(step: int, allowed: list[int]) -> int:
+        t = greedy(step, allowed)
+        at = next(i for i, seg in enumerate(g.t) if isinstance(seg, Number))
+        if not room and any(len(s) == 1 or s[1] >= at for s in g.advance(proc.states[0], t)):
+            room.append(max_new - step)  # tokens left for the price, this one included
+        return t
+
+    proc = g.logits_processor(max_new)
+    ids = run(g, pick, max_new=max_new, width=len(tok), proc=proc)
+    text = tok.decode(ids)
+    parsed = parse_answer(text, fmt)
+    assert ids[-1] == g.vocab.end_id and parsed.ok, text
+    assert set(parsed.title) <= set(TITLE_ALPHABET) | {" "}, parsed.title
+    assert len(parsed.title) <= longest + max(len(s or "") for s in g.vocab.surfaces), text
+    number = next(seg for seg in g.t if isinstance(seg, Number))
+    assert number.reserve == PRICE_RESERVE and room and room[0] >= number.reserve + 1, text
+    if fmt == "seed":
+        assert re.search(r"Full Price: [1-9]\d{0,2}(,\d{3})*\.\d\d$", text.split(END)[0]), text
+
+
+def test_the_reserve_gives_way_to_a_short_budget(tok: PreTrainedTokenizerFast) -> None:
+    """max_new_tokens too short to reserve a long price still gets answers (whole ones)."""
+    template = answer_template("seed", CATEGORIES)
+    tight = AnswerGrammar(vocab_of(tok), template).need(
+        AnswerGrammar(vocab_of(tok), template).initial) - 3
+    g = AnswerGrammar.within(vocab_of(tok), template, tight)
+    assert g.need(g.initial) <= tight
+    rng = random.Random(2)
+    ids = run(g, lambda step, allowed: rng.choice(allowed), max_new=tight, width=len(tok))
+    assert parse_answer(tok.decode(ids), "seed").ok

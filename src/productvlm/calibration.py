@@ -69,6 +69,7 @@ class Signals:
     given_logprobs: np.ndarray | None = None  # ... after a given title and category (audits)
     answer_logprob: float | None = None  # mean over the title and category tokens
     features: np.ndarray | None = None  # pooled image features
+    photo: np.ndarray | None = None  # the picture's layout statistics (photostats)
 
 
 @dataclass
@@ -80,6 +81,7 @@ class Uncertainty:
     interval_level: float | None = None
     category_prob: float | None = None
     confidence: float | None = None
+    typicality: float | None = None  # 1: as typical as most validation photos; towards 0: odd
 
 
 def central_band(logprobs: np.ndarray, log_grid: np.ndarray, level: float) -> tuple[float, float]:
@@ -156,19 +158,28 @@ class Calibration:
         p = np.exp(z)
         return p / p.sum(-1, keepdims=True)
 
-    def typicality(self, features: np.ndarray) -> np.ndarray:
+    def typicality(self, features: np.ndarray, photos: np.ndarray | None = None) -> np.ndarray:
         """1 for photos as typical as most validation photos, towards 0 for strange ones.
 
-        From the smallest Mahalanobis distance to a category mean: the share of validation
-        photos at least as far (a conformal p-value), over :data:`TYPICAL_TAIL`, capped at 1,
-        and past the farthest validation photo decaying exponentially with the excess.
+        Two gates, the lower one counts: the smallest Mahalanobis distance of the image
+        features to a category mean, and (where ``photos`` are given and the calibration has
+        them) the Mahalanobis distance of the picture's layout statistics
+        (:mod:`productvlm.photostats`) to the training photos'. The features' gate: the share
+        of validation photos at least as far (a conformal p-value), over :data:`TYPICAL_TAIL`,
+        capped at 1, and past the farthest validation photo decaying exponentially with the
+        excess. The layout's gate only decays past the farthest validation photo: a product
+        photo's layout varies little, a non-product's lies far beyond (docs/calibration.md).
         """
-        d2 = self._distances(features).min(-1)
-        ref = self.arrays["validation_d2"]
-        p = (1 + (ref[None, :] >= d2[:, None]).sum(-1)) / (len(ref) + 1)
-        far, mid = float(ref.max()), float(np.median(ref))
-        p = p * np.exp(-np.clip(d2 - far, 0, None) / max(far - mid, 1e-6))
-        return np.minimum(1.0, p / TYPICAL_TAIL)
+        gate = _gate(self._distances(features).min(-1), self.arrays["validation_d2"])
+        if photos is not None and "photo_precision" in self.arrays:
+            gate = np.minimum(gate, _gate(self._photo_distances(photos),
+                                          self.arrays["validation_photo_d2"], tail=None))
+        return gate
+
+    def _photo_distances(self, photos: np.ndarray) -> np.ndarray:
+        diff = np.asarray(photos, dtype=np.float64).reshape(-1, self.arrays["photo_mean"].size)
+        diff = diff - self.arrays["photo_mean"]
+        return np.einsum("nd,de,ne->n", diff, self.arrays["photo_precision"], diff)
 
     def uncertainty(self, signals: Signals, category: str | None, level: float) -> Uncertainty:
         """The calibrated reading of one answer whose category is ``category``."""
@@ -184,10 +195,12 @@ class Calibration:
         if lp is not None and len(lp) == len(grid):
             low, high = self.interval(lp, level, p_cat)
             out.price_low, out.price_high = round(low, 2), round(high, 2)
+        typical = float(self.typicality(feats, signals.photo)[0])
+        out.typicality = round(typical, 4)
         if signals.answer_logprob is not None:
             x = self._confidence_features(p_cat, signals.answer_logprob)
             z = float(np.dot(self.confidence_coef, x)) + self.confidence_intercept
-            out.confidence = round(float(self.typicality(feats)[0]) / (1 + math.exp(-z)), 4)
+            out.confidence = round(typical / (1 + math.exp(-z)), 4)
         return out
 
     @staticmethod
@@ -274,11 +287,13 @@ class Calibration:
     @classmethod
     def fit(cls, grid: Sequence[float], signals: Sequence[Signals], answers: Sequence[Any],
             truths: Sequence[Any], train_features: np.ndarray,
-            train_categories: Sequence[str]) -> Calibration:
+            train_categories: Sequence[str], train_photos: np.ndarray | None = None
+            ) -> Calibration:
         """Fit on the validation rows' signals, the answers given and the truths.
 
         ``answers`` and ``truths`` have ``.category`` and ``.price``; ``train_features`` are
-        the pooled image features of the training photos, ``train_categories`` their labels.
+        the pooled image features of the training photos, ``train_categories`` their labels,
+        ``train_photos`` their layout statistics (for the typicality gate's second half).
         """
         from sklearn.covariance import LedoitWolf
         from sklearn.linear_model import LogisticRegression
@@ -310,6 +325,12 @@ class Calibration:
         feats = np.stack([s.features for s in signals]).astype(np.float64)
         dist = cal._distances(feats)
         cal.arrays["validation_d2"] = np.sort(dist.min(-1))
+        if train_photos is not None and all(s.photo is not None for s in signals):
+            photos = np.asarray(train_photos, dtype=np.float64)
+            cal.arrays["photo_mean"] = photos.mean(0)
+            cal.arrays["photo_precision"] = LedoitWolf().fit(photos).precision_
+            val = np.stack([s.photo for s in signals])
+            cal.arrays["validation_photo_d2"] = np.sort(cal._photo_distances(val))
         true_idx = np.array([cats.index(t.category) if t.category in cats else -1
                              for t in truths])
         known = true_idx >= 0
@@ -354,6 +375,18 @@ class Calibration:
                      "grid_size": len(grid), "usable_rate": round(float(np.mean(usable)), 4),
                      "temperature": round(cal.temperature, 4)}
         return cal
+
+
+def _gate(d2: np.ndarray, ref: np.ndarray, tail: float | None = TYPICAL_TAIL) -> np.ndarray:
+    """A typicality gate from squared distances ``d2`` and the validation photos' ``ref``:
+    the conformal p-value over ``tail`` (capped at 1; None: 1 up to the farthest validation
+    photo), decaying exponentially past the farthest validation photo."""
+    far, mid = float(ref.max()), float(np.median(ref))
+    decay = np.exp(-np.clip(d2 - far, 0, None) / max(far - mid, 1e-6))
+    if tail is None:
+        return decay
+    p = (1 + (ref[None, :] >= d2[:, None]).sum(-1)) / (len(ref) + 1)
+    return np.minimum(1.0, p * decay / tail)
 
 
 DOUBT_WEIGHTS = (0.0, 1.0, 3.0, 10.0, 30.0, 100.0)

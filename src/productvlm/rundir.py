@@ -110,10 +110,16 @@ class RunDir:
                              set(items.get("image_sha256", [])),
                              set(items.get("title_words", [])))
 
-    def write_labels(self, categories: list[str], currency: str) -> None:
-        """labels.json: the categories the model was taught and the catalog's currency."""
+    def write_labels(self, categories: list[str], currency: str,
+                     titles: list[str] | None = None) -> None:
+        """labels.json: the categories the model was taught, the catalog's currency and the
+        shape of its titles (their characters and longest length, which bound the title of
+        a constrained answer)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        labels = {"categories": sorted(categories), "currency": currency}
+        labels: dict[str, Any] = {"categories": sorted(categories), "currency": currency}
+        if titles:
+            labels["title_alphabet"] = "".join(sorted({c for t in titles for c in t}))
+            labels["title_max_chars"] = max(len(t) for t in titles)
         self.labels.write_text(json.dumps(labels, indent=1))
 
     def read_labels(self) -> tuple[list[str] | None, str | None]:
@@ -125,6 +131,18 @@ class RunDir:
         except json.JSONDecodeError as e:
             raise ProductVLMError(f"{self.labels}: not valid JSON ({e})") from None
         return [str(c) for c in labels.get("categories") or []] or None, labels.get("currency")
+
+    def read_title_shape(self) -> tuple[str | None, int | None]:
+        """(characters, longest length) of the training titles; (None, None) for a run
+        trained before labels.json had them."""
+        if not self.labels.is_file():
+            return None, None
+        try:
+            labels = json.loads(self.labels.read_text())
+        except json.JSONDecodeError as e:
+            raise ProductVLMError(f"{self.labels}: not valid JSON ({e})") from None
+        longest = labels.get("title_max_chars")
+        return labels.get("title_alphabet") or None, int(longest) if longest else None
 
     def read_config(self) -> dict[str, Any]:
         """config.yaml as a plain mapping ({} when absent): read by inference, which must not
@@ -201,6 +219,8 @@ class RunInfo:
     categories: list[str] | None = None
     currency: str | None = None
     run: RunDir | None = None  # the run directory, when the model is one
+    title_alphabet: str | None = None  # the training titles' characters (labels.json)
+    title_max_chars: int | None = None  # ... and their longest length
 
 
 def resolve_model(model: str | Path) -> RunInfo:
@@ -222,10 +242,12 @@ def resolve_model(model: str | Path) -> RunInfo:
     run = RunDir(path)
     cfg = run.read_config()
     categories, currency = run.read_labels()
+    alphabet, longest = run.read_title_shape()
     info = RunInfo(weights=str(path), processor=str(path),
                    target_format=cfg.get("target_format", "seed"),
                    question=cfg.get("question", QUESTION), num_crops=cfg.get("num_crops"),
-                   categories=categories, currency=currency, run=run)
+                   categories=categories, currency=currency, run=run,
+                   title_alphabet=alphabet, title_max_chars=longest)
     if has_model(run.merged):
         info.weights = str(run.merged)
     elif (run.adapter / "adapter_config.json").is_file():

@@ -128,8 +128,8 @@ def _judged(row: Row, pred: Prediction, cal: Any, cfg: Any,
             trained: TrainingItems | None) -> dict[str, Any]:
     """The audit row of an answered listing: its listed price judged against the model's."""
     sig, r = pred.signals, dict(row.data)
-    gate = float(cal.typicality(sig.features[None, :])[0]) if sig.features is not None \
-        else None
+    gate = (float(cal.typicality(sig.features[None, :], sig.photo)[0])
+            if sig.features is not None else None)
     unknown = ([w for w in title_words(r["title"]) if w not in trained.title_words]
                if trained is not None and trained.title_words else [])
     v = judge(sig, r["listed"], cal, level=cfg.interval_level, flag_level=cfg.flag_level,

@@ -8,14 +8,23 @@ every token leaving it (see the package docstring for how and why).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 from transformers import LogitsProcessor
 
-from productvlm.constrained.template import JSON_NUM, SEED_NUM, Free, Lit, Number, Segment
+from productvlm.constrained.template import (
+    JSON_FINAL,
+    JSON_NUM,
+    SEED_FINAL,
+    SEED_NUM,
+    Free,
+    Lit,
+    Number,
+    Segment,
+)
 from productvlm.constrained.vocab import TokenVocab
 
 # ("L", seg, typed) | ("F", seg, n, in_escape) | ("N", seg, q, nonzero, n) | ("E", seg) | ("D",)
@@ -61,6 +70,19 @@ class AnswerGrammar:
         self.margin = max(len(o) for seg in self.t if isinstance(seg, Lit) for o in seg.options) + 2
         self.initial = self.closure([self.start(0)])
 
+    @classmethod
+    def within(cls, vocab: TokenVocab, template: tuple[Segment, ...],
+               max_new_tokens: int) -> AnswerGrammar:
+        """The grammar of ``template``, its price's reserve lowered as far as it must be for
+        an answer to fit in ``max_new_tokens`` (a short budget still gets a whole price)."""
+        grammar = cls(vocab, template)
+        over = grammar.need(grammar.initial) - max_new_tokens
+        number = next((seg for seg in template if isinstance(seg, Number)), None)
+        if over > 0 and number is not None and number.reserve:
+            smaller = replace(number, reserve=max(0, number.reserve - over))
+            grammar = cls(vocab, tuple(smaller if seg is number else seg for seg in template))
+        return grammar
+
     def _spellable(self, seg: Segment) -> Segment:
         if not isinstance(seg, Lit):
             return seg
@@ -94,7 +116,7 @@ class AnswerGrammar:
             return s[2] in self.t[s[1]].options
         if s[0] == "F":
             return s[2] > 0 and not s[3]
-        return s[0] == "N" and s[2] in ("i", "f") and s[3]
+        return s[0] == "N" and s[3] and s[2] in (JSON_FINAL if self.t[s[1]].json else SEED_FINAL)
 
     def closure(self, states: Any) -> frozenset:
         out: set[State] = set()
@@ -179,11 +201,13 @@ class AnswerGrammar:
             return min([after] + [r + self._need1(self.start(s[1] + 1)) for r in rest])
         if s[0] == "F":
             return after if s[2] else 1 + int(s[3]) + self._need1(self.start(s[1] + 1))
-        # a number: breadth-first over its DFA, one single-character token a step
+        # a number: breadth-first over its DFA, one single-character token a step; at its
+        # start, at least the room it reserves (so the fields before it leave that room)
         frontier, seen, steps = [s], {s[2:4]}, 0
-        while frontier and steps < 4:
+        reserve = self.t[s[1]].reserve if s[2] == "s" else 0
+        while frontier and steps < 10:
             if any(self.complete(x) for x in frontier):
-                return steps + self._need1(self.start(s[1] + 1))
+                return max(steps, reserve) + self._need1(self.start(s[1] + 1))
             steps += 1
             nxt = []
             for x in frontier:

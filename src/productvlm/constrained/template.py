@@ -32,17 +32,27 @@ class Free:
     forbid: str
     max_chars: int
     json_escapes: bool = False
+    #: the only characters it may hold (the training titles' own), or None for any
+    alphabet: frozenset[str] | None = None
 
     def ok(self, c: str) -> bool:
+        if self.alphabet is not None and c not in self.alphabet:
+            return False
         return c not in self.forbid and unicodedata.category(c)[0] != "C" and c != "\ufffd"
 
 
 @dataclass(frozen=True)
 class Number:
-    """A positive price: seed style ``2,290.00`` or a JSON number (no commas, no leading 0)."""
+    """A positive price: seed style ``2,290.00`` (thousands grouped by commas, always two
+    decimals, as ``format_price`` writes it) or a JSON number (no commas, no leading 0).
+
+    ``reserve``: the tokens kept free for it while the fields before it are written, so a
+    long title can never leave the price room for one digit only.
+    """
 
     json: bool
     max_chars: int = 12
+    reserve: int = 0
 
 
 @dataclass(frozen=True)
@@ -52,29 +62,46 @@ class End:
 
 Segment = Lit | Free | Number | End
 
-# Number DFAs: state -> {char class -> next state}; "d" = any digit, "n" = 1-9.
-SEED_NUM = {"s": {"d": "i"}, "i": {"d": "i", ",": "i", ".": "f"}, "f": {"d": "f"}}
+# Number DFAs: state -> {char class -> next state}; "d" = any digit, "n" = 1-9. Seed style:
+# one to three digits, then ",ddd" groups, then "." and exactly two decimals ("0.50" too).
+SEED_NUM = {"s": {"0": "z", "n": "a1"}, "z": {".": "p"},
+            "a1": {"d": "a2", ",": "c0", ".": "p"}, "a2": {"d": "a3", ",": "c0", ".": "p"},
+            "a3": {",": "c0", ".": "p"}, "c0": {"d": "c1"}, "c1": {"d": "c2"},
+            "c2": {"d": "g"}, "g": {",": "c0", ".": "p"}, "p": {"d": "f1"}, "f1": {"d": "f2"},
+            "f2": {}}
+SEED_FINAL = frozenset({"f2"})
 JSON_NUM = {"s": {"0": "z", "n": "i"}, "z": {".": "p"}, "i": {"d": "i", ".": "p"},
              "p": {"d": "f"}, "f": {"d": "f"}}
+JSON_FINAL = frozenset({"i", "f"})
+#: tokens kept for the price while the title is written: "99,999.99", one token a character
+PRICE_RESERVE = 9
 
 
 def answer_template(
-    fmt: TargetFormat, categories: list[str] | None, *, title_max_chars: int = 120
+    fmt: TargetFormat, categories: list[str] | None, *, title_max_chars: int = 120,
+    title_alphabet: str | None = None,
 ) -> tuple[Segment, ...]:
     """The segments of an answer in ``fmt``; ``categories=None`` leaves the category free text.
+
+    ``title_max_chars`` and ``title_alphabet`` bound the title by the training titles (their
+    longest length, their characters): a title cannot run on into digits and commas that no
+    title had, and ends in time for the fields after it.
 
     >>> answer_template("seed", ["BAGS"])[3]
     Lit(options=('BAGS',))
     """
     cats = sorted({c for c in categories or [] if c and c.strip()})
+    letters = frozenset(title_alphabet) | {" "} if title_alphabet else None
     if fmt == "json":
-        title = Free(forbid='"\\', max_chars=title_max_chars, json_escapes=True)
+        title = Free(forbid='"\\', max_chars=title_max_chars, json_escapes=True,
+                     alphabet=letters)
         category: Segment = (Lit(tuple(json.dumps(c, ensure_ascii=False)[1:-1] for c in cats))
                              if cats else Free(forbid='"\\', max_chars=60, json_escapes=True))
         return (Lit(('{"title": "', ' {"title": "')), title, Lit(('", "category": "',)),
-                category, Lit(('", "price": ',)), Number(json=True), Lit(("}",)), End())
-    title = Free(forbid="", max_chars=title_max_chars)
+                category, Lit(('", "price": ',)), Number(json=True, reserve=PRICE_RESERVE),
+                Lit(("}",)), End())
+    title = Free(forbid="", max_chars=title_max_chars, alphabet=letters)
     category = Lit(tuple(cats)) if cats else Free(forbid=",", max_chars=60)
     # The leading-space variant: a target tokenized on its own starts with "▁Product".
     return (Lit(("Product: ", " Product: ")), title, Lit((", Category: ",)), category,
-            Lit((", Full Price: ",)), Number(json=False), End())
+            Lit((", Full Price: ",)), Number(json=False, reserve=PRICE_RESERVE), End())

@@ -16,6 +16,7 @@ import numpy as np
 from productvlm.calibration import Calibration
 from productvlm.errors import ProductVLMError
 from productvlm.inference.batch import Row, answer_rows
+from productvlm.photostats import photo_stats
 from productvlm.prompts import ProductFields
 
 MAX_GRID = 512  # candidate prices scored per photo at most
@@ -100,12 +101,14 @@ def fit_calibration(predictor: Any, train: Any, validation: Any, *,
                 answers.append(pred)
                 truths.append(ProductFields(row.data["title"], row.data["category"],
                                             float(row.data["price"])))
-            feats, cats = [], []
+            feats, cats, photos = [], [], []
             task = bar.add_task("image features of the training photos", total=len(train))
             for rows, images in _images(train, predictor.batch_size):
                 feats.append(predictor.image_features(images))
+                photos += [photo_stats(im) for im in images]
                 cats += [train_cats[i] for i in rows]
                 bar.advance(task, len(rows))
     finally:
         model.train(was_training)
-    return Calibration.fit(grid, signals, answers, truths, np.concatenate(feats), cats)
+    return Calibration.fit(grid, signals, answers, truths, np.concatenate(feats), cats,
+                           np.stack(photos))

@@ -21,6 +21,7 @@ Usage:
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -34,12 +35,17 @@ from productvlm.inference.record import (
     INTERVAL_LEVEL,
     LOW_CONFIDENCE,
     MAX_NEW_TOKENS,
+    UNLIKE_TRAINING,
     Prediction,
 )
+from productvlm.photostats import photo_stats
 from productvlm.prompts import QUESTION, TargetFormat, answer_end, render_prompt
 from productvlm.rundir import resolve_model
 
 Progress = bool | Callable[[int, int], None] | None
+#: a constrained title's length cap: the longest training title's, with this much slack for a
+#: new product's longer name; TITLE_MAX_CHARS where the run does not say
+TITLE_SLACK, TITLE_MAX_CHARS = 1.2, 120
 
 
 class Predictor:
@@ -70,6 +76,8 @@ class Predictor:
         calibration: Calibration | None = None,
         interval_level: float = INTERVAL_LEVEL,
         low_confidence: float = LOW_CONFIDENCE,
+        title_alphabet: str | None = None,
+        title_max_chars: int | None = None,
     ) -> None:
         if batch_size < 1 or max_new_tokens < 1:
             raise ProductVLMError("batch_size and max_new_tokens must be at least 1")
@@ -85,8 +93,12 @@ class Predictor:
         self.model_path, self.adapter = model_path, adapter
         self.calibration = calibration
         self.interval_level, self.low_confidence = interval_level, low_confidence
+        # the training titles' characters and longest length (labels.json), which bound the
+        # title of a constrained answer; None: any characters, TITLE_MAX_CHARS
+        self.title_alphabet, self.title_max_chars = title_alphabet, title_max_chars
         self._grammar: Any = None
         self._candidates: Any = None  # measure.PriceCandidates for the current grid
+        self._cut_rows: set[int] = set()  # rows of the last batch that hit max_new_tokens
         self.tokens_generated = 0  # answer tokens so far, stop tokens included (for benches)
         self.constraint_seconds = 0.0  # time spent masking logits (for benches)
 
@@ -147,7 +159,8 @@ class Predictor:
                    batch_size=batch_size, max_new_tokens=max_new_tokens,
                    constrained=constrained, model_path=str(model),
                    adapter=str(info.adapter) if info.adapter else None, calibration=cal,
-                   interval_level=interval_level, low_confidence=low_confidence)
+                   interval_level=interval_level, low_confidence=low_confidence,
+                   title_alphabet=info.title_alphabet, title_max_chars=info.title_max_chars)
 
     def describe(self) -> dict[str, Any]:
         """How this predictor answers (shown by the server's /v1/model)."""
@@ -167,8 +180,13 @@ class Predictor:
         if self._grammar is None:
             from productvlm.constrained import AnswerGrammar, TokenVocab, answer_template
 
-            template = answer_template(self.target_format, self.categories)
-            self._grammar = AnswerGrammar(TokenVocab.from_tokenizer(self.tokenizer), template)
+            longest = (math.ceil(self.title_max_chars * TITLE_SLACK) if self.title_max_chars
+                       else TITLE_MAX_CHARS)
+            template = answer_template(self.target_format, self.categories,
+                                       title_max_chars=longest,
+                                       title_alphabet=self.title_alphabet)
+            self._grammar = AnswerGrammar.within(TokenVocab.from_tokenizer(self.tokenizer),
+                                                 template, self.max_new_tokens)
         return self._grammar
 
     def predict(self, images: Sequence[Any], progress: Progress = None,
@@ -196,9 +214,14 @@ class Predictor:
                 answers, signals = self.generate(chunk, grid=prices, given=sub,
                                                  answer_prices=answer_prices)
                 ms = (time.perf_counter() - t0) * 1000
-                for raw, sig in zip(answers, signals, strict=True):
+                for b, (raw, sig) in enumerate(zip(answers, signals, strict=True)):
                     pred = Prediction.from_answer(raw, self.target_format, currency=self.currency,
                                                   latency_ms=round(ms, 1))
+                    if self._cut_rows and b in self._cut_rows:
+                        pred.error = (f"the answer was cut at max_new_tokens="
+                                      f"{self.max_new_tokens} before its end")
+                    if sig is not None:
+                        sig.photo = photo_stats(chunk[b])
                     pred.signals = sig
                     out.append(self.calibrated(pred, sig))
                 if bar is not None:
@@ -219,8 +242,17 @@ class Predictor:
         pred.price_low, pred.price_high = u.price_low, u.price_high
         pred.interval_level, pred.category_prob = u.interval_level, u.category_prob
         pred.confidence = u.confidence
+        doubts = []
+        if u.typicality is not None and u.typicality < UNLIKE_TRAINING:
+            doubts.append("the picture is unlike the training photos")
+        if u.confidence is not None and u.confidence < self.low_confidence:
+            doubts.append(f"confidence {u.confidence:.2f} < {self.low_confidence:.2f}")
+        if (pred.price is not None and u.price_low is not None and u.price_high is not None
+                and not u.price_low <= pred.price <= u.price_high):
+            doubts.append(f"the price lies outside its own {u.interval_level:.0%} interval")
         if u.confidence is not None:
-            pred.low_confidence = u.confidence < self.low_confidence
+            pred.low_confidence = bool(doubts)
+            pred.doubt = "; ".join(doubts) or None
         return pred
 
     def image_features(self, images: Sequence[Any]) -> Any:
@@ -294,9 +326,12 @@ class Predictor:
         ids = out.sequences
         new = ids[:, batch["input_ids"].shape[1]:].tolist()
         self.constraint_seconds += sum(getattr(p, "seconds", 0.0) for p in processors)
-        for row in new:  # a finished row is padded after its stop token: not generated
-            self.tokens_generated += next((i + 1 for i, t in enumerate(row) if t in stops),
-                                          len(row))
+        self._cut_rows = set()
+        for b, row in enumerate(new):  # a finished row is padded after its stop token
+            ended = next((i + 1 for i, t in enumerate(row) if t in stops), None)
+            self.tokens_generated += ended or len(row)
+            if ended is None:
+                self._cut_rows.add(b)
         texts = tok.batch_decode(new, skip_special_tokens=False,
                                  clean_up_tokenization_spaces=False)
         texts = [_cut(t, [end, tok.eos_token or end, tok.pad_token or end]) for t in texts]

@@ -20,7 +20,8 @@ MAX_NEW_TOKENS = 64
 #: ... the price interval's level, and the confidence under which an answer is marked as low
 INTERVAL_LEVEL = 0.8
 LOW_CONFIDENCE = 0.5
-
+#: typicality under which a picture is said to be unlike the training photos (a non-product)
+UNLIKE_TRAINING = 0.5
 
 
 @dataclass
@@ -33,8 +34,9 @@ class Prediction(ParsedAnswer):
     photo: ``error`` says why). With a calibrated model: the price interval at
     ``interval_level``, the probability that the category is right, and ``confidence``, the
     chance that the category is right and the price within 25% (near 0 for a picture unlike
-    the training photos); ``low_confidence`` when it is under the predictor's threshold.
-    Without a calibration these are None.
+    the training photos); ``low_confidence`` when it is under the predictor's threshold, the
+    picture is unlike the training photos, or the price lies outside its own interval, and
+    ``doubt`` says which. Without a calibration these are None.
     """
 
     currency: str | None = None
@@ -46,6 +48,7 @@ class Prediction(ParsedAnswer):
     category_prob: float | None = None
     confidence: float | None = None
     low_confidence: bool | None = None
+    doubt: str | None = None  # why low_confidence, in words
     #: what the calibration read (price distribution, image features): for evaluation and
     #: audit, never serialised
     signals: Signals | None = field(default=None, repr=False, compare=False)
@@ -80,4 +83,5 @@ class Prediction(ParsedAnswer):
         return {**out, "ok": self.ok, "error": error}
 
 
-__all__ = ["BATCH_SIZE", "INTERVAL_LEVEL", "LOW_CONFIDENCE", "MAX_NEW_TOKENS", "Prediction"]
+__all__ = ["BATCH_SIZE", "INTERVAL_LEVEL", "LOW_CONFIDENCE", "MAX_NEW_TOKENS", "UNLIKE_TRAINING",
+           "Prediction"]

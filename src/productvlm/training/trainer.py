@@ -127,9 +127,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     processor = load_processor(cfg.model, options=cfg.image_options())
     if is_main_process():  # before the warm-up, so that an interrupted one can --resume
         save_config(cfg, cfg.out)
-        run.write_labels(list(set(ds["train"]["category"])), _currency(ds["train"]))
         train = ds["train"]
         column = lambda c: list(train[c]) if c in train.column_names else []  # noqa: E731
+        run.write_labels(list(set(train["category"])), _currency(train), column("title"))
         run.write_training_items([str(c) for c in column("product_code")],
                                  column("image_sha256"), column("title"))
     interrupt = InterruptCallback()
