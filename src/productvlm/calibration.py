@@ -52,12 +52,15 @@ from typing import Any
 import numpy as np
 
 from productvlm.errors import ProductVLMError
+from productvlm.wordprice import WordPrice
 
 #: Levels the margin table covers (any level in between is interpolated).
 LEVELS = tuple(round(x, 2) for x in np.arange(0.50, 0.995, 0.01))
 USABLE_APE = 0.25  # a price within 25% of the truth counts as right, for the confidence
 TYPICAL_TAIL = 0.05  # photos stranger than all but this share of validation ones lose confidence
 PCA_DIMS = 64
+#: how much of the words' Gaussian a listing's judgment multiplies in (docs/calibration.md)
+WORDS_WEIGHT = 0.5
 FILE_JSON, FILE_ARRAYS = "calibration.json", "features.safetensors"
 
 
@@ -122,6 +125,11 @@ class Calibration:
     stats: dict[str, Any] = field(default_factory=dict)
     doubt_weight: float = 0.0  # lambda: how much the margin grows with category doubt
     given_margins: dict[float, float] = field(default_factory=dict)  # level -> Q, given listing
+    #: the listing's words as a price model (wordprice.py), fitted on the training split, and
+    #: how much of its Gaussian (sd ``words_sd``, log price) a listing's judgment multiplies in
+    words: WordPrice | None = None
+    words_sd: float = 0.0
+    words_weight: float = WORDS_WEIGHT
 
     # -- applying ------------------------------------------------------------------------
     @property
@@ -219,21 +227,46 @@ class Calibration:
         lo, hi = (lo - q, hi + q) if lo - q <= hi + q else ((lo + hi) / 2,) * 2
         return _cents(lo), _cents(hi)
 
-    def surprise(self, logprobs: np.ndarray, listed: float) -> tuple[float, float]:
+    def surprise(self, logprobs: np.ndarray, listed: float,
+                 scores: str = "given_scores") -> tuple[float, float]:
         """(surprise, p-value) of a listed price given the listing's price distribution.
 
         The surprise is how far ``listed`` lies outside the distribution's middle half, in
         log price (0 inside it; 0.69 is a factor of 2 beyond it); the p-value is the share of
         validation rows whose correct price was at least as far out (with the row itself).
+        ``scores``: the validation scores of the same distribution: ``given_scores`` for the
+        photo and words together (:meth:`listing`), ``photo_scores`` for the photo's alone.
         """
         lo, hi = central_band(logprobs, self.log_grid, 0.5)
         x = math.log(listed)
         score = max(lo - x, x - hi, 0.0)
-        ref = self.arrays.get("given_scores")
+        ref = self.arrays.get(scores)
+        if ref is None:
+            ref = self.arrays.get("given_scores")  # a calibration from before the words
         if ref is None:
             raise ProductVLMError("this calibration has no listing scores; calibrate again")
-        p = (1 + int((ref >= score - 1e-12).sum())) / (len(ref) + 1)
-        return score, p
+        return score, _p_value(ref, score)
+
+    def listing(self, logprobs: np.ndarray, words_log_price: float | None) -> np.ndarray:
+        """The price distribution of a listing from its photo (``logprobs``, read after its
+        title and category) times its words' (a Gaussian around ``words_log_price``): what an
+        audit judges a listed price by. Without a words model: the photo's alone."""
+        if self.words is None or words_log_price is None or self.words_sd <= 0:
+            return logprobs
+        z = (self.log_grid - words_log_price) / self.words_sd
+        return logprobs - self.words_weight * 0.5 * z**2
+
+    def words_price(self, title: str, category: str, listed: float | None = None,
+                    level: float = 0.8) -> tuple[float, float, float, float | None] | None:
+        """(log price, low, high, p-value of ``listed``) by the listing's words alone: the
+        conformal interval at ``level`` around the words model's price; None without one."""
+        ref = self.arrays.get("words_scores")
+        if self.words is None or ref is None:
+            return None
+        mu = float(self.words.predict([title], [category])[0])
+        q = conformal_quantile(ref, level)
+        p = None if listed is None else _p_value(ref, abs(math.log(listed) - mu))
+        return mu, _cents(mu - q), _cents(mu + q), p
 
     def _distances(self, features: np.ndarray) -> np.ndarray:
         """Squared Mahalanobis distance (n x categories) in the PCA space."""
@@ -254,9 +287,14 @@ class Calibration:
                 "confidence_intercept": self.confidence_intercept,
                 "doubt_weight": self.doubt_weight,
                 "given_margins": {f"{k:.2f}": v for k, v in self.given_margins.items()},
-                "stats": self.stats}
+                "stats": self.stats, "words_sd": self.words_sd,
+                "words_weight": self.words_weight}
+        arrays = dict(self.arrays)
+        if self.words is not None:
+            meta["words"], words_arrays = self.words.to_parts()
+            arrays.update(words_arrays)
         (folder / FILE_JSON).write_text(json.dumps(meta, indent=1))
-        save_file({k: np.ascontiguousarray(v) for k, v in self.arrays.items()},
+        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()},
                   str(folder / FILE_ARRAYS))
         return folder
 
@@ -268,6 +306,9 @@ class Calibration:
         try:
             meta = json.loads((folder / FILE_JSON).read_text())
             arrays = load_file(str(folder / FILE_ARRAYS))
+            words = WordPrice.from_parts(meta["words"], arrays) if "words" in meta else None
+            arrays = {k: v for k, v in arrays.items() if not k.startswith("words_")
+                      or k == "words_scores"}
             return cls(grid=[float(x) for x in meta["grid"]],
                        margins={float(k): float(v) for k, v in meta["margins"].items()},
                        categories=list(meta["categories"]),
@@ -278,7 +319,9 @@ class Calibration:
                        stats=dict(meta.get("stats", {})),
                        doubt_weight=float(meta.get("doubt_weight", 0.0)),
                        given_margins={float(k): float(v)
-                                      for k, v in meta.get("given_margins", {}).items()})
+                                      for k, v in meta.get("given_margins", {}).items()},
+                       words=words, words_sd=float(meta.get("words_sd", 0.0)),
+                       words_weight=float(meta.get("words_weight", WORDS_WEIGHT)))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ProductVLMError(f"{folder}: unreadable calibration ({e}); delete the folder "
                                   "and run `productvlm evaluate` to calibrate again") from None
@@ -287,13 +330,15 @@ class Calibration:
     @classmethod
     def fit(cls, grid: Sequence[float], signals: Sequence[Signals], answers: Sequence[Any],
             truths: Sequence[Any], train_features: np.ndarray,
-            train_categories: Sequence[str], train_photos: np.ndarray | None = None
+            train_categories: Sequence[str], train_photos: np.ndarray | None = None,
+            train_listings: tuple[Sequence[str], Sequence[float]] | None = None
             ) -> Calibration:
         """Fit on the validation rows' signals, the answers given and the truths.
 
         ``answers`` and ``truths`` have ``.category`` and ``.price``; ``train_features`` are
         the pooled image features of the training photos, ``train_categories`` their labels,
-        ``train_photos`` their layout statistics (for the typicality gate's second half).
+        ``train_photos`` their layout statistics (for the typicality gate's second half),
+        ``train_listings`` their (titles, prices), for the words' price model of audits.
         """
         from sklearn.covariance import LedoitWolf
         from sklearn.linear_model import LogisticRegression
@@ -367,14 +412,32 @@ class Calibration:
                                  for b in [np.array([central_band(g, log_grid, lv)
                                                      for g in given])]}
             cal.given_margins = {k: v for k, v in cal.given_margins.items() if math.isfinite(v)}
-            band = np.array([central_band(g, log_grid, 0.5) for g in given])
-            cal.arrays["given_scores"] = np.sort(np.maximum(np.maximum(band[:, 0] - y,
-                                                                       y - band[:, 1]), 0.0))
+            cal.arrays["photo_scores"] = _band_scores(given, log_grid, y)
+            cal.arrays["given_scores"] = cal.arrays["photo_scores"]
+            if train_listings is not None and len(set(train_listings[1])) > 1:
+                titles, prices = train_listings
+                cal.words = WordPrice.fit(titles, list(train_categories), prices)
+                mu = cal.words.predict([t.title for t in truths], [t.category for t in truths])
+                cal.words_sd = float(np.sqrt(np.mean((y - mu) ** 2)))
+                cal.arrays["words_scores"] = np.sort(np.abs(y - mu))
+                both = [cal.listing(g, m) for g, m in zip(given, mu, strict=True)]
+                cal.arrays["given_scores"] = _band_scores(both, log_grid, y)
         cal.stats = {"validation_rows": len(signals), "training_photos": len(x),
                      "doubt_weight": cal.doubt_weight,
                      "grid_size": len(grid), "usable_rate": round(float(np.mean(usable)), 4),
                      "temperature": round(cal.temperature, 4)}
         return cal
+
+
+def _p_value(ref: np.ndarray, score: float) -> float:
+    """The share of reference scores at least ``score``, the row itself counted."""
+    return (1 + int((ref >= score - 1e-12).sum())) / (len(ref) + 1)
+
+
+def _band_scores(lps: Sequence[np.ndarray], log_grid: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Each true log price's distance outside its distribution's middle half, sorted."""
+    band = np.array([central_band(g, log_grid, 0.5) for g in lps])
+    return np.sort(np.maximum(np.maximum(band[:, 0] - y, y - band[:, 1]), 0.0))
 
 
 def _gate(d2: np.ndarray, ref: np.ndarray, tail: float | None = TYPICAL_TAIL) -> np.ndarray:

@@ -24,7 +24,8 @@ from productvlm.prompts import format_price
 PARTS = "parts"
 COLUMNS = ("rank", "row", "product_code", "title", "category", "listed_price",
            "predicted_price", "interval_low", "interval_high", "interval_level", "surprise",
-           "p_value", "flagged", "why", "in_training", "model_title", "model_category",
+           "p_value", "flagged", "why", "words_price", "words_low", "words_high",
+           "photo_surprise", "p_photo", "p_words", "in_training", "model_title", "model_category",
            "model_price", "category_prob", "confidence")
 MAX_CARDS = 200  # flagged products shown with their photos in audit.html
 
@@ -43,7 +44,10 @@ def _csv_row(rank: int, r: dict[str, Any]) -> list[Any]:
     return [rank, r["row"], r["product_code"], r["title"], r["category"], num(r["listed"]),
             num(r["predicted"]), num(r["low"]), num(r["high"]), num(r["level"]),
             num(r["surprise"], 4), num(r["p_value"], 4), _yes(r["flagged"]), r["why"],
-            _yes(r.get("in_training")), r["model_title"] or "", r["model_category"] or "",
+            num(r.get("words_price")), num(r.get("words_low")), num(r.get("words_high")),
+            num(r.get("photo_surprise"), 4), num(r.get("p_photo"), 4), num(r.get("p_words"), 4),
+            _yes(r.get("in_training")),
+            r["model_title"] or "", r["model_category"] or "",
             num(r["model_price"]), num(r["category_prob"], 4), num(r["confidence"], 4)]
 
 
@@ -112,12 +116,14 @@ def write_html(path: Path, ok: list[dict[str, Any]], summary: dict[str, Any]) ->
         img = (f'<img src="data:image/jpeg;base64,{r["thumb"]}" alt="">' if r.get("thumb")
                else "")
         seen = " · in training" if r.get("in_training") else ""
+        words = (f'<br>the words: {format_price(r["words_low"])}–'
+                 f'{format_price(r["words_high"])}' if r.get("words_low") is not None else "")
         cards.append(
             f'<figure>{img}<figcaption><b>{escape(r["title"])}</b><br>'
             f'{escape(r["category"])} · row {r["row"]}{seen}<br>'
-            f'listed <b class="bad">{format_price(r["listed"])}</b> · model '
-            f'{format_price(r["predicted"])} ({format_price(r["low"])}–'
-            f'{format_price(r["high"])})<br><small>{escape(r["why"])}</small>'
+            f'listed <b class="bad">{format_price(r["listed"])}</b> · expected '
+            f'{format_price(r["predicted"])}<br>the photo: {format_price(r["low"])}–'
+            f'{format_price(r["high"])}{words}<br><small>{escape(r["why"])}</small>'
             "</figcaption></figure>")
     known = summary.get("known_errors", {})
     table = "".join(
@@ -140,10 +146,11 @@ border-radius:6px;padding:6px}}figure img{{width:100%;border-radius:4px}}
 padding:3px 8px;text-align:right}}</style></head><body>
 <h1>Audit of {escape(str(summary['source']))}</h1>
 <p>{summary['audited']} of {summary['rows_in']} products audited ({summary['failed']} in
-failures.csv); <b>{summary['flagged']} flagged</b>: listed outside the model's
-{summary['flag_level']:.0%} interval for the photo and title. {summary['in_training']} were in
-the model's training split (their price was learned, right or wrong). Model:
-{escape(str(summary['model']))}.</p>
+failures.csv); <b>{summary['flagged']} flagged</b>: listed outside the
+{summary['flag_level']:.0%} range of what the photo and the listing's words together expect
+(each card shows the photo's and the words' own {summary['interval_level']:.0%} intervals).
+{summary['in_training']} were in the model's training split (their price was learned, right
+or wrong). Model: {escape(str(summary['model']))}.</p>
 <img src="{_histogram(ok)}" alt="surprise histogram">{known_html}
 <h2>Flagged products (most surprising first{', first ' + str(MAX_CARDS) if len(flagged) ==
 MAX_CARDS else ''})</h2>{''.join(cards) or '<p>none</p>'}

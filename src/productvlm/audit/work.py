@@ -132,10 +132,13 @@ def _judged(row: Row, pred: Prediction, cal: Any, cfg: Any,
             if sig.features is not None else None)
     unknown = ([w for w in title_words(r["title"]) if w not in trained.title_words]
                if trained is not None and trained.title_words else [])
-    v = judge(sig, r["listed"], cal, level=cfg.interval_level, flag_level=cfg.flag_level,
-              typicality=gate, unknown_words=unknown)
+    v = judge(sig, r["listed"], cal, title=r["title"], category=r["category"],
+              level=cfg.interval_level, flag_level=cfg.flag_level, typicality=gate,
+              unknown_words=unknown)
     r.update(predicted=v.predicted, low=v.low, high=v.high, level=cfg.interval_level,
              surprise=v.surprise, p_value=v.p_value, flagged=v.flagged, why=v.why,
+             words_price=v.words_price, words_low=v.words_low, words_high=v.words_high,
+             photo_surprise=v.photo_surprise, p_photo=v.p_photo, p_words=v.p_words,
              model_title=pred.title, model_category=pred.category,
              model_price=pred.price, category_prob=pred.category_prob,
              confidence=pred.confidence)

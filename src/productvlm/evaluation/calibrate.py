@@ -101,14 +101,17 @@ def fit_calibration(predictor: Any, train: Any, validation: Any, *,
                 answers.append(pred)
                 truths.append(ProductFields(row.data["title"], row.data["category"],
                                             float(row.data["price"])))
-            feats, cats, photos = [], [], []
+            feats, cats, photos, titles, prices = [], [], [], [], []
+            listings = train.select_columns(["title", "price"]).to_list()
             task = bar.add_task("image features of the training photos", total=len(train))
             for rows, images in _images(train, predictor.batch_size):
                 feats.append(predictor.image_features(images))
                 photos += [photo_stats(im) for im in images]
                 cats += [train_cats[i] for i in rows]
+                titles += [listings[i]["title"] for i in rows]
+                prices += [float(listings[i]["price"]) for i in rows]
                 bar.advance(task, len(rows))
     finally:
         model.train(was_training)
     return Calibration.fit(grid, signals, answers, truths, np.concatenate(feats), cats,
-                           np.stack(photos))
+                           np.stack(photos), (titles, prices))

@@ -164,7 +164,8 @@ def _audit_figures(rows: list[Any], source_rows: list[int | None], errors: dict[
               and r.prediction.signals.given_logprobs is not None]
     if not judged:
         return {}
-    verdicts = [judge(r.prediction.signals, r.truth.price, calibration) for r, _ in judged]
+    verdicts = [judge(r.prediction.signals, r.truth.price, calibration, title=r.truth.title,
+                      category=r.truth.category) for r, _ in judged]
     figures = mispricing_figures(
         [k for _, k in judged], [v.surprise or 0.0 for v in verdicts],
         [v.flagged for v in verdicts],

@@ -2,14 +2,18 @@
 known errors (what `productvlm audit` writes, and what `evaluate` adds where a split carries
 injected errors).
 
-A listed price is judged by the model's price distribution for the photo *with the listing's
-own title and category* (``Signals.given_logprobs``): the calibrated interval for that
-product, the surprise of the listed price (how far outside the distribution's middle half,
-in log price) and its conformal p-value among the validation rows' correct prices. A price
-is flagged when that p-value is at most ``1 - flag_level`` (default 99%: about 1% of correct
-prices are flagged, by construction; with ~100 validation rows, only prices further out than
-every validation price), unless the title has words no training title had (then the model
-cannot judge).
+A listed price is judged by everything the listing says: the model's price distribution for
+the photo *with the listing's own title and category* (``Signals.given_logprobs``), times the
+words' price model (productvlm.wordprice: a ridge on the title's words and the category,
+fitted on the training split, cross-fitted), as one distribution (``Calibration.listing``).
+The surprise of the listed price (how far outside that distribution's middle half, in log
+price) gets its conformal p-value among the validation rows' correct prices, scored the same
+way. A price is flagged when that p-value is at most ``1 - flag_level`` (default 99%: about
+1% of correct prices are flagged, by construction; with ~100 validation rows, only prices
+further out than every validation price), unless the title has words no training title had
+(then neither the model nor the words can judge). The verdict also carries each evidence on
+its own (the photo's interval and p-value, the words' interval and p-value), and ``why``
+names the ones that disagree with the price.
 
 >>> v = judge(prediction, listed=12900.0, calibration=cal)  # doctest: +SKIP
 >>> v.flagged, v.why  # doctest: +SKIP
@@ -31,6 +35,8 @@ from productvlm.prompts import format_price
 FLAG_LEVEL = 0.99
 #: typicality under which a verdict says that the photo is unlike the training photos
 JUDGE_TYPICALITY = 0.2
+#: an evidence whose own p-value is at most this "disagrees" with the price, in ``why``
+DISAGREES = 0.05
 #: The kinds of wrong listed prices an audit is scored on (``synth --mispricing-rate`` writes
 #: them to faults.csv): a decimal slip (x10 or /10), a price swapped with a product of
 #: another category, a moderate error (x0.6 or x1.5).
@@ -42,18 +48,25 @@ class Verdict:
     """What the model makes of one listed price."""
 
     predicted: float | None  # the median of the price distribution given the listing
-    low: float | None
+    low: float | None  # the photo's interval (the model's, after the listing's words)
     high: float | None
     surprise: float | None
     p_value: float | None
     flagged: bool
     why: str
+    words_price: float | None = None  # the words model's price and interval
+    words_low: float | None = None
+    words_high: float | None = None
+    photo_surprise: float | None = None  # the listed price's surprise by the photo alone
+    p_photo: float | None = None  # ... and its p-value
+    p_words: float | None = None  # ... by the words alone
 
 
-def judge(signals: Any, listed: float, calibration: Calibration, *, level: float = 0.8,
-          flag_level: float = FLAG_LEVEL, typicality: float | None = None,
-          unknown_words: Sequence[str] = ()) -> Verdict:
-    """The verdict on ``listed`` from a photo's signals (with ``given_logprobs``).
+def judge(signals: Any, listed: float, calibration: Calibration, *, title: str | None = None,
+          category: str | None = None, level: float = 0.8, flag_level: float = FLAG_LEVEL,
+          typicality: float | None = None, unknown_words: Sequence[str] = ()) -> Verdict:
+    """The verdict on ``listed`` from a photo's signals (with ``given_logprobs``) and, with
+    its ``title`` and ``category``, the listing's words.
 
     Not judged (no surprise, never flagged): a title with words no training title had
     (``unknown_words``): the model cannot know what "alligator" does to a price if it never
@@ -65,30 +78,55 @@ def judge(signals: Any, listed: float, calibration: Calibration, *, level: float
     if lp is None:
         return Verdict(None, None, None, None, None, False, "no answer to judge the price by")
     log_grid = calibration.log_grid
-    mid = math.exp(sum(central_band(lp, log_grid, 0.0)) / 2)
+    words = (calibration.words_price(title, category, listed, level)
+             if title is not None and category is not None else None)
+    both = calibration.listing(lp, words[0] if words else None)
+    mid = math.exp(sum(central_band(both, log_grid, 0.0)) / 2)
     low, high = calibration.given_interval(lp, level)
-    surprise, p_value = calibration.surprise(lp, listed)
+    surprise, p_value = calibration.surprise(both, listed)
+    s_photo, p_photo = calibration.surprise(lp, listed, scores="photo_scores")
     verdict = Verdict(round(mid, 2), round(low, 2), round(high, 2), round(surprise, 4),
-                      round(p_value, 4), False, "")
-    q1, q3 = (math.exp(x) for x in central_band(lp, log_grid, 0.5))
+                      round(p_value, 4), False, "", photo_surprise=round(s_photo, 4),
+                      p_photo=round(p_photo, 4))
+    if words is not None:
+        verdict.words_price = round(math.exp(words[0]), 2)
+        verdict.words_low, verdict.words_high = words[1], words[2]
+        verdict.p_words = round(words[3], 4) if words[3] is not None else None
+    q1, q3 = (math.exp(x) for x in central_band(both, log_grid, 0.5))
     band = f"its middle half {format_price(q1)}-{format_price(q3)}"
     if unknown_words:
-        words = ", ".join(f"'{w}'" for w in unknown_words[:3])
-        verdict.why = f"not judged: no training title had {words}"
-        verdict.surprise = verdict.p_value = None
+        words_ = ", ".join(f"'{w}'" for w in unknown_words[:3])
+        verdict.why = f"not judged: no training title had {words_}"
+        verdict.surprise = verdict.p_value = verdict.photo_surprise = None
     elif p_value > 1 - flag_level + 1e-9:
-        verdict.why = (f"within what the model expects (p={p_value:.2f})" if surprise == 0 else
+        verdict.why = (f"within what the photo and words expect (p={p_value:.2f})"
+                       if surprise == 0 else
                        f"{math.exp(surprise):.2f}x outside {band}, as some correct prices are "
                        f"(p={p_value:.2f})")
     else:
         verdict.flagged = True
         side = "above" if listed > q3 else "below"
         verdict.why = (f"listed {format_price(listed)} is {math.exp(surprise):.1f}x {side} "
-                       f"{band} for this photo and title: further out than any correct price "
-                       f"the model was calibrated on (p={p_value:.3f})")
+                       f"{band} for this photo and listing (p={p_value:.3f}): "
+                       f"{_evidence(verdict)}")
     if typicality is not None and typicality < JUDGE_TYPICALITY and not unknown_words:
         verdict.why += "; the photo is unlike the training photos: the title decided"
     return verdict
+
+
+def _evidence(v: Verdict) -> str:
+    """Which evidence disagrees with the listed price, in words."""
+    photo = v.p_photo is not None and v.p_photo <= DISAGREES
+    words = v.p_words is not None and v.p_words <= DISAGREES
+    what = ("the photo and the words both disagree" if photo and words else
+            "the photo disagrees" if photo else "the words disagree" if words else
+            "the photo and the words together disagree")
+    parts = [f"photo {format_price(v.low)}-{format_price(v.high)} (p={v.p_photo:.3f})"
+             if v.low is not None and v.p_photo is not None else ""]
+    if v.words_price is not None and v.p_words is not None:
+        parts.append(f"words {format_price(v.words_low)}-{format_price(v.words_high)} "
+                     f"(p={v.p_words:.3f})")
+    return f"{what} ({'; '.join(p for p in parts if p)})"
 
 
 def rule_scores(listed: Sequence[float], categories: Sequence[str]) -> np.ndarray:
