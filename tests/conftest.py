@@ -71,7 +71,7 @@ def _calibrated_run(root: Path, family: str = "phi3v") -> dict[str, Path]:
         save_tiny_family(family, run.merged, texts * 3, vocab_size=400, hidden_size=64,
                          layers=2, vision_hidden=32, vision_layers=2)
     run.config.write_text(yaml.safe_dump({"target_format": "seed", "num_crops": 1}))
-    run.write_labels(list(set(train["category"])), "USD")
+    run.write_labels(list(set(train["category"])), "USD", list(train["title"]))
     run.write_training_items(list(train["product_code"]), list(train["image_sha256"]),
                              list(train["title"]))
     predictor = Predictor.load(run.root, batch_size=8, max_new_tokens=48)

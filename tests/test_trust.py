@@ -34,7 +34,9 @@ def test_predictions_carry_an_interval_probability_and_confidence(
         assert p.raw == b.raw  # the answer text is the same with or without calibration
         assert p.interval_level == 0.9 and 0 < p.price_low <= p.price_high
         assert 0 <= p.category_prob <= 1 and 0 <= p.confidence <= 1
-        assert p.low_confidence == (p.confidence < predictor.low_confidence)
+        under = p.confidence < predictor.low_confidence
+        assert p.low_confidence == bool(p.doubt) and under <= p.low_confidence
+        assert under == ("confidence" in (p.doubt or ""))
         assert all(getattr(b, f) is None for f in FIELDS)
         assert set(FIELDS) <= set(p.to_dict()) and "signals" not in p.to_dict()
     wider = Predictor.load(calibrated_run["run"], batch_size=4, max_new_tokens=48,
@@ -108,3 +110,31 @@ def test_evaluate_reports_coverage_width_and_calibration(calibrated_run: dict[st
     assert "<h2>Calibration</h2>" in html and "interval held the true price" in html
     first = json.loads((tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()[0])
     assert first["uncertainty"]["price_low"] is not None
+
+
+def test_odd_pictures_are_doubted_and_no_answer_is_cut_mid_field(
+        calibrated_run: dict[str, Path]) -> None:
+    """Every kind of non-product is low_confidence and said to be unlike the training photos;
+    their answers parse whole (the title in the training titles' characters, a whole price),
+    and a price outside its own interval is never reported without saying so."""
+    from productvlm.rundir import RunDir
+    from productvlm.synth.nonproducts import KINDS, non_products
+
+    predictor = Predictor.load(calibrated_run["run"], batch_size=6, max_new_tokens=48)
+    alphabet, _ = RunDir(calibrated_run["run"]).read_title_shape()
+    pictures = non_products(2 * len(KINDS), seed=7)
+    for (kind, _), p in zip(pictures, predictor.predict([im for _, im in pictures]),
+                            strict=True):
+        assert p.ok and p.low_confidence, (kind, p)
+        assert "unlike the training photos" in p.doubt, (kind, p.doubt)
+        assert set(p.title) <= set(alphabet) | {" "}, p.title
+        assert p.raw.endswith(f"{p.price:,.2f}"), p.raw  # the price completed: "1,290.00"
+        if not p.price_low <= p.price <= p.price_high:
+            assert "outside its own 80% interval" in p.doubt
+
+
+def test_an_answer_cut_at_the_token_limit_is_marked(calibrated_run: dict[str, Path],
+                                                    photos: list[Any]) -> None:
+    short = Predictor.load(calibrated_run["run"], max_new_tokens=4, constrained=False)
+    for p in short.predict(photos[:2]):
+        assert not p.ok and "cut at max_new_tokens=4" in p.error, p

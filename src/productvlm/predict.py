@@ -138,7 +138,8 @@ def predict_files(cfg: PredictConfig) -> int:
                     if a.price_low is not None else "")
             conf = "" if a.confidence is None else f"{a.confidence:.0%}"
             note = (f"[red]{a.error}[/]" if a.error else
-                    "[yellow]low confidence: a guess[/]" if a.low_confidence else "")
+                    f"[yellow]low confidence, a guess: {a.doubt}[/]" if a.low_confidence
+                    else "")
             table.add_row(name, a.title or "", a.category or "", price, span, conf, note)
         Console(soft_wrap=False).print(table)
     if unread:

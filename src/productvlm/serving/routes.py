@@ -62,7 +62,10 @@ class ImageResult(BaseModel):
                                      "and the price within 25%; near 0 for a picture unlike "
                                      "the products the model was trained on")
     low_confidence: bool | None = Field(None, description="confidence under the server's "
-                                        "threshold: treat the answer as a guess")
+                                        "threshold, a picture unlike the training photos or "
+                                        "a price outside its own interval: treat the answer "
+                                        "as a guess")
+    doubt: str | None = Field(None, description="why the answer is low_confidence, in words")
     error: str | None = None
     limit: str | None = None
     status: int = 200

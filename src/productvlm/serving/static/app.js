@@ -104,7 +104,7 @@ function showTrust(card, r) {
   const pct = Math.round(100 * r.confidence);
   trust.querySelector("i").style.width = `${pct}%`;
   trust.querySelector(".trust-label").textContent = r.low_confidence
-    ? `Low confidence (${pct}%): treat this answer as a guess`
+    ? `Low confidence (${pct}%): treat this answer as a guess` + (r.doubt ? ` (${r.doubt})` : "")
     : `Confidence ${pct}%`;
   card.classList.toggle("low", Boolean(r.low_confidence));
 }
