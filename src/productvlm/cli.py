@@ -18,7 +18,9 @@ from productvlm.errors import ProductVLMError
 
 app = typer.Typer(
     name="productvlm",
-    help="Fine-tune a vision-language model to read product photos: title, category, price.",
+    help="Fine-tune a vision-language model to read product photos (title, category, price) "
+    "and audit a catalog's listed prices: synth, prepare, train, evaluate, predict, serve, "
+    "audit; demo runs the pipeline on CPU.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -28,7 +30,7 @@ err_console = Console(stderr=True)
 
 @app.callback()
 def _root() -> None:
-    """productvlm: synth -> prepare -> train -> evaluate -> predict / serve."""
+    """productvlm: synth -> prepare -> train -> evaluate -> predict / serve / audit."""
 
 
 @app.command()
