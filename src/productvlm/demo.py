@@ -2,18 +2,23 @@
 
 Usage:
     productvlm demo --out runs/demo
+    productvlm demo --catalog my-catalog.csv --preset simple --map image=photo_path
 
 synth (about 1,000 products) -> prepare -> a tokenizer trained on the catalog's text ->
 a tiny Phi-3-vision trained from scratch (same architecture and code path as the 4.2B
 model) -> evaluate on the test split -> report, with the figures printed beside the
-baselines and the targets. W&B logs offline unless you are logged in.
+baselines and the targets, and the training curves in ``train/curves.png``. W&B logs
+offline unless you are logged in.
 
-``--model-family qwen2_5_vl`` or ``smolvlm`` runs the same recipe on a tiny model of that
-family (transformers' own class, the family's tokenizer conventions and processor).
+``--catalog`` takes the user's own catalog instead of synth's (any source ``productvlm
+prepare`` reads, with its ``--preset`` and ``--map``), so the same recipe learns their
+products. ``--model-family qwen2_5_vl``, ``smolvlm`` or ``phi4mm`` runs the recipe on a tiny
+model of that family (transformers' own class, the family's tokenizer and processor).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +27,7 @@ from typing import Any, Literal
 import typer
 from pydantic import Field
 
-from productvlm.config import StageConfig, resolve_config, save_config
+from productvlm.config import StageConfig, parse_pairs, resolve_config, save_config
 from productvlm.errors import ProductVLMError
 
 #: the families the demo builds tiny models of (models/families.py's names)
@@ -31,7 +36,7 @@ DEMO_FAMILIES = ("phi3v", "qwen2_5_vl", "smolvlm", "phi4mm")
 
 class DemoConfig(StageConfig):
     """Sizes of the demo: a tiny Phi-3-vision (the 4.2B model's architecture and code path)
-    trained from scratch on a synth catalog, in under 10 minutes on 2 CPU cores.
+    trained from scratch on a synth catalog, in about 8 minutes on 2 CPU cores.
 
     The image side is warmed up alone first (training/vision_warmup.py), then the whole model
     is fine-tuned; every default was chosen by trial on another catalog than the demo's own,
@@ -39,6 +44,12 @@ class DemoConfig(StageConfig):
     """
 
     out: Path = Path("runs/demo")
+    catalog: str | None = Field(None, description="your own catalog instead of synth's: any "
+                                "source `productvlm prepare` reads")
+    preset: str | None = Field(None, description="--catalog's column preset (prepare's: "
+                               "burberry by default, simple, none)")
+    map: dict[str, str] = Field(default_factory=dict,
+                                description="--catalog's FIELD=COLUMN pairs over the preset")
     model_family: str = Field("phi3v", description="the tiny model's family: "
                               + ", ".join(DEMO_FAMILIES))
     n: int = Field(1000, ge=50, description="products in the sample catalog")
@@ -134,14 +145,22 @@ def demo(cfg: DemoConfig) -> DemoResult:
     started = time.perf_counter()
     save_config(cfg, cfg.out, name="demo-config.yaml")
 
-    console.rule("1/4 synth: a sample catalog with product photos")
-    cat = synth(cfg.out / "catalog", n=cfg.n, seed=cfg.seed, fault_rate=cfg.fault_rate,
-                overwrite=True)
-    console.rule("2/4 prepare: validate, fetch images, split")
-    prepare(str(cat.parquet), cfg.out / "prepared", preset="burberry", seed=cfg.seed)
+    if cfg.catalog is None:
+        console.rule("1/4 synth: a sample catalog with product photos")
+        cat = synth(cfg.out / "catalog", n=cfg.n, seed=cfg.seed, fault_rate=cfg.fault_rate,
+                    overwrite=True)
+        console.rule("2/4 prepare: validate, fetch images, split")
+        prepare(str(cat.parquet), cfg.out / "prepared", preset="burberry", seed=cfg.seed)
+    else:  # the user's catalog, read, checked and split by prepare itself (its errors too)
+        console.rule(f"1-2/4 prepare your catalog: {cfg.catalog}")
+        prepare(cfg.catalog, cfg.out / "prepared", cfg.preset, cfg.map or None, seed=cfg.seed)
 
     console.rule(f"3/4 train: a tiny {cfg.model_family} model from scratch")
     data = load_prepared(cfg.out / "prepared")
+    if "test" not in data or len(data["test"]) == 0:  # say so now, not after minutes of training
+        raise ProductVLMError(f"{cfg.out / 'prepared'}: the test split is empty "
+                              f"({len(data['train'])} training rows); the demo needs a few "
+                              "hundred products, a dozen or more per category")
     base = tiny_base_model(cfg, data["train"])
     steps_per_epoch = max(1, len(data["train"]) // cfg.batch_size)
     train_cfg = TrainConfig(
@@ -165,6 +184,9 @@ def demo(cfg: DemoConfig) -> DemoResult:
         train(train_cfg)
     finally:
         torch.set_num_threads(threads)
+    curves = plot_curves(cfg.out / "train" / "train_log.jsonl", cfg.out / "train" / "curves.png")
+    if curves is not None:
+        console.print(f"training curves: {curves}")
 
     console.rule("4/4 evaluate on the test split")
     result = evaluate(EvalConfig(model=str(cfg.out / "train"), data=cfg.out / "prepared",
@@ -176,6 +198,53 @@ def demo(cfg: DemoConfig) -> DemoResult:
     report = cfg.out / "eval" / "report.html"
     console.print(f"demo finished in {seconds / 60:.1f} min; report: {report}")
     return DemoResult(cfg.out, result.metrics, result.baselines, seconds, checks)
+
+
+#: the validation figures the training callback logs, as (log key, label) for the curves
+CURVE_METRICS = (("eval_gen_category_accuracy", "category accuracy"),
+                 ("eval_gen_title_token_f1", "title token F1"),
+                 ("eval_gen_parse_rate", "parse rate"))
+
+
+def plot_curves(log: Path, png: Path) -> Path | None:
+    """The training and validation loss, and the validation sample's answer figures, by
+    step, from a run's train_log.jsonl into ``png``: a loss curve without W&B. None when the
+    log has no loss to draw.
+
+    >>> plot_curves(Path("runs/demo/train/train_log.jsonl"), Path("curves.png"))  # doctest: +SKIP
+    """
+    from matplotlib.figure import Figure  # Agg through the Figure API: no display needed
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    if not log.is_file():
+        return None
+    entries = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+    def series(key: str) -> tuple[list[float], list[float]]:
+        # by step: the callback's answer figures are entries of their own, with no epoch
+        points = [(e["step"], e[key]) for e in entries if key in e and "step" in e]
+        return [p[0] for p in points], [p[1] for p in points]
+
+    if not series("loss")[0]:
+        return None
+    fig = Figure(figsize=(9, 3.4))
+    loss_ax, metric_ax = fig.subplots(1, 2)
+    for key, label in (("loss", "training loss"), ("eval_loss", "validation loss")):
+        loss_ax.plot(*series(key), marker="o" if key == "eval_loss" else None, label=label)
+    loss_ax.set(xlabel="step", ylabel="loss", yscale="log", title="loss")
+    # plain tick labels: the log axis's default 10^x ones go through mathtext, whose font
+    # search prints a warning per missing font on a bare machine
+    loss_ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    loss_ax.yaxis.set_minor_formatter(NullFormatter())
+    for key, label in CURVE_METRICS:
+        metric_ax.plot(*series(key), marker="o", label=label)
+    metric_ax.set(xlabel="step", ylim=(0, 1.02), title="validation sample's answers")
+    for ax in (loss_ax, metric_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=90)
+    return png
 
 
 def demo_checks(metrics: dict[str, Any], baselines: dict[str, dict[str, Any]]) -> dict[str, bool]:
@@ -197,19 +266,32 @@ def demo_checks(metrics: dict[str, Any], baselines: dict[str, dict[str, Any]]) -
 def register(app: typer.Typer) -> None:
     """Add the `demo` command."""
 
-    @app.command("demo")
+    @app.command("demo", context_settings={"allow_extra_args": True})
     def demo_command(
+        ctx: typer.Context,
         out: Path | None = typer.Option(None, help="output folder [default: runs/demo]"),
         n: int | None = typer.Option(None, help="products in the sample catalog"),
         epochs: float | None = typer.Option(None, help="training epochs"),
         report_to: str | None = typer.Option(None, help="wandb | none"),
         model_family: str | None = typer.Option(
-            None, "--model-family", help="phi3v (default), qwen2_5_vl or smolvlm"),
+            None, "--model-family", help="phi3v (default), qwen2_5_vl, smolvlm or phi4mm"),
+        catalog: str | None = typer.Option(
+            None, "--catalog", help="your own catalog instead of the sample one: .csv, "
+            ".jsonl, .parquet, a dataset folder or a Hugging Face dataset id"),
+        preset: str | None = typer.Option(
+            None, help="--catalog's column preset: burberry (default), simple, or none"),
+        map: list[str] | None = typer.Option(
+            None, "--map", help="--catalog's FIELD=COLUMN over the preset, e.g. "
+            "--map title=name price=list_price"),
         config: Path | None = typer.Option(None, "--config", "-c", help="YAML demo config"),
     ) -> None:
-        """Run the whole pipeline on a sample catalog on CPU, in minutes."""
-        cfg = resolve_config(DemoConfig, config, dict(out=out, n=n, epochs=epochs,
-                                                      report_to=report_to,
-                                                      model_family=model_family),
-                             section="demo")
+        """Run the whole pipeline on CPU in minutes: a tiny model trained from scratch on a
+        sample catalog (or on yours: --catalog), then evaluated."""
+        pairs = [*(map or []), *ctx.args]  # --map a=x b=y: b=y arrives as an extra argument
+        cfg = resolve_config(DemoConfig, config, dict(
+            out=out, n=n, epochs=epochs, report_to=report_to, model_family=model_family,
+            catalog=catalog, preset=preset, map=parse_pairs(pairs, "--map") or None),
+            section="demo")
+        if (cfg.map or cfg.preset) and cfg.catalog is None:
+            raise ProductVLMError("--map and --preset apply to --catalog: name your catalog")
         demo(cfg)
