@@ -8,8 +8,8 @@ that run across segment boundaries) and a SentencePiece-style "▁" BPE.
 from __future__ import annotations
 
 import json
-import re
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -140,6 +140,11 @@ def test_training_tokenization_is_allowed_step_by_step(tok: PreTrainedTokenizerF
         ("Product: Lola, Category: BAGS, Full Price: 2290.00", False),  # not grouped
         ("Product: Lola, Category: BAGS, Full Price: 22,90.00", False),
         ("Product: Lola, Category: BAGS, Full Price: 0.50", True),
+        # a title may not run into the next field: "Lola, Category: BAGS" is no title
+        ("Product: Lola, Category: BAGS, Category: BAGS, Full Price: 1.00", False),
+        ("Product: Lola, Category: BAGS, Full Price: 1,80000, Category: BAGS, Full Price: 1.00",
+         False),
+        ("Product: Lola, Category BAGS, Category: BAGS, Full Price: 1.00", True),
         ("Product: Lola Bag, Category: BELTS, Full Price: 2,290.00", False),  # unseen category
         ("Product: Lola\nBag, Category: BAGS, Full Price: 2,290.00", False),  # newline
         ("Product: , Category: BAGS, Full Price: 2,290.00", False),  # empty title
@@ -183,8 +188,8 @@ def test_tokens_spanning_a_boundary_are_allowed(tok: PreTrainedTokenizerFast) ->
     assert spanning and all(allowed[i] for i in spanning)  # " " + the title's first word
     newline = [i for i, s in enumerate(v.surfaces) if s and "\n" in s]
     assert not any(allowed[i] for i in newline)
-    # In the seed format the title may itself hold ", Category:", so check categories in
-    # JSON, where the title is closed: only category prefixes, or tokens running past one.
+    # In JSON the title is closed by its quote: after it, only category prefixes, or tokens
+    # running past one.
     g = AnswerGrammar(v, answer_template("json", CATEGORIES))
     allowed = g.allowed(g.consume(g.initial, '{"title": "Lola", "category":'), 60)
     ok = {s for i, s in enumerate(v.surfaces) if allowed[i]}
@@ -303,6 +308,7 @@ def test_no_field_is_cut_by_a_long_title(tok: PreTrainedTokenizerFast, fmt: str,
     parsed = parse_answer(text, fmt)
     assert ids[-1] == g.vocab.end_id and parsed.ok, text
     assert set(parsed.title) <= set(TITLE_ALPHABET) | {" "}, parsed.title
+    assert "Category:" not in parsed.title
     assert len(parsed.title) <= longest + max(len(s or "") for s in g.vocab.surfaces), text
     number = next(seg for seg in g.t if isinstance(seg, Number))
     assert number.reserve == PRICE_RESERVE and room and room[0] >= number.reserve + 1, text

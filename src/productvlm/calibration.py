@@ -25,13 +25,20 @@ A :class:`Calibration`, fitted on the validation split and stored in the run dir
 * an overall **confidence**: the chance that the answer's category is right and its price
   within 25% of the truth (a logistic regression on the validation split over the category
   probability and the answer's log-probability), times a typicality gate that goes to 0 for
-  pictures unlike every validation photo (the smallest Mahalanobis distance to a category's
-  mean, against the validation photos' distances);
+  pictures unlike every validation photo: the lower of two gates, the smallest Mahalanobis
+  distance of the image features to a category's mean and the Mahalanobis distance of the
+  picture's layout statistics (:mod:`productvlm.photostats`: plain border, compact
+  foreground, few long edges) to the training photos', each against the validation photos'
+  distances;
 * for an audit, the same price distribution read after the *catalog's* title and category
   (``given_logprobs``): an interval for the listed product (plain CQR, fitted on the
   validation rows with their own titles and categories) and the **surprise** of a listed
   price: how far it lies outside the distribution's middle half, in log price, with its
-  conformal p-value among the validation rows' correct prices.
+  conformal p-value among the validation rows' correct prices. The distribution judged is
+  the photo's times the listing's words' (:mod:`productvlm.wordprice`, a cross-fitted ridge
+  on the title's words and the category, fitted on the training split: a Gaussian in log
+  price with the validation residuals' spread, to the power :data:`WORDS_WEIGHT`), and the
+  validation scores are read the same way, so the level stays honest.
 
 Where each choice came from: docs/calibration.md (measured on three synth catalogs).
 

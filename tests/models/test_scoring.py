@@ -106,3 +106,26 @@ def test_pruning_follows_the_likely_beginnings_and_bounds_the_rest(tiny) -> None
         alike = torch.tensor([c[0] == a for c in cands])
         assert torch.allclose(pruned[alike], pruned[alike][0])  # shared evenly
         assert torch.logsumexp(pruned[alike], 0) >= torch.logsumexp(full[alike], 0), a
+
+
+def test_a_lead_running_through_another_groups_candidates_is_scored(tiny) -> None:
+    """One group's lead walks the nodes deep in another group's candidate (an answer whose
+    title ran on into "... Full Price: 1,8", the listing's candidates "1,800."): with
+    pruning, those nodes are still scored before the lead's later ones, and every score is
+    the plain forward pass's."""
+    model, processor = tiny
+    image = Image.new("RGB", (200, 200), (40, 40, 160))
+    prompt = render_prompt(processor.tokenizer)
+    batch = processor(text=[prompt], images=[[image]], return_tensors="pt")
+    out = model.generate(**batch, max_new_tokens=2, do_sample=False, use_cache=True,
+                         return_dict_in_generate=True, min_new_tokens=2)
+    keep = torch.zeros(1, out.cache.get_seq_length(), dtype=torch.bool)
+    keep[:, :batch["input_ids"].shape[1]] = True
+    root = [int(batch["input_ids"][0, -1])]
+    deep = [5, 6, 7, 8, 9]  # a candidate of the first group ...
+    groups = [[(root, [deep, [5, 11]]), (root + deep + [12], [[13], [14, 15]])]]  # ... a lead
+    got = score_continuations(model, out.cache, keep, groups, prune=9.0, probe=2)[0]
+    want = [naive(model, processor, image, [], c) for c in (deep, [5, 11])]
+    assert torch.allclose(got[0], torch.tensor(want), atol=1e-4)
+    want = [naive(model, processor, image, deep + [12], c) for c in ([13], [14, 15])]
+    assert torch.allclose(got[1], torch.tensor(want), atol=1e-4)

@@ -27,7 +27,9 @@ from productvlm.constrained.template import (
 )
 from productvlm.constrained.vocab import TokenVocab
 
-# ("L", seg, typed) | ("F", seg, n, in_escape) | ("N", seg, q, nonzero, n) | ("E", seg) | ("D",)
+# ("L", seg, typed) | ("F", seg, n, in_escape, m) | ("N", seg, q, nonzero, n) | ("E", seg) | ("D",)
+# (m: how much of the literal after a free text its last characters spell; at all of it the
+# text would run into the next field, which it may not)
 State = tuple
 DONE: State = ("D",)
 INF = 10**6
@@ -57,6 +59,9 @@ class AnswerGrammar:
     def __init__(self, vocab: TokenVocab, template: tuple[Segment, ...]) -> None:
         self.vocab = vocab
         self.t = tuple(self._spellable(seg) for seg in template)
+        # per free text, the literal it may not hold (it would run into the next field)
+        self._stops = {i: self._stop(i) for i, seg in enumerate(self.t) if isinstance(seg, Free)}
+        self._completing: dict[tuple[int, int], np.ndarray] = {}
         self._prefixes = {i: {o[:k] for o in seg.options for k in range(len(o) + 1)}
                           for i, seg in enumerate(self.t) if isinstance(seg, Lit)}
         self._need: dict[State, int] = {}
@@ -83,6 +88,20 @@ class AnswerGrammar:
             grammar = cls(vocab, tuple(smaller if seg is number else seg for seg in template))
         return grammar
 
+    def _stop(self, i: int) -> str | None:
+        nxt = self.t[i + 1] if i + 1 < len(self.t) else None
+        if isinstance(nxt, Lit) and len(nxt.options) == 1 and self.t[i].ok(nxt.options[0][0]):
+            return nxt.options[0]
+        return None  # JSON: the text cannot hold the closing quote anyway
+
+    def _progress(self, i: int, m: int, c: str) -> int:
+        """The new ``m`` of a free text after ``c`` (KMP over the short literal)."""
+        stop = self._stops[i]
+        if stop is None:
+            return 0
+        text = stop[:m] + c
+        return next(k for k in range(min(len(stop), m + 1), -1, -1) if text.endswith(stop[:k]))
+
     def _spellable(self, seg: Segment) -> Segment:
         if not isinstance(seg, Lit):
             return seg
@@ -106,7 +125,7 @@ class AnswerGrammar:
         if isinstance(seg, Lit):
             return ("L", i, "")
         if isinstance(seg, Free):
-            return ("F", i, 0, False)
+            return ("F", i, 0, False, 0)
         if isinstance(seg, Number):
             return ("N", i, "s", False, 0)
         return ("E", i)
@@ -137,10 +156,14 @@ class AnswerGrammar:
         if kind == "F":
             seg = self.t[i]
             if s[3]:  # the character after a backslash
-                return ("F", i, s[2] + 1, False) if c in '"\\/' else None
+                return ("F", i, s[2] + 1, False, 0) if c in '"\\/' else None
             if seg.json_escapes and c == "\\":
-                return ("F", i, s[2] + 1, True)
-            return ("F", i, s[2] + 1, False) if seg.ok(c) and (s[2] or not c.isspace()) else None
+                return ("F", i, s[2] + 1, True, 0)
+            if not seg.ok(c) or not (s[2] or not c.isspace()):
+                return None
+            m = self._progress(i, s[4], c)
+            stop = self._stops[i]
+            return None if stop is not None and m == len(stop) else ("F", i, s[2] + 1, False, m)
         if kind == "N":
             table = (JSON_NUM if self.t[i].json else SEED_NUM)[s[2]]
             digit = c in "0123456789"
@@ -175,7 +198,7 @@ class AnswerGrammar:
     def key(self, s: State) -> State:
         """What a state's allowed tokens depend on (drops free-text lengths)."""
         if s[0] == "F":
-            return ("F", s[1], s[2] == 0, s[2] < self.t[s[1]].max_chars, s[3])
+            return ("F", s[1], s[2] == 0, s[2] < self.t[s[1]].max_chars, s[3], s[4])
         if s[0] == "N":
             return ("N", s[1], s[2], s[3], s[4] < self.t[s[1]].max_chars)
         return s
@@ -228,6 +251,18 @@ class AnswerGrammar:
             if need < INF and (not must_shrink or need < self._need1(s)):
                 parts.exact[int(t)] = min(parts.exact.get(int(t), INF), need)
 
+    def _completes(self, i: int, m: int) -> np.ndarray:
+        """Ids of the tokens that would spell all of free text ``i``'s stop literal, from
+        progress ``m``."""
+        if (i, m) not in self._completing:
+            stop = self._stops[i]
+            assert stop is not None
+            head = stop[:m]
+            self._completing[(i, m)] = np.array(
+                [t for t, x in enumerate(self.vocab.surfaces) if x and stop in head + x],
+                dtype=np.int64)
+        return self._completing[(i, m)]
+
     def parts(self, s: State) -> _Parts:
         """What state ``s`` allows (cached by :meth:`key`)."""
         k = self.key(s)
@@ -254,12 +289,14 @@ class AnswerGrammar:
                 if isinstance(nxt, Free):  # vectorised: the rest is free text, not space-led
                     _, tail = v.class_runs(nxt)
                     cand = cand[tail[cand] >= v.lengths[cand] - n]
-                    cand = [t for t in cand if not v.surfaces[t][n].isspace()]
+                    stop = self._stops[i + 1]
+                    cand = [t for t in cand if not v.surfaces[t][n].isspace()
+                            and (stop is None or stop not in v.surfaces[t][n:])]
                     if cand:
                         if parts.bulk is None:
                             parts.bulk = np.zeros(len(v.surfaces), dtype=bool)
                         parts.bulk[cand] = True
-                        parts.bulk_need = self._need1(("F", i + 1, 1, False))
+                        parts.bulk_need = self._need1(("F", i + 1, 1, False, 0))
                 elif nxt is not None:
                     first = {c for c in "0123456789" if self.step(self.start(i + 1), c)}
                     if isinstance(nxt, Lit):
@@ -276,7 +313,9 @@ class AnswerGrammar:
             parts.bulk = (head == v.lengths) & (v.lengths > 0)
             if s[2] == 0:
                 parts.bulk &= self._nonspace
-            parts.bulk_need = self._need1(("F", i, 1, False))
+            if self._stops[i] is not None:
+                parts.bulk[self._completes(i, s[4])] = False
+            parts.bulk_need = self._need1(("F", i, 1, False, 0))
             if seg.json_escapes:
                 self._exact(parts, s, self._backslashed)
             if s[2] and isinstance(nxt, Lit):  # text + the start of the next literal

@@ -172,8 +172,10 @@ class _Tree:
         self._children: dict[tuple[int, int], int] = {}
         self._anc: np.ndarray | None = None
         self.paths: list[list[list[int]]] = []
+        self._lead_nodes: set[int] = {0}
         for lead, candidates in groups:
-            _, top = self._walk(0, lead[1:])
+            path, top = self._walk(0, lead[1:])
+            self._lead_nodes.update(path)
             self.paths.append([self._walk(top, cand)[0] for cand in candidates])
 
     def _walk(self, node: int, tokens: Sequence[int]) -> tuple[list[int], int]:
@@ -200,8 +202,13 @@ class _Tree:
         return self._anc
 
     def first_pass(self, probe: int) -> list[int]:
-        """The root, the leads and each candidate's first ``probe`` nodes (creation order)."""
+        """The root, the leads and each candidate's first ``probe`` nodes (creation order).
+
+        A lead node stays in even where it is also deep in another group's candidate (an
+        answer whose title ran on into "... Full Price: 1,8": the listing's candidates
+        "1,800." walk the same nodes), so every node's parent is scored before it."""
         skip = {n for paths in self.paths for path in paths for n in path[probe:]}
+        skip -= self._lead_nodes
         return [n for n in range(len(self.tokens)) if n not in skip]
 
     def second_pass(self, logp: dict[int, float], probe: int, prune: float) -> list[int]:

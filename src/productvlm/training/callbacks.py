@@ -95,10 +95,14 @@ class GenerationEvalCallback(TrainerCallback):
         from productvlm.inference.batch import Row, answer_rows
         from productvlm.prompts import ProductFields
 
+        from productvlm.rundir import RunDir
+
+        alphabet, longest = RunDir(self.cfg.out).read_title_shape()  # labels.json, if written
         predictor = Predictor(
             model=model, processor=self.processor, target_format=self.cfg.target_format,
             question=self.cfg.question, categories=self.categories,
             batch_size=args.per_device_eval_batch_size, max_new_tokens=MAX_NEW_TOKENS,
+            title_alphabet=alphabet, title_max_chars=longest,
         )
         was_training = model.training
         model.eval()

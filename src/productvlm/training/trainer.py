@@ -238,9 +238,11 @@ def _calibrate(model: Any, processor: Any, ds: Any, cfg: TrainConfig) -> None:
 
     run = RunDir(cfg.out)
     categories, _ = run.read_labels()
+    alphabet, longest = run.read_title_shape()
     predictor = Predictor(model, processor, target_format=cfg.target_format,
                           question=cfg.question, categories=categories,
-                          batch_size=cfg.batch_size)
+                          batch_size=cfg.batch_size, title_alphabet=alphabet,
+                          title_max_chars=longest)
     try:
         cal = fit_calibration(predictor, ds["train"], ds["validation"], progress=True)
     except ProductVLMError as e:
