@@ -94,7 +94,6 @@ class GenerationEvalCallback(TrainerCallback):
         from productvlm.inference import MAX_NEW_TOKENS, Predictor
         from productvlm.inference.batch import Row, answer_rows
         from productvlm.prompts import ProductFields
-
         from productvlm.rundir import RunDir
 
         alphabet, longest = RunDir(self.cfg.out).read_title_shape()  # labels.json, if written
