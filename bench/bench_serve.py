@@ -2,7 +2,7 @@
 
 Usage:
     .venv/bin/python bench/bench_serve.py                      # tiny random model, CPU
-    .venv/bin/python bench/bench_serve.py --model runs/demo --requests 128 --threads 4
+    .venv/bin/python bench/bench_serve.py --model runs/demo/train --requests 128 --threads 4
 
 It starts two `productvlm serve` subprocesses, batching on (--max-batch 16) and off
 (--max-batch 1), warms both up, then sends single-photo POST /v1/predict requests from 1, 4

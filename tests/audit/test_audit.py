@@ -133,6 +133,15 @@ def test_bad_inputs_are_one_line_errors(calibrated_run: dict[str, Path], tmp_pat
     shutil.rmtree(bare / "calibration")
     with pytest.raises(ProductVLMError, match="no calibration for audits"):
         audit(_config(calibrated_run, tmp_path / "o").model_copy(update={"model": str(bare)}))
+    with pytest.raises(ProductVLMError, match="no calibration there"):
+        audit(_config(calibrated_run, tmp_path / "o").model_copy(
+            update={"model": str(bare), "calibration": tmp_path}))
+    # evaluate's calibration, elsewhere, is passed by --calibration (here: the run's own)
+    elsewhere = tmp_path / "eval" / "calibration"
+    shutil.copytree(calibrated_run["run"] / "calibration", elsewhere)
+    cfg = _config(calibrated_run, tmp_path / "o3").model_copy(
+        update={"model": str(bare), "calibration": elsewhere, "limit": 6})
+    assert audit(cfg).is_file()
     res = subprocess.run([str(EXE), "audit", "--model", str(calibrated_run["run"]),
                           str(tmp_path / "nope.csv"), "--out", str(tmp_path / "o2")],
                          capture_output=True, text=True, env=ENV, timeout=300)

@@ -15,6 +15,8 @@ class AuditConfig(StageConfig):
     """What `productvlm audit` runs with; saved as config.yaml beside audit.csv."""
 
     model: str = Field(..., description="run directory (with its calibration/)")
+    calibration: Path | None = Field(None, description="a calibration folder other than the "
+                                     "run's calibration/ (evaluate's OUT/calibration)")
     source: str = Field(..., description="catalog: any source `prepare` reads")
     out: Path = Field(Path("runs/audit"), description="output folder")
     preset: str | None = Field("burberry", description="column preset: burberry, simple, none")

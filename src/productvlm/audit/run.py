@@ -65,7 +65,7 @@ def audit(cfg: AuditConfig) -> Path:
     cfg.out.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         save_config(cfg, cfg.out)
-    calibration = audit_calibration(cfg.model, info)
+    calibration = audit_calibration(cfg.model, info, cfg.calibration)
     parts = parts_of(cfg.out)
     done = parts.done()
     batches = plan([r.row for r in records], cfg.batch_size, done, rank, world)
@@ -91,16 +91,20 @@ def audit(cfg: AuditConfig) -> Path:
     return merge_and_write(cfg, rows_in, failures, calibration)
 
 
-def audit_calibration(model: str, info: Any) -> Any:
-    """The run's calibration, which an audit needs (its listed-price margins), or a one-line
-    error saying how to get one."""
+def audit_calibration(model: str, info: Any, folder: Path | None = None) -> Any:
+    """The run's calibration (or ``folder``), which an audit needs (its listed-price
+    margins), or a one-line error saying how to get one."""
     from productvlm.calibration import Calibration
 
-    folder = info.run.calibration if info.run else None
+    if folder is not None and not (folder / "calibration.json").is_file():
+        raise ProductVLMError(f"{folder}: no calibration there (calibration.json); pass the "
+                              "calibration/ folder that train or evaluate wrote")
+    folder = folder or (info.run.calibration if info.run else None)
     cal = Calibration.load(folder) if folder is not None and folder.is_dir() else None
     if cal is None or not cal.given_margins:
-        raise ProductVLMError(f"{model}: no calibration for audits in the run directory; "
-                              "run `productvlm evaluate` on it once to calibrate it")
+        raise ProductVLMError(f"{model}: no calibration for audits; calibrate it with "
+                              f"`productvlm evaluate --model {model} --data PREPARED --out "
+                              "EVAL`, then audit with --calibration EVAL/calibration")
     return cal
 
 
@@ -128,6 +132,8 @@ def register(app: typer.Typer) -> None:
         source: str = typer.Argument(..., help="catalog: .csv, .jsonl, .parquet, a dataset "
                                      "folder or a Hugging Face dataset id"),
         model: str = typer.Option(..., "--model", "-m", help="run directory"),
+        calibration: Path | None = typer.Option(None, help="calibration folder other than "
+                                                "the run's calibration/"),
         out: Path | None = typer.Option(None, "--out", "-o", help="output folder [runs/audit]"),
         preset: str | None = typer.Option(None, help="column preset: burberry, simple, none"),
         map: list[str] | None = typer.Option(None, "--map", help="FIELD=COLUMN over the preset"),
@@ -153,7 +159,7 @@ def register(app: typer.Typer) -> None:
         fetch = {k: str(v) for k, v in (("local_root", local_root), ("cache_dir", cache_dir))
                  if v is not None}
         cfg = resolve_config(AuditConfig, config, dict(
-            model=model, source=source, out=out, preset=preset,
+            model=model, calibration=calibration, source=source, out=out, preset=preset,
             map=parse_pairs(map, "--map") or None, source_split=source_split, limit=limit,
             batch_size=batch_size, interval_level=interval_level, flag_level=flag_level,
             faults=faults, device=device, precision=precision, hub_kernels=hub_kernels,

@@ -158,7 +158,7 @@ def family_for(model_type: str) -> Family:
 REMOTE_CODE_FORMATS = {
     "phi4mm": "Phi-4-multimodal's remote-code format (the Hub repo's main branch); load its "
               "transformers format (model_type phi4_multimodal; transformers' own tests use "
-              "revision refs/pr/70): huggingface-cli download microsoft/Phi-4-multimodal-"
+              "revision refs/pr/70): hf download microsoft/Phi-4-multimodal-"
               "instruct --revision refs/pr/70 --local-dir DIR, then --model DIR",
 }
 

@@ -309,7 +309,7 @@ def _merge_shipped_adapter(model: Any, base: str, sub: str) -> torch.nn.Module:
         except LocalEntryNotFoundError as err:  # offline, and not in the cache
             raise ProductVLMError(
                 f"{base}: cannot tell whether it ships {sub}/ (offline, not in the Hub cache); "
-                f"download the whole checkpoint (huggingface-cli download {base}) or point at "
+                f"download the whole checkpoint (hf download {base}) or point at "
                 "its folder") from err
     from peft import PeftModel
 
