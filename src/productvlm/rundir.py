@@ -122,25 +122,24 @@ class RunDir:
             labels["title_max_chars"] = max(len(t) for t in titles)
         self.labels.write_text(json.dumps(labels, indent=1))
 
-    def read_labels(self) -> tuple[list[str] | None, str | None]:
-        """(categories, currency) from labels.json; (None, None) when there is none."""
+    def _labels(self) -> dict[str, Any]:
+        """labels.json as a mapping ({} when there is none)."""
         if not self.labels.is_file():
-            return None, None
+            return {}
         try:
-            labels = json.loads(self.labels.read_text())
+            return json.loads(self.labels.read_text())
         except json.JSONDecodeError as e:
             raise ProductVLMError(f"{self.labels}: not valid JSON ({e})") from None
+
+    def read_labels(self) -> tuple[list[str] | None, str | None]:
+        """(categories, currency) from labels.json; (None, None) when there is none."""
+        labels = self._labels()
         return [str(c) for c in labels.get("categories") or []] or None, labels.get("currency")
 
     def read_title_shape(self) -> tuple[str | None, int | None]:
         """(characters, longest length) of the training titles; (None, None) for a run
         trained before labels.json had them."""
-        if not self.labels.is_file():
-            return None, None
-        try:
-            labels = json.loads(self.labels.read_text())
-        except json.JSONDecodeError as e:
-            raise ProductVLMError(f"{self.labels}: not valid JSON ({e})") from None
+        labels = self._labels()
         longest = labels.get("title_max_chars")
         return labels.get("title_alphabet") or None, int(longest) if longest else None
 
