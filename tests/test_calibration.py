@@ -94,9 +94,9 @@ def test_confidence_falls_for_a_picture_unlike_the_training_photos(fitted: Calib
 def test_surprise_of_a_listed_price(fitted: Calibration) -> None:
     sig = draw(np.random.default_rng(5), 1)[0][0]
     lo, hi = (math.exp(x) for x in central_band(sig.given_logprobs, fitted.log_grid, 0.5))
-    inside, p_inside = fitted.surprise(sig.given_logprobs, math.sqrt(lo * hi))
-    tenfold, p_far = fitted.surprise(sig.given_logprobs, hi * 10)
-    assert inside == 0.0 and p_inside == 1.0
+    inside, p_inside, photo = fitted.surprise(sig.given_logprobs, math.sqrt(lo * hi))
+    tenfold, p_far, _ = fitted.surprise(sig.given_logprobs, hi * 10)
+    assert inside == photo == 0.0 and p_inside == 1.0
     assert tenfold == pytest.approx(math.log(10), abs=1e-6) and p_far < 0.01
 
 

@@ -34,11 +34,11 @@ A :class:`Calibration`, fitted on the validation split and stored in the run dir
   (``given_logprobs``): an interval for the listed product (plain CQR, fitted on the
   validation rows with their own titles and categories) and the **surprise** of a listed
   price: how far it lies outside the distribution's middle half, in log price, with its
-  conformal p-value among the validation rows' correct prices. The distribution judged is
-  the photo's times the listing's words' (:mod:`productvlm.wordprice`, a cross-fitted ridge
-  on the title's words and the category, fitted on the training split: a Gaussian in log
-  price with the validation residuals' spread, to the power :data:`WORDS_WEIGHT`), and the
-  validation scores are read the same way, so the level stays honest.
+  conformal p-value among the validation rows' correct prices. With a words model
+  (:mod:`productvlm.wordprice`, a cross-fitted ridge on the title's words and the category,
+  fitted on the training split), the surprise adds the listed price's distance from the
+  words' price (both in log price, so no weight to tune), and the validation scores are read
+  the same way, so the level stays honest.
 
 Where each choice came from: docs/calibration.md (measured on three synth catalogs).
 
@@ -66,8 +66,6 @@ LEVELS = tuple(round(x, 2) for x in np.arange(0.50, 0.995, 0.01))
 USABLE_APE = 0.25  # a price within 25% of the truth counts as right, for the confidence
 TYPICAL_TAIL = 0.05  # photos stranger than all but this share of validation ones lose confidence
 PCA_DIMS = 64
-#: how much of the words' Gaussian a listing's judgment multiplies in (docs/calibration.md)
-WORDS_WEIGHT = 0.5
 FILE_JSON, FILE_ARRAYS = "calibration.json", "features.safetensors"
 
 
@@ -132,11 +130,8 @@ class Calibration:
     stats: dict[str, Any] = field(default_factory=dict)
     doubt_weight: float = 0.0  # lambda: how much the margin grows with category doubt
     given_margins: dict[float, float] = field(default_factory=dict)  # level -> Q, given listing
-    #: the listing's words as a price model (wordprice.py), fitted on the training split, and
-    #: how much of its Gaussian (sd ``words_sd``, log price) a listing's judgment multiplies in
+    #: the listing's words as a price model (wordprice.py), fitted on the training split
     words: WordPrice | None = None
-    words_sd: float = 0.0
-    words_weight: float = WORDS_WEIGHT
 
     # -- applying ------------------------------------------------------------------------
     @property
@@ -235,33 +230,32 @@ class Calibration:
         return _cents(lo), _cents(hi)
 
     def surprise(self, logprobs: np.ndarray, listed: float,
-                 scores: str = "given_scores") -> tuple[float, float]:
-        """(surprise, p-value) of a listed price given the listing's price distribution.
+                 words_log_price: float | None = None) -> tuple[float, float, float]:
+        """(surprise, p-value, the photo's own surprise) of a listed price.
 
-        The surprise is how far ``listed`` lies outside the distribution's middle half, in
-        log price (0 inside it; 0.69 is a factor of 2 beyond it); the p-value is the share of
-        validation rows whose correct price was at least as far out (with the row itself).
-        ``scores``: the validation scores of the same distribution: ``given_scores`` for the
-        photo and words together (:meth:`listing`), ``photo_scores`` for the photo's alone.
+        The photo's surprise is how far ``listed`` lies outside the listing's price
+        distribution's middle half, in log price (0 inside it; 0.69 is a factor of 2 beyond
+        it). With the words' log price, the surprise adds the listed price's distance from it
+        (the evidence of the photo and of the words, in one unit). The p-value is the share of
+        validation rows whose correct price was at least as surprising, scored the same way
+        (with the row itself).
         """
         lo, hi = central_band(logprobs, self.log_grid, 0.5)
         x = math.log(listed)
-        score = max(lo - x, x - hi, 0.0)
-        ref = self.arrays.get(scores)
+        photo = max(lo - x, x - hi, 0.0)
+        both = words_log_price is not None and "words_scores" in self.arrays
+        score = photo + abs(x - words_log_price) if both else photo
+        ref = self.arrays.get("given_scores" if both else "photo_scores")
         if ref is None:
             ref = self.arrays.get("given_scores")  # a calibration from before the words
         if ref is None:
             raise ProductVLMError("this calibration has no listing scores; calibrate again")
-        return score, _p_value(ref, score)
+        return score, _p_value(ref, score), photo
 
-    def listing(self, logprobs: np.ndarray, words_log_price: float | None) -> np.ndarray:
-        """The price distribution of a listing from its photo (``logprobs``, read after its
-        title and category) times its words' (a Gaussian around ``words_log_price``): what an
-        audit judges a listed price by. Without a words model: the photo's alone."""
-        if self.words is None or words_log_price is None or self.words_sd <= 0:
-            return logprobs
-        z = (self.log_grid - words_log_price) / self.words_sd
-        return logprobs - self.words_weight * 0.5 * z**2
+    def photo_p_value(self, photo_surprise: float) -> float:
+        """The p-value of the photo's own surprise among the validation rows'."""
+        ref = self.arrays.get("photo_scores", self.arrays.get("given_scores"))
+        return _p_value(ref, photo_surprise)
 
     def words_price(self, title: str, category: str, listed: float | None = None,
                     level: float = 0.8) -> tuple[float, float, float, float | None] | None:
@@ -294,8 +288,7 @@ class Calibration:
                 "confidence_intercept": self.confidence_intercept,
                 "doubt_weight": self.doubt_weight,
                 "given_margins": {f"{k:.2f}": v for k, v in self.given_margins.items()},
-                "stats": self.stats, "words_sd": self.words_sd,
-                "words_weight": self.words_weight}
+                "stats": self.stats}
         arrays = dict(self.arrays)
         if self.words is not None:
             meta["words"], words_arrays = self.words.to_parts()
@@ -327,8 +320,7 @@ class Calibration:
                        doubt_weight=float(meta.get("doubt_weight", 0.0)),
                        given_margins={float(k): float(v)
                                       for k, v in meta.get("given_margins", {}).items()},
-                       words=words, words_sd=float(meta.get("words_sd", 0.0)),
-                       words_weight=float(meta.get("words_weight", WORDS_WEIGHT)))
+                       words=words)
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ProductVLMError(f"{folder}: unreadable calibration ({e}); delete the folder "
                                   "and run `productvlm evaluate` to calibrate again") from None
@@ -425,10 +417,10 @@ class Calibration:
                 titles, prices = train_listings
                 cal.words = WordPrice.fit(titles, list(train_categories), prices)
                 mu = cal.words.predict([t.title for t in truths], [t.category for t in truths])
-                cal.words_sd = float(np.sqrt(np.mean((y - mu) ** 2)))
-                cal.arrays["words_scores"] = np.sort(np.abs(y - mu))
-                both = [cal.listing(g, m) for g, m in zip(given, mu, strict=True)]
-                cal.arrays["given_scores"] = _band_scores(both, log_grid, y)
+                words = np.abs(y - mu)
+                cal.arrays["words_scores"] = np.sort(words)
+                cal.arrays["given_scores"] = np.sort(_band_scores(given, log_grid, y, sort=False)
+                                                     + words)
         cal.stats = {"validation_rows": len(signals), "training_photos": len(x),
                      "doubt_weight": cal.doubt_weight,
                      "grid_size": len(grid), "usable_rate": round(float(np.mean(usable)), 4),
@@ -441,10 +433,12 @@ def _p_value(ref: np.ndarray, score: float) -> float:
     return (1 + int((ref >= score - 1e-12).sum())) / (len(ref) + 1)
 
 
-def _band_scores(lps: Sequence[np.ndarray], log_grid: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Each true log price's distance outside its distribution's middle half, sorted."""
+def _band_scores(lps: Sequence[np.ndarray], log_grid: np.ndarray, y: np.ndarray,
+                 sort: bool = True) -> np.ndarray:
+    """Each true log price's distance outside its distribution's middle half (sorted)."""
     band = np.array([central_band(g, log_grid, 0.5) for g in lps])
-    return np.sort(np.maximum(np.maximum(band[:, 0] - y, y - band[:, 1]), 0.0))
+    out = np.maximum(np.maximum(band[:, 0] - y, y - band[:, 1]), 0.0)
+    return np.sort(out) if sort else out
 
 
 def _gate(d2: np.ndarray, ref: np.ndarray, tail: float | None = TYPICAL_TAIL) -> np.ndarray:

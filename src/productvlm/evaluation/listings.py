@@ -3,12 +3,12 @@ known errors (what `productvlm audit` writes, and what `evaluate` adds where a s
 injected errors).
 
 A listed price is judged by everything the listing says: the model's price distribution for
-the photo *with the listing's own title and category* (``Signals.given_logprobs``), times the
+the photo *with the listing's own title and category* (``Signals.given_logprobs``) and the
 words' price model (productvlm.wordprice: a ridge on the title's words and the category,
-fitted on the training split, cross-fitted), as one distribution (``Calibration.listing``).
-The surprise of the listed price (how far outside that distribution's middle half, in log
-price) gets its conformal p-value among the validation rows' correct prices, scored the same
-way. A price is flagged when that p-value is at most ``1 - flag_level`` (default 99%: about
+fitted on the training split, cross-fitted). The surprise of the listed price (how far
+outside the photo's distribution's middle half, plus how far from the words' price, both in
+log price) gets its conformal p-value among the validation rows' correct prices, scored the
+same way. A price is flagged when that p-value is at most ``1 - flag_level`` (default 99%: about
 1% of correct prices are flagged, by construction; with ~100 validation rows, only prices
 further out than every validation price), unless the title has words no training title had
 (then neither the model nor the words can judge). The verdict also carries each evidence on
@@ -80,35 +80,34 @@ def judge(signals: Any, listed: float, calibration: Calibration, *, title: str |
     log_grid = calibration.log_grid
     words = (calibration.words_price(title, category, listed, level)
              if title is not None and category is not None else None)
-    both = calibration.listing(lp, words[0] if words else None)
-    mid = math.exp(sum(central_band(both, log_grid, 0.0)) / 2)
+    mid = math.exp(sum(central_band(lp, log_grid, 0.0)) / 2)
     low, high = calibration.given_interval(lp, level)
-    surprise, p_value = calibration.surprise(both, listed)
-    s_photo, p_photo = calibration.surprise(lp, listed, scores="photo_scores")
+    surprise, p_value, s_photo = calibration.surprise(lp, listed, words[0] if words else None)
     verdict = Verdict(round(mid, 2), round(low, 2), round(high, 2), round(surprise, 4),
                       round(p_value, 4), False, "", photo_surprise=round(s_photo, 4),
-                      p_photo=round(p_photo, 4))
+                      p_photo=round(calibration.photo_p_value(s_photo), 4))
     if words is not None:
         verdict.words_price = round(math.exp(words[0]), 2)
         verdict.words_low, verdict.words_high = words[1], words[2]
         verdict.p_words = round(words[3], 4) if words[3] is not None else None
-    q1, q3 = (math.exp(x) for x in central_band(both, log_grid, 0.5))
-    band = f"its middle half {format_price(q1)}-{format_price(q3)}"
+    q1, q3 = (math.exp(x) for x in central_band(lp, log_grid, 0.5))
+    band = f"the photo's middle half {format_price(q1)}-{format_price(q3)}"
+    off = (f" and {math.exp(surprise - s_photo):.2f}x from the words' "
+           f"{format_price(verdict.words_price)}" if verdict.words_price is not None else "")
     if unknown_words:
         words_ = ", ".join(f"'{w}'" for w in unknown_words[:3])
         verdict.why = f"not judged: no training title had {words_}"
         verdict.surprise = verdict.p_value = verdict.photo_surprise = None
     elif p_value > 1 - flag_level + 1e-9:
-        verdict.why = (f"within what the photo and words expect (p={p_value:.2f})"
+        verdict.why = (f"within what the photo and the words expect (p={p_value:.2f})"
                        if surprise == 0 else
-                       f"{math.exp(surprise):.2f}x outside {band}, as some correct prices are "
-                       f"(p={p_value:.2f})")
+                       f"{math.exp(s_photo):.2f}x outside {band}{off}, as some correct prices "
+                       f"are (p={p_value:.2f})")
     else:
         verdict.flagged = True
-        side = "above" if listed > q3 else "below"
-        verdict.why = (f"listed {format_price(listed)} is {math.exp(surprise):.1f}x {side} "
-                       f"{band} for this photo and listing (p={p_value:.3f}): "
-                       f"{_evidence(verdict)}")
+        verdict.why = (f"listed {format_price(listed)} is {math.exp(s_photo):.2f}x outside "
+                       f"{band}{off}: further out than any correct price the model was "
+                       f"calibrated on (p={p_value:.3f}); {_evidence(verdict)}")
     if typicality is not None and typicality < JUDGE_TYPICALITY and not unknown_words:
         verdict.why += "; the photo is unlike the training photos: the title decided"
     return verdict
