@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-SIDE = 96  # the statistics are read on a SIDE x SIDE thumbnail
-BORDER = 6  # pixels of the thumbnail's edge that make its border
+SIDE = 64  # the statistics are read on a SIDE x SIDE thumbnail
+BORDER = 4  # pixels of the thumbnail's edge that make its border
 FOREGROUND = 0.12  # a pixel this far (0-1, RGB distance) from the border colour is foreground
 EDGE = 0.08  # a luminance step this large between neighbours is an edge
 NAMES = ("border_std", "border_lum", "border_sat", "fg_share", "fg_box_share", "fg_fill",
@@ -34,7 +34,8 @@ def photo_stats(image: Image.Image) -> np.ndarray:
     >>> photo_stats(Image.new("RGB", (64, 64), (200, 10, 10)))[3]  # no foreground
     0.0
     """
-    small = image.convert("RGB").resize((SIDE, SIDE), Image.Resampling.BILINEAR)
+    small = image.convert("RGB").resize((SIDE, SIDE), Image.Resampling.BILINEAR,
+                                        reducing_gap=2.0)  # a box reduction first: 1 ms
     rgb = np.asarray(small, dtype=np.float64) / 255.0
     lum = rgb @ np.array([0.299, 0.587, 0.114])
     hi, lo = rgb.max(-1), rgb.min(-1)

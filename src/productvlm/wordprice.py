@@ -53,6 +53,8 @@ class WordPrice:
     keys: np.ndarray  # sorted listing_key of every training listing (int64)
     alpha: float
     stats: dict[str, Any] = field(default_factory=dict)
+    _index: dict[str, int] | None = field(default=None, repr=False, compare=False)
+    _seen: set[int] = field(default_factory=set, repr=False, compare=False)
 
     @staticmethod
     def _names(title: str, category: str) -> list[str]:
@@ -112,14 +114,18 @@ class WordPrice:
         return wp
 
     def predict(self, titles: Sequence[str], categories: Sequence[str]) -> np.ndarray:
-        """Log price of each listing, each from a model that did not see it."""
-        x = self._matrix(titles, categories)
-        keys = np.array([listing_key(t, c) for t, c in zip(titles, categories, strict=True)],
-                        dtype=np.int64)
-        seen = np.isin(keys, self.keys)
-        model = np.where(seen, 1 + keys % FOLDS, 0)
-        out = np.asarray(x @ self.coef.T)  # listings x models
-        return out[np.arange(len(keys)), model] + self.intercept[model]
+        """Log price of each listing, each from a model that did not see it (a few
+        microseconds a listing: an audit asks for one at a time)."""
+        if self._index is None:
+            self._index = {f: i for i, f in enumerate(self.features)}
+            self._seen = set(self.keys.tolist())
+        out = np.empty(len(titles))
+        for r, (t, c) in enumerate(zip(titles, categories, strict=True)):
+            key = listing_key(t, c)
+            model = 1 + key % FOLDS if key in self._seen else 0
+            idx = [self._index[n] for n in self._names(t, c) if n in self._index]
+            out[r] = self.coef[model, idx].sum() + self.intercept[model]
+        return out
 
     # -- storing (inside a calibration's files) ------------------------------------------
     def to_parts(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
