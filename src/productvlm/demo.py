@@ -195,6 +195,9 @@ def demo(cfg: DemoConfig) -> DemoResult:
     checks = demo_checks(result.metrics, result.baselines)
     for name, ok in checks.items():
         console.print(f"[{'green' if ok else 'red'}]{'PASS' if ok else 'MISS'}[/] {name}")
+        if not ok:
+            for line in miss_reasons(name, cfg.out / "eval" / "predictions.jsonl"):
+                console.print(f"     {line}", markup=False, highlight=False)
     report = cfg.out / "eval" / "report.html"
     console.print(f"demo finished in {seconds / 60:.1f} min; report: {report}")
     return DemoResult(cfg.out, result.metrics, result.baselines, seconds, checks)
@@ -245,6 +248,45 @@ def plot_curves(log: Path, png: Path) -> Path | None:
     fig.tight_layout()
     fig.savefig(png, dpi=90)
     return png
+
+
+def miss_reasons(check: str, predictions: Path, top: int = 3) -> list[str]:
+    """What makes a missed check, from evaluate's predictions.jsonl: the rows that make most
+    of the price MAPE, the categories most often mistaken, the worst titles, or the answers
+    that did not parse.
+
+    >>> miss_reasons("price MAPE ...", Path("runs/demo/eval/predictions.jsonl"))  # doctest: +SKIP
+    ['3 of 95 rows make 9.1 points of the MAPE:', "'Grey Silk Scarf' (SCARVES, 450.00) ..."]
+    """
+    if not predictions.is_file():
+        return []
+    rows = [json.loads(line) for line in predictions.read_text().splitlines() if line.strip()]
+    if not rows:
+        return []
+    said = lambda r: (f"'{r['truth']['title']}' ({r['truth']['category']}, "  # noqa: E731
+                      f"{r['truth']['price']:,.2f}) read as '{r['parsed']['title']}' "
+                      f"({r['parsed']['category']}, {r['parsed']['price'] or 0:,.2f})")
+    if check.startswith("price MAPE"):
+        apes = sorted((r["scores"]["price_ape"] or 0.0, i) for i, r in enumerate(rows))[::-1]
+        worst = apes[:top]
+        share = 100 * sum(a for a, _ in worst) / len(rows)
+        return [f"{len(worst)} of {len(rows)} rows make {share:.1f} points of the MAPE:",
+                *(said(rows[i]) for _, i in worst)]
+    if check.startswith("category accuracy"):
+        from collections import Counter
+
+        wrong = Counter((r["truth"]["category"], r["parsed"]["category"]) for r in rows
+                        if not r["scores"]["category_correct"])
+        return ["most often mistaken: " + "; ".join(
+            f"{t} read as {p} ({n}x)" for (t, p), n in wrong.most_common(top))] if wrong else []
+    if check.startswith("title"):
+        worst = sorted(rows, key=lambda r: r["scores"]["title_token_f1"])[:top]
+        return ["the titles furthest off:", *(said(r) for r in worst)]
+    if check.startswith("parse"):
+        bad = [r for r in rows if not r["ok"]]
+        return [f"{len(bad)} answers did not parse, e.g. {bad[0]['error']}: "
+                f"{bad[0]['answer']!r}"] if bad else []
+    return []
 
 
 def demo_checks(metrics: dict[str, Any], baselines: dict[str, dict[str, Any]]) -> dict[str, bool]:
