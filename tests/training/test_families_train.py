@@ -73,7 +73,8 @@ def test_lora_run_merges_predicts_and_serves(family_model, prepared, tmp_path) -
     merged = Predictor.load(out, max_new_tokens=32)
     adapted = Predictor(load_model(base, adapter=out / "adapter"),
                         load_processor(out / "processor"), categories=merged.categories,
-                        max_new_tokens=32)
+                        max_new_tokens=32, title_alphabet=merged.title_alphabet,
+                        title_max_chars=merged.title_max_chars)
     got = merged.predict(photos)
     assert [p.raw for p in got] == [p.raw for p in adapted.predict(photos)]
     assert all(p.ok and p.category in COLOURS for p in got)
