@@ -36,7 +36,7 @@ DEMO_FAMILIES = ("phi3v", "qwen2_5_vl", "smolvlm", "phi4mm")
 
 class DemoConfig(StageConfig):
     """Sizes of the demo: a tiny Phi-3-vision (the 4.2B model's architecture and code path)
-    trained from scratch on a synth catalog, in about 8 minutes on 2 CPU cores.
+    trained from scratch on a synth catalog, in about 5 minutes on 2 idle CPU cores.
 
     The image side is warmed up alone first (training/vision_warmup.py), then the whole model
     is fine-tuned; every default was chosen by trial on another catalog than the demo's own,
