@@ -55,7 +55,8 @@ from productvlm.rundir import RunDir  # noqa: E402
 from productvlm.synth.nonproducts import KINDS, non_products  # noqa: E402
 from productvlm.wordprice import WordPrice  # noqa: E402
 
-EXE = Path(sys.executable).with_name("productvlm")
+sys.path.insert(0, str(ROOT / "bench"))
+from bench_trust import EXE, unseen_catalog  # noqa: E402
 
 
 def calibrated(run: Path) -> tuple[Predictor, object]:
@@ -98,14 +99,7 @@ def baselines(ds: object, rows: list[dict]) -> dict[str, tuple[np.ndarray, np.nd
 
 
 def audit(run: Path, n: int, out: Path, ds: object) -> dict:
-    import yaml
-
-    seed = int(yaml.safe_load((run / "demo-config.yaml").read_text())["seed"])
-    cat = out / f"catalog-seed{seed + 10}"
-    if not (cat / "catalog.parquet").is_file():
-        subprocess.run([str(EXE), "synth", "--out", str(cat), "-n", str(n), "--seed",
-                        str(seed + 10), "--mispricing-rate", "0.05", "--overwrite"],
-                       check=True, capture_output=True)
+    cat = unseen_catalog(run, n, out)
     where = out / f"audit-{run.name}"
     shutil.rmtree(where, ignore_errors=True)  # an audit resumes from its parts otherwise
     subprocess.run([str(EXE), "audit", str(cat / "catalog.parquet"), "--model",

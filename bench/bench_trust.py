@@ -174,8 +174,9 @@ def cost(pred: Predictor, images: list) -> tuple[float, float]:
     return len(images) / plain, len(images) / audited
 
 
-def audit(run: Path, n: int, out: Path) -> dict:
-    """Audit a never-seen synth catalog (seed + 10) with 5% wrong listed prices."""
+def unseen_catalog(run: Path, n: int, out: Path) -> Path:
+    """A synth catalog the run never saw (its demo seed + 10) with 5% wrong listed prices,
+    made once under ``out``."""
     import yaml
 
     seed = int(yaml.safe_load((run / "demo-config.yaml").read_text())["seed"])
@@ -184,6 +185,12 @@ def audit(run: Path, n: int, out: Path) -> dict:
         subprocess.run([str(EXE), "synth", "--out", str(cat), "-n", str(n), "--seed",
                         str(seed + 10), "--mispricing-rate", "0.05", "--overwrite"],
                        check=True, capture_output=True)
+    return cat
+
+
+def audit(run: Path, n: int, out: Path) -> dict:
+    """Audit a never-seen synth catalog (seed + 10) with 5% wrong listed prices."""
+    cat = unseen_catalog(run, n, out)
     where = out / f"audit-{run.name}"
     t0 = time.perf_counter()
     subprocess.run([str(EXE), "audit", str(cat / "catalog.parquet"), "--model",

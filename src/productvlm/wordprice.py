@@ -60,33 +60,22 @@ class WordPrice:
     def _names(title: str, category: str) -> list[str]:
         return [f"w:{w}" for w in dict.fromkeys(title_words(title))] + [f"c:{category}"]
 
-    def _matrix(self, titles: Sequence[str], categories: Sequence[str]) -> Any:
-        from scipy.sparse import csr_matrix
-
-        index = {f: i for i, f in enumerate(self.features)}
-        rows, cols = [], []
-        for r, (t, c) in enumerate(zip(titles, categories, strict=True)):
-            for name in self._names(t, c):
-                if name in index:
-                    rows.append(r)
-                    cols.append(index[name])
-        return csr_matrix((np.ones(len(rows)), (rows, cols)),
-                          shape=(len(titles), len(self.features)))
-
     @classmethod
     def fit(cls, titles: Sequence[str], categories: Sequence[str],
             prices: Sequence[float]) -> WordPrice:
         """Fit the whole-split model and the cross-fitted ones (the penalty chosen by the
         out-of-fold error)."""
         from sklearn.linear_model import Ridge
+        from sklearn.preprocessing import MultiLabelBinarizer
 
-        names = sorted({n for t, c in zip(titles, categories, strict=True)
-                        for n in cls._names(t, c)})
-        keys = np.array([listing_key(t, c) for t, c in zip(titles, categories, strict=True)],
-                        dtype=np.int64)
+        pairs = list(zip(titles, categories, strict=True))
+        binarizer = MultiLabelBinarizer(sparse_output=True)  # one column a word or category
+        x = binarizer.fit_transform([cls._names(t, c) for t, c in pairs]).astype(np.float64)
+        names = [str(n) for n in binarizer.classes_]
+        keys = np.array([listing_key(t, c) for t, c in pairs], dtype=np.int64)
         wp = cls(names, np.zeros((FOLDS + 1, len(names))), np.zeros(FOLDS + 1),
                  np.unique(keys), ALPHAS[0])
-        x, y = wp._matrix(titles, categories), np.log(np.asarray(prices, dtype=np.float64))
+        y = np.log(np.asarray(prices, dtype=np.float64))
         group = keys % FOLDS
         best = None
         for alpha in ALPHAS:

@@ -38,6 +38,18 @@ def naive(model, processor, image, prefix_ids: list[int], cand: list[int]) -> fl
     return logp.gather(-1, torch.tensor(cand)[:, None]).sum().item()
 
 
+def _prompt_cache(model, processor, image) -> tuple:
+    """(generation output with its cache, the prompt's positions to keep, the root token)
+    for one photo: the prompt alone is the prefix the candidates follow."""
+    prompt = render_prompt(processor.tokenizer)
+    batch = processor(text=[prompt], images=[[image]], return_tensors="pt")
+    out = model.generate(**batch, max_new_tokens=2, do_sample=False, use_cache=True,
+                         return_dict_in_generate=True, min_new_tokens=2)
+    keep = torch.zeros(1, out.cache.get_seq_length(), dtype=torch.bool)
+    keep[:, :batch["input_ids"].shape[1]] = True
+    return out, keep, [int(batch["input_ids"][0, -1])]
+
+
 @pytest.mark.parametrize("matched", [5, 0])
 def test_packed_scores_equal_one_forward_per_candidate(tiny, matched: int) -> None:
     model, processor = tiny
@@ -80,13 +92,7 @@ def test_packed_scores_equal_one_forward_per_candidate(tiny, matched: int) -> No
 def test_pruning_follows_the_likely_beginnings_and_bounds_the_rest(tiny) -> None:
     model, processor = tiny
     image = Image.new("RGB", (200, 200), (90, 140, 40))
-    prompt = render_prompt(processor.tokenizer)
-    batch = processor(text=[prompt], images=[[image]], return_tensors="pt")
-    out = model.generate(**batch, max_new_tokens=2, do_sample=False, use_cache=True,
-                         return_dict_in_generate=True, min_new_tokens=2)
-    keep = torch.zeros(1, out.cache.get_seq_length(), dtype=torch.bool)
-    keep[:, :batch["input_ids"].shape[1]] = True
-    root = [int(batch["input_ids"][0, -1])]
+    out, keep, root = _prompt_cache(model, processor, image)
     cands = [[a, b, c] for a in (5, 6, 7) for b in (8, 9) for c in (10, 11)]
     full = score_continuations(model, out.cache, keep, [[(root, cands)]])[0][0]
     same = score_continuations(model, out.cache, keep, [[(root, cands)]], prune=1e9,
@@ -115,13 +121,7 @@ def test_a_lead_running_through_another_groups_candidates_is_scored(tiny) -> Non
     the plain forward pass's."""
     model, processor = tiny
     image = Image.new("RGB", (200, 200), (40, 40, 160))
-    prompt = render_prompt(processor.tokenizer)
-    batch = processor(text=[prompt], images=[[image]], return_tensors="pt")
-    out = model.generate(**batch, max_new_tokens=2, do_sample=False, use_cache=True,
-                         return_dict_in_generate=True, min_new_tokens=2)
-    keep = torch.zeros(1, out.cache.get_seq_length(), dtype=torch.bool)
-    keep[:, :batch["input_ids"].shape[1]] = True
-    root = [int(batch["input_ids"][0, -1])]
+    out, keep, root = _prompt_cache(model, processor, image)
     deep = [5, 6, 7, 8, 9]  # a candidate of the first group ...
     groups = [[(root, [deep, [5, 11]]), (root + deep + [12], [[13], [14, 15]])]]  # ... a lead
     got = score_continuations(model, out.cache, keep, groups, prune=9.0, probe=2)[0]
