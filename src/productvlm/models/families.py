@@ -62,6 +62,11 @@ class Family:
     merged_adapters: tuple[str, ...] = field(default=())
     # attention classes of the image encoder that transformers marks causal by mistake
     bidirectional: tuple[str, ...] = field(default=())
+    # the module (from the top model) whose ``get_rope_index`` gives multimodal rope
+    # positions, which a packed batch computes per sample ("": plain 1-D positions)
+    rope_index: str = ""
+    # image k of a prompt is token id -k (Phi-3-vision): a packed row renumbers them
+    numbered_image_tags: bool = False
 
 
 FAMILIES: dict[str, Family] = {
@@ -76,7 +81,7 @@ FAMILIES: dict[str, Family] = {
             tower=("model.vision_embed_tokens.img_processor",),
             vision_lora="",  # built from the config: only the CLIP layers that feed features
             text_model="model",
-            processor_options=("num_crops",), native=True,
+            processor_options=("num_crops",), native=True, numbered_image_tags=True,
         ),
         Family(
             name="qwen2_5_vl", title="Qwen2.5-VL / Qwen3-VL",
@@ -91,7 +96,7 @@ FAMILIES: dict[str, Family] = {
                          r"mlp\.(gate_proj|up_proj|down_proj|linear_fc1|linear_fc2))"
                          r"|model\.visual\.merger\.(mlp\.(0|2)|linear_fc1|linear_fc2)"),
             text_model="model.language_model",
-            processor_options=("min_pixels", "max_pixels"),
+            processor_options=("min_pixels", "max_pixels"), rope_index="model",
         ),
         Family(
             name="smolvlm", title="SmolVLM / SmolVLM2 (Idefics3)",

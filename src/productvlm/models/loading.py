@@ -212,7 +212,9 @@ def load_model(
             lora = LoraSpec(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                             vision=cfg.lora_vision)
         freeze_vision = cfg.freeze_vision
-        gradient_checkpointing = cfg.gradient_checkpointing
+        # "auto" is decided once the step's size is known (training/memory.py); the Trainer
+        # then turns it on
+        gradient_checkpointing = cfg.gradient_checkpointing is True
         attn_implementation = cfg.attn_implementation
         hub_kernels = cfg.hub_kernels
         # full fine-tuning keeps fp32 master weights (mixed precision does the bf16 compute)

@@ -54,11 +54,22 @@ class TrainConfig(StageConfig):
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="dropout on LoRA inputs")
     lora_vision: bool = Field(False, description="also put LoRA on the vision tower/projection")
     freeze_vision: bool = Field(True, description="keep the CLIP tower frozen (lora/full)")
-    gradient_checkpointing: bool = Field(True, description="recompute activations to save memory")
+    gradient_checkpointing: bool | Literal["auto"] = Field(
+        "auto", description="recompute each layer's activations in the backward pass (a third "
+        "more compute, far less memory); auto: only where the step's estimated activations do "
+        "not fit the device (training/memory.py)")
+    packing: bool | Literal["auto"] = Field(
+        "auto", description="train on the batch's rows packed into one sequence, without "
+        "padding (training/packing.py); auto: with the attention kernels that skip the other "
+        "samples' blocks (flash_attention_*, flex_attention)")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="auto: bf16 where the GPU has it, else fp32"
     )
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    attn_implementation: Literal["sdpa", "eager", "flex_attention", "flash_attention_2",
+                                 "flash_attention_3"] = Field(
+        "sdpa", description="the decoder's attention kernel; flex_attention (torch's, compiled "
+        "with Triton on a GPU) and flash_attention_* (the flash-attn package) compute only "
+        "each packed sample's own block")
     hub_kernels: HubKernels = False
 
     learning_rate: float = Field(2e-4, gt=0)

@@ -54,20 +54,32 @@ def _check_resume(cfg: TrainConfig) -> None:
         )
 
 
-def _trainer_class(vision_lr: float | None) -> type:
-    """transformers' Trainer, or one that gives the image side its own learning rate."""
+def _trainer_class(vision_lr: float | None, packing: bool) -> type:
+    """transformers' Trainer, giving the image side its own learning rate (``vision_lr``) and
+    packing each batch's rows into one sequence (``packing``, training/packing.py)."""
     from transformers import Trainer
 
     from productvlm.models.families import family_of, vision_param
+    from productvlm.training.packing import Packer
 
-    if vision_lr is None:
-        return Trainer
+    class ProductTrainer(Trainer):
+        _packer: Packer | None = None
 
-    class VisionLRTrainer(Trainer):
+        def compute_loss(self, model: Any, inputs: dict[str, Any], *args: Any,
+                         **kwargs: Any) -> Any:
+            # evaluation's loss comes through here too, so it is packed the same way
+            if packing:
+                if self._packer is None:
+                    self._packer = Packer(self.model)
+                inputs = self._packer(inputs)
+            return super().compute_loss(model, inputs, *args, **kwargs)
+
         # Each of Trainer's groups (decay / no decay) is split in two, so weight decay, the
         # schedule's warm-up and decay, and checkpoints of the optimizer all work as before.
         def create_optimizer(self, model: Any = None) -> Any:
             optimizer = super().create_optimizer(model)
+            if vision_lr is None:
+                return optimizer
             net = model or self.model
             base = net.get_base_model() if hasattr(net, "get_base_model") else net
             fam = family_of(base)
@@ -80,7 +92,7 @@ def _trainer_class(vision_lr: float | None) -> type:
                     optimizer.add_param_group({**extra, "params": moved, "lr": vision_lr})
             return optimizer
 
-    return VisionLRTrainer
+    return ProductTrainer
 
 
 def train(cfg: TrainConfig) -> TrainResult:
@@ -101,6 +113,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         ThroughputCallback,
     )
     from productvlm.training.collate import AUGMENT, VLMCollator
+    from productvlm.training.memory import plan_step, print_plan
     from productvlm.training.vision_warmup import warm_up_vision
 
     run = RunDir(cfg.out)
@@ -139,6 +152,9 @@ def train(cfg: TrainConfig) -> TrainResult:
                            resume=cfg.resume, should_stop=lambda: interrupt.fired)
     collator = VLMCollator(processor, cfg.target_format, cfg.question, cfg.max_length,
                              hflip=cfg.hflip, shift=cfg.shift)
+    plan = plan_step(model, collator, ds["train"], cfg, pick_device())
+    if is_main_process():
+        print_plan(plan)
 
     args = _training_arguments(
         output_dir=str(ckpt_dir),
@@ -165,7 +181,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         load_best_model_at_end=has_validation,
         metric_for_best_model="eval_loss",
         greater_is_better=False,
-        activation_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing=plan.checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False},
         dataloader_pin_memory=on_cuda,
         # without CUDA, say so: accelerate then runs torchrun's processes as MULTI_CPU (gloo)
@@ -183,7 +199,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     callbacks: list[Any] = [interrupt]
     if cfg.eval_samples and has_validation:
         callbacks.append(GenerationEvalCallback(processor, ds["validation"], cfg))
-    trainer = _trainer_class(cfg.vision_lr)(
+    trainer = _trainer_class(cfg.vision_lr, plan.packing)(
         model=model,
         args=args,
         train_dataset=(ds["train"].add_column(AUGMENT, [True] * len(ds["train"]))

@@ -1,0 +1,162 @@
+"""How a training step spends the device's memory: the activation estimate behind
+``gradient_checkpointing: auto``, and whether batches are packed (``packing: auto``).
+
+Gradient checkpointing recomputes every decoder layer's forward pass in the backward pass:
+about a third more compute, to keep one layer's activations instead of all of them. On a
+device with room for them all (an H200 holds a Phi-3-vision LoRA step of 8 photos at
+num_crops 16 several times over) that third is pure loss, so ``auto`` turns it on only when
+the estimated activations of the largest step do not fit.
+
+The estimate (what autograd keeps per token and decoder layer, after Korthikanti et al.,
+"Reducing Activation Recomputation in Large Transformer Models", 2022, for a gated MLP,
+grouped KV heads and a fused attention kernel that keeps no scores): the two norms' inputs
+and outputs (4h), q, k and v (h + 2kv), the attention output (h), the MLP's gate and up
+projections (2i), its activation and product (2i); LoRA with dropout adds the dropped input
+of each wrapped projection (3h + i). Besides the layers: the logits and their float32 loss
+(tokens x vocab x 10 bytes). The image tower is left out (frozen, or small beside the
+decoder). Checkpointed, a layer keeps only its input (h) and one layer at a time is whole.
+
+>>> est = ActivationEstimate(tokens=16_000, layers=32, hidden=3072, intermediate=8192,
+...                          kv=3072, vocab=32064, dtype_bytes=2, lora_dropout=True)
+>>> round(est.full() / 1e9, 1), round(est.checkpointed() / 1e9, 1)
+(92.1, 8.6)
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from productvlm.models.families import unwrap
+from productvlm.models.loading import mixed_precision
+from productvlm.training.packing import packing_pays
+
+#: the share of the device's memory a step may plan to use (allocator slack, fragmentation)
+HEADROOM = 0.85
+#: collated batches sampled from the training split to size a step
+SAMPLED_BATCHES = 8
+
+
+@dataclass(frozen=True)
+class ActivationEstimate:
+    """The activation memory of one training step (see the module's docstring)."""
+
+    tokens: int  # tokens computed in the step (padded or packed)
+    layers: int
+    hidden: int
+    intermediate: int
+    kv: int  # width of K (and of V): kv heads x head size
+    vocab: int
+    dtype_bytes: int
+    lora_dropout: bool
+
+    def per_token_layer(self) -> int:
+        h, i = self.hidden, self.intermediate
+        elements = 6 * h + 2 * self.kv + 4 * i + ((3 * h + i) if self.lora_dropout else 0)
+        return elements * self.dtype_bytes
+
+    def logits(self) -> int:
+        return self.tokens * self.vocab * 10
+
+    def full(self) -> int:
+        """Bytes kept for the backward pass without checkpointing."""
+        return self.tokens * self.layers * self.per_token_layer() + self.logits()
+
+    def checkpointed(self) -> int:
+        """Bytes with each layer recomputed: its inputs, one whole layer, the logits."""
+        inputs = self.tokens * self.layers * self.hidden * self.dtype_bytes
+        return inputs + self.tokens * self.per_token_layer() + self.logits()
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """What a training step does, decided once at start and printed."""
+
+    checkpointing: bool
+    packing: bool
+    message: str
+
+
+def sample_steps(collator: Any, rows: Any, batch_size: int) -> tuple[int, int]:
+    """(most real tokens, most padded tokens) of a step over :data:`SAMPLED_BATCHES` batches
+    of ``rows`` spread over the split (the collator writes them as training does)."""
+    n = len(rows)
+    starts = sorted({int(k * max(n - batch_size, 0) / max(SAMPLED_BATCHES - 1, 1))
+                     for k in range(SAMPLED_BATCHES)})
+    real = padded = 0
+    for start in starts:
+        batch = collator([rows[j] for j in range(start, min(start + batch_size, n))])
+        mask = batch["attention_mask"]
+        real, padded = max(real, int(mask.sum())), max(padded, int(mask.numel()))
+    return real, padded
+
+
+def device_memory(device: torch.device) -> tuple[int, str]:
+    """(bytes the step may use on ``device``, what they are), before the model's own."""
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        return total, f"{torch.cuda.get_device_name(device)}'s {total / 1e9:.0f} GB"
+    import psutil
+
+    free = psutil.virtual_memory().available
+    return free, f"{free / 1e9:.0f} GB of free RAM"
+
+
+def plan_step(model: Any, collator: Any, rows: Any, cfg: Any, device: torch.device) -> StepPlan:
+    """Resolve ``cfg.gradient_checkpointing`` and ``cfg.packing`` (either may be ``"auto"``)
+    for ``model`` training on ``rows``; the plan's message says what was decided from what.
+
+    >>> plan = plan_step(model, collator, ds["train"], cfg, torch.device("cuda"))  # doctest: +SKIP
+    >>> print(plan.message)  # doctest: +SKIP
+    """
+    attn = str(cfg.attn_implementation)
+    packing = packing_pays(attn) if cfg.packing == "auto" else bool(cfg.packing)
+    if cfg.gradient_checkpointing != "auto" and cfg.packing != "auto":
+        checkpointing = bool(cfg.gradient_checkpointing)
+        return StepPlan(checkpointing, packing, f"step: packing {_on(packing)} ({attn}), "
+                        f"gradient checkpointing {_on(checkpointing)}, as the config sets")
+    real, padded = sample_steps(collator, rows, cfg.batch_size)
+    tokens = real if packing else padded
+    text = unwrap(model).config.get_text_config()
+    heads = text.num_attention_heads
+    head = getattr(text, "head_dim", None) or text.hidden_size // heads
+    params = list(model.parameters())
+    est = ActivationEstimate(
+        tokens=tokens, layers=text.num_hidden_layers, hidden=text.hidden_size,
+        intermediate=text.intermediate_size,
+        kv=(getattr(text, "num_key_value_heads", None) or heads) * head,
+        vocab=text.vocab_size, dtype_bytes=2 if any(mixed_precision(cfg.precision)) or (
+            unwrap(model).dtype in (torch.bfloat16, torch.float16)) else 4,
+        lora_dropout=cfg.mode != "full" and cfg.lora_dropout > 0)
+    weights = sum(p.numel() * p.element_size() for p in params)
+    optimizer = 16 * sum(p.numel() for p in params if p.requires_grad)  # AdamW: fp32 m, v, grad
+    memory, what = device_memory(device)
+    room = HEADROOM * memory - (weights + optimizer if device.type == "cuda" else optimizer)
+    checkpointing = (est.full() > room if cfg.gradient_checkpointing == "auto"
+                     else bool(cfg.gradient_checkpointing))
+    fits = max(int(room // (est.full() / cfg.batch_size)), 0)
+    message = (
+        f"step: batch {cfg.batch_size}, {real:,} tokens ({padded:,} padded) -> "
+        f"packing {_on(packing)} ({attn}); activations ~{est.full() / 1e9:.1f} GB "
+        f"({est.checkpointed() / 1e9:.1f} GB checkpointed; {est.layers} layers x {est.hidden} "
+        f"wide, {est.dtype_bytes}-byte) against ~{room / 1e9:.1f} GB left of {what} after "
+        f"weights and optimizer ({(weights + optimizer) / 1e9:.1f} GB) -> gradient "
+        f"checkpointing {_on(checkpointing)}; about {fits} photos a step fit "
+        "without it")
+    return StepPlan(checkpointing, packing, message)
+
+
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
+def print_plan(plan: StepPlan) -> None:
+    """The plan's message on stderr (where the Trainer's own notes go)."""
+    print(plan.message, file=sys.stderr)
+
+
+__all__ = ["ActivationEstimate", "HEADROOM", "StepPlan", "device_memory", "plan_step",
+           "print_plan", "sample_steps"]
