@@ -230,7 +230,7 @@ def test_vision_lr_gives_the_image_side_its_own_rate(tmp_path) -> None:
     model = tiny_model()
     args = TrainingArguments(output_dir=str(tmp_path), learning_rate=1e-3, weight_decay=0.01,
                              use_cpu=True, report_to=[])
-    optimizer = _trainer_class(5e-3)(model=model, args=args).create_optimizer()
+    optimizer = _trainer_class(5e-3, packing=False)(model=model, args=args).create_optimizer()
     groups = [(g["lr"], g["weight_decay"], p) for g in optimizer.param_groups for p in g["params"]]
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     assert sorted(id(p) for *_, p in groups) == sorted(id(p) for p in trainable.values())
