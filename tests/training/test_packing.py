@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from productvlm.errors import ProductVLMError
 from productvlm.models.families import family_of
 from productvlm.models.loading import LoraSpec, load_model
 from productvlm.models.phi3v.tiny import save_tiny_model, tiny_config
@@ -225,10 +226,42 @@ def test_checkpointing_auto_follows_the_estimate(base_model, varied, monkeypatch
     assert not plans[100.0].packing  # sdpa: a packed row's dense mask costs more than padding
     assert f"{padded:,} padded" in plans[100.0].message
     assert "gradient checkpointing off" in plans[100.0].message
-    flex = memory.plan_step(model, collator, rows, cfg.model_copy(
-        update={"attn_implementation": "flex_attention"}), torch.device("cpu"))
-    assert flex.packing and f"{real:,} tokens" in flex.message
+    flash = memory.plan_step(model, collator, rows, cfg.model_copy(
+        update={"attn_implementation": "flash_attention_2"}), torch.device("cpu"))
+    assert flash.packing and f"{real:,} tokens" in flash.message
+    with pytest.raises(ProductVLMError, match="flex_attention trains only on a GPU"):
+        memory.plan_step(model, collator, rows, cfg.model_copy(
+            update={"attn_implementation": "flex_attention"}), torch.device("cpu"))
     fixed = memory.plan_step(model, collator, rows, cfg.model_copy(
         update={"gradient_checkpointing": True, "packing": False}), torch.device("cpu"))
     assert (fixed.checkpointing, fixed.packing) == (True, False)
     assert "as the config sets" in fixed.message
+
+
+@pytest.mark.parametrize("name", [
+    "phi3v",
+    # each compiles its own flex kernels (~20 s on 2 cores): the default run keeps one
+    pytest.param("smolvlm", marks=pytest.mark.slow),
+    pytest.param("phi4mm", marks=pytest.mark.slow),
+])
+def test_flex_attention_on_a_packed_batch_gives_the_padded_loss(name, tmp_path) -> None:
+    """torch's flex attention (the kernel that computes only each sample's block; compiled by
+    inductor, on the CPU here) on the packed batch: the loss of SDPA on the padded one. Its
+    backward runs only on a GPU (bench/gpu_check.py compares the losses there)."""
+    folder = _folder(name, tmp_path)
+    batch = VLMCollator(load_processor(folder))(
+        [{"title": t, "category": c, "price": p, "image": Image.new("RGB", size, colour)}
+         for t, c, p, size, colour in ROWS])
+    losses = []
+    for attn in ("sdpa", "flex_attention"):
+        model = load_model(folder, dtype=torch.float32, attn_implementation=attn).eval()
+        with torch.no_grad():
+            losses.append(model(**(Packer(model)(batch) if attn != "sdpa" else batch)).loss)
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+
+
+def test_a_kernel_the_family_does_not_take_is_a_one_line_error(tmp_path) -> None:
+    folder = _folder("qwen2_5_vl", tmp_path)
+    with pytest.raises(ProductVLMError, match=r"flex_attention.*use sdpa$") as err:
+        load_model(folder, attn_implementation="flex_attention")
+    assert "\n" not in str(err.value)

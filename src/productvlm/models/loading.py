@@ -255,6 +255,11 @@ def load_model(
             model = getattr(transformers, fam.auto_class).from_pretrained(base, **kwargs)
     except ImportError as err:  # e.g. flash_attention_2 requested but not installed
         raise ProductVLMError(f"cannot load {base} with {attn_implementation}: {err}") from err
+    except ValueError as err:  # an attention kernel the architecture does not take
+        if attn_implementation not in str(err):
+            raise
+        raise ProductVLMError(f"cannot load {base} with {attn_implementation}: "
+                              f"{str(err).split('. ')[0]}; use sdpa") from None
     except OSError as err:
         raise ProductVLMError(f"cannot load model weights from {base}: {err}") from err
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from productvlm.errors import ProductVLMError
 from productvlm.models.families import unwrap
 from productvlm.models.loading import mixed_precision
 from productvlm.training.packing import packing_pays
@@ -113,6 +114,9 @@ def plan_step(model: Any, collator: Any, rows: Any, cfg: Any, device: torch.devi
     >>> print(plan.message)  # doctest: +SKIP
     """
     attn = str(cfg.attn_implementation)
+    if attn == "flex_attention" and device.type != "cuda":
+        raise ProductVLMError("attn_implementation flex_attention trains only on a GPU (torch "
+                              "has no CPU backward for it); use sdpa on the CPU")
     packing = packing_pays(attn) if cfg.packing == "auto" else bool(cfg.packing)
     if cfg.gradient_checkpointing != "auto" and cfg.packing != "auto":
         checkpointing = bool(cfg.gradient_checkpointing)
