@@ -1,11 +1,18 @@
 """Training throughput: `productvlm train` (Trainer path) against a bare PyTorch loop.
 
 Usage: .venv/bin/python bench/bench_train.py [--n 240] [--steps 30] [--batch 8]
+       .venv/bin/python bench/bench_train.py --packing [--n 240] [--batch 8]
 
 Same tiny Phi-3-vision, same prepared data, same collator, batch and optimizer (AdamW, constant
 lr, full fine-tuning, no evaluation, no checkpoints), measured in the same run. Prints
 samples/s of each and the ratio; target: the Trainer path within 10% of the bare loop.
 Also prints the wall time and peak memory of the whole training call.
+
+--packing: what padding-free batches (training/packing.py) save on the demo's catalog: the
+tokens computed per photo packed and padded over the training split's batches at num_crops
+1, 4 and 16, and the demo's tiny model's step time (forward, backward, AdamW) padded
+against packed, both with SDPA (on a CPU flex attention has no backward; the GPU's figures
+come from bench/gpu_check.sh), in the same run.
 """
 
 from __future__ import annotations
@@ -84,13 +91,62 @@ def trainer_path(data: Path, model_dir: Path, out: Path, steps: int, batch: int,
     return sum(rates) / len(rates), wall
 
 
+def packing_figures(data: Path, model_dir: Path, batch: int, steps: int, warmup: int) -> None:
+    """Tokens per photo packed vs padded at num_crops 1/4/16; step time padded vs packed."""
+    from productvlm.models.loading import load_model
+    from productvlm.models.processors import load_processor
+    from productvlm.prepared import load_prepared
+    from productvlm.training.collate import VLMCollator
+    from productvlm.training.packing import Packer, tokens_per_step
+
+    rows = list(load_prepared(data)["train"])
+    cut = [rows[i:i + batch] for i in range(0, len(rows) - batch + 1, batch)]
+    for crops in (1, 4, 16):
+        collate = VLMCollator(load_processor(model_dir, num_crops=crops), max_length=8192)
+        real = padded = 0
+        for chunk in cut:
+            r, p = tokens_per_step(collate(chunk))
+            real, padded = real + r, padded + p
+        n = len(cut) * batch
+        print(f"num_crops {crops:2d}, batch {batch}: {real / n:7.1f} tokens/photo packed, "
+              f"{padded / n:7.1f} padded: padding is {1 - real / padded:.1%} of the work")
+    collate = VLMCollator(load_processor(model_dir, num_crops=4), max_length=8192)
+    batches = [collate(chunk) for chunk in cut[:steps]]
+    model = load_model(model_dir, dtype="fp32").train()
+    packer = Packer(model)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+
+    def seconds(packed: bool) -> float:
+        total = 0.0
+        for i, b in enumerate(batches[:warmup] + batches):
+            t0 = time.perf_counter()
+            model(**(packer(b) if packed else b)).loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            total += (time.perf_counter() - t0) * (i >= warmup)
+        return total / len(batches)
+
+    padded_s, packed_s = seconds(False), seconds(True)
+    print(f"tiny model step, num_crops 4, batch {batch}, SDPA: padded {padded_s * 1e3:.0f} ms, "
+          f"packed {packed_s * 1e3:.0f} ms: packed / padded {packed_s / padded_s:.2f} (SDPA's "
+          "mask is dense over a packed row; packing: auto packs only with flash/flex kernels)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=240)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--packing", action="store_true", help="the packing figures instead")
     args = ap.parse_args()
+    if args.packing:
+        with tempfile.TemporaryDirectory() as tmp:
+            data, model_dir = make_data(Path(tmp), args.n)
+            print(f"torch threads: {torch.get_num_threads()}; the demo's catalog ({args.n} "
+                  "products) and tiny model")
+            packing_figures(data, model_dir, args.batch, args.steps, args.warmup)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         data, model_dir = make_data(Path(tmp), args.n)
         bare = bare_loop(data, model_dir, args.steps, args.batch, args.warmup)
