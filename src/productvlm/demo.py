@@ -74,6 +74,10 @@ class DemoConfig(StageConfig):
     hflip: float = Field(0.5, ge=0, le=1, description="chance of mirroring a training photo")
     threads: int = Field(1, ge=1, description="torch compute threads while training")
     num_workers: int = Field(1, ge=0, description="data loader processes (image work)")
+    device: Literal["cpu", "auto", "cuda"] = Field(
+        "cpu", description="where the tiny model trains and answers; cpu even on a GPU "
+        "machine: a model this small is bound by the time of each of its many small steps, "
+        "which a GPU does not shorten (docs/gpu.md)")
     report_to: str = "wandb"
 
 
@@ -172,7 +176,7 @@ def demo(cfg: DemoConfig) -> DemoResult:
         save_total_limit=2, eval_samples=32, seed=cfg.seed, report_to=cfg.report_to,
         num_workers=cfg.num_workers, hflip=cfg.hflip, vision_lr=cfg.vision_lr,
         vision_warmup_epochs=cfg.vision_warmup_epochs, vision_warmup_lr=cfg.vision_warmup_lr,
-        run_name="demo",
+        run_name="demo", device=cfg.device,
     )
     # One compute thread plus one loader process keeps both cores busy; two OpenMP threads
     # on a tiny model spin against each other (and against anything else running) instead.
@@ -190,7 +194,8 @@ def demo(cfg: DemoConfig) -> DemoResult:
 
     console.rule("4/4 evaluate on the test split")
     result = evaluate(EvalConfig(model=str(cfg.out / "train"), data=cfg.out / "prepared",
-                                 split="test", out=cfg.out / "eval", report_to=cfg.report_to))
+                                 split="test", out=cfg.out / "eval", report_to=cfg.report_to,
+                                 device=cfg.device))
     seconds = time.perf_counter() - started
     checks = demo_checks(result.metrics, result.baselines)
     for name, ok in checks.items():
@@ -325,6 +330,9 @@ def register(app: typer.Typer) -> None:
         map: list[str] | None = typer.Option(
             None, "--map", help="--catalog's FIELD=COLUMN over the preset, e.g. "
             "--map title=name price=list_price"),
+        device: str | None = typer.Option(None, help="cpu (default: the tiny model is "
+                                          "latency-bound, a GPU does not speed it up), auto "
+                                          "or cuda"),
         config: Path | None = typer.Option(None, "--config", "-c", help="YAML demo config"),
     ) -> None:
         """Run the whole pipeline on CPU in minutes: a tiny model trained from scratch on a
@@ -332,7 +340,8 @@ def register(app: typer.Typer) -> None:
         pairs = [*(map or []), *ctx.args]  # --map a=x b=y: b=y arrives as an extra argument
         cfg = resolve_config(DemoConfig, config, dict(
             out=out, n=n, epochs=epochs, report_to=report_to, model_family=model_family,
-            catalog=catalog, preset=preset, map=parse_pairs(pairs, "--map") or None),
+            catalog=catalog, preset=preset, map=parse_pairs(pairs, "--map") or None,
+            device=device),
             section="demo")
         if (cfg.map or cfg.preset) and cfg.catalog is None:
             raise ProductVLMError("--map and --preset apply to --catalog: name your catalog")

@@ -71,6 +71,9 @@ class TrainConfig(StageConfig):
         "with Triton on a GPU) and flash_attention_* (the flash-attn package) compute only "
         "each packed sample's own block")
     hub_kernels: HubKernels = False
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where to train: auto (a CUDA GPU where there is one), cpu, cuda "
+        "(several GPUs: accelerate launch)")
 
     learning_rate: float = Field(2e-4, gt=0)
     vision_lr: float | None = Field(

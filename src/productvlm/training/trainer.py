@@ -132,7 +132,10 @@ def train(cfg: TrainConfig) -> TrainResult:
         print(f"{cfg.data}: the validation split is empty: no evaluation, no best-checkpoint "
               "choice and no calibration in this run", file=sys.stderr)
     bf16, fp16 = mixed_precision(cfg.precision)
-    on_cuda = pick_device().type == "cuda"
+    device = pick_device(cfg.device)
+    on_cuda = device.type == "cuda"
+    if on_cuda and not torch_cuda_available():
+        raise ProductVLMError("device cuda: this machine has no CUDA device; use auto or cpu")
     report_to = trainer_report_to(cfg.report_to, project=cfg.wandb_project, out=cfg.out,
                                   log_model=cfg.log_model)
 
@@ -152,7 +155,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                            resume=cfg.resume, should_stop=lambda: interrupt.fired)
     collator = VLMCollator(processor, cfg.target_format, cfg.question, cfg.max_length,
                              hflip=cfg.hflip, shift=cfg.shift)
-    plan = plan_step(model, collator, ds["train"], cfg, pick_device())
+    plan = plan_step(model, collator, ds["train"], cfg, device)
     if is_main_process():
         print_plan(plan)
 
@@ -228,6 +231,12 @@ def train(cfg: TrainConfig) -> TrainResult:
         wandb.finish()  # flush the summary now, not at interpreter exit
     return TrainResult(cfg.out, trainer.state.global_step, output.training_loss,
                        trainer.state.best_model_checkpoint)
+
+
+def torch_cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
 
 
 def _training_arguments(**kwargs: Any) -> Any:
