@@ -9,8 +9,9 @@ This fetches, at the versions of requirements.lock (the ones the suite passed wi
 productvlm imports on the GPU check's path and what those need in turn (their metadata's
 Requires-Dist, read for CPython 3.12 on x86-64 Linux), leaving out what the image already
 holds among the big compiled packages (:data:`ON_THE_IMAGE`), and checks that the folder fits
-what a device call may carry (64 MiB with the working tree). Packages the check never imports
-(wandb: runs use report_to none; the serving stack; Ray) are not fetched.
+what a device call may carry (64 MiB with the working tree). bitsandbytes (QLoRA) comes with
+the native library of the image's CUDA only (3.4 MB of its 43). Packages the check never
+imports (wandb: runs use report_to none; the serving stack; Ray) are not fetched.
 """
 
 from __future__ import annotations
@@ -44,9 +45,11 @@ ON_THE_IMAGE = {"torch", "numpy", "pyarrow", "pandas", "scipy", "scikit-learn", 
 ENV = {**default_environment(), "python_version": "3.12", "python_full_version": "3.12.3",
        "platform_machine": "x86_64", "sys_platform": "linux", "platform_system": "Linux",
        "implementation_name": "cpython", "platform_python_implementation": "CPython"}
-PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
-             "manylinux2014_x86_64", "manylinux1_x86_64")
+PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64",
+             "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64")
 LIMIT_MB = 56  # of the 64 MiB a call carries, the rest for the working tree
+#: bitsandbytes (pyproject's [gpu] extra, which the lock does not hold): the version fetched
+BITSANDBYTES = "0.50.2"
 
 
 def norm(name: str) -> str:
@@ -84,12 +87,38 @@ def requires(wheel: Path) -> list[str]:
     return names
 
 
+def trimmed(wheel: Path, cuda: str) -> Path:
+    """``wheel`` (bitsandbytes: one native library per CUDA, ROCm and XPU version, 43 MB)
+    rewritten with the CPU library and CUDA ``cuda``'s (e.g. "130") only, the RECORD too."""
+    keep = re.compile(rf"libbitsandbytes_(cpu|cuda{cuda})\.so$")
+    drop = re.compile(r"libbitsandbytes_\w+\.so$")
+    small = wheel.with_suffix(".tmp")
+    with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(small, "w", zipfile.ZIP_DEFLATED) as dst:
+        for item in src.infolist():
+            if drop.search(item.filename) and not keep.search(item.filename):
+                continue
+            data = src.read(item)
+            if item.filename.endswith(".dist-info/RECORD"):
+                data = "\n".join(line for line in data.decode().splitlines()
+                                 if not (drop.search(line.split(",")[0])
+                                         and not keep.search(line.split(",")[0]))).encode()
+            dst.writestr(item, data)
+    small.replace(wheel)
+    return wheel
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / ".whl")
+    ap.add_argument("--qlora-cuda", default="130", help="bitsandbytes for QLoRA, with this CUDA "
+                    "version's library only (the H200 image's torch is cu130); none: leave "
+                    "QLoRA out")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     pins, done, todo = locked(), {}, [norm(n) for n in NEEDED]
+    if args.qlora_cuda != "none":  # the [gpu] extra, not in the lock: its newest release
+        pins.setdefault("bitsandbytes", BITSANDBYTES)
+        todo.append("bitsandbytes")
     while todo:
         name = todo.pop()
         if name in done or name in ON_THE_IMAGE:
@@ -97,6 +126,8 @@ def main() -> None:
         if name not in pins:
             sys.exit(f"{name}: not in requirements.lock; add it to ON_THE_IMAGE or the lock")
         done[name] = download(name, pins[name], args.out)
+        if name == "bitsandbytes":
+            done[name] = trimmed(done[name], args.qlora_cuda)
         todo += requires(done[name])
     keep = {w.name for w in done.values()}
     for stale in args.out.glob("*.whl"):  # one version of each: two stop the install
