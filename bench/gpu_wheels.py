@@ -48,8 +48,9 @@ ENV = {**default_environment(), "python_version": "3.12", "python_full_version":
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64",
              "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64")
 LIMIT_MB = 56  # of the 64 MiB a call carries, the rest for the working tree
-#: bitsandbytes (pyproject's [gpu] extra, which the lock does not hold): the version fetched
-BITSANDBYTES = "0.50.2"
+#: what the lock does not hold (pyproject's [gpu] extra, and Liger's kernels, which are
+#: optional): the versions fetched
+EXTRAS = {"bitsandbytes": "0.50.2", "liger-kernel": "0.8.5"}
 
 
 def norm(name: str) -> str:
@@ -116,8 +117,9 @@ def main() -> None:
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     pins, done, todo = locked(), {}, [norm(n) for n in NEEDED]
-    if args.qlora_cuda != "none":  # the [gpu] extra, not in the lock: its newest release
-        pins.setdefault("bitsandbytes", BITSANDBYTES)
+    pins.update({k: v for k, v in EXTRAS.items() if k not in pins})
+    todo.append("liger-kernel")
+    if args.qlora_cuda != "none":
         todo.append("bitsandbytes")
     while todo:
         name = todo.pop()

@@ -162,6 +162,7 @@ def test_bad_data_and_model_are_one_line_errors(base_model, prepared, tmp_path) 
         cases.append((["--set", "device=cuda"], "this machine has no CUDA device"))
         cases.append((["--set", "attn_implementation=flex_attention", "--set", "device=cpu"],
                       "flex_attention trains only on a GPU"))
+        cases.append((["--set", "liger=true"], "liger: its kernels run on a CUDA GPU"))
     for extra, message in cases:
         args = [str(EXE), "train", "--model", str(base_model), "--data", str(prepared),
                 "--out", str(tmp_path / "o"), "--report-to", "none", *extra]

@@ -67,6 +67,8 @@ class Family:
     rope_index: str = ""
     # image k of a prompt is token id -k (Phi-3-vision): a packed row renumbers them
     numbered_image_tags: bool = False
+    # (model_type, the model type whose kernels Liger applies to its decoder) pairs
+    liger: tuple[tuple[str, str], ...] = field(default=())
 
 
 FAMILIES: dict[str, Family] = {
@@ -82,6 +84,7 @@ FAMILIES: dict[str, Family] = {
             vision_lora="",  # built from the config: only the CLIP layers that feed features
             text_model="model",
             processor_options=("num_crops",), native=True, numbered_image_tags=True,
+            liger=(("phi3_v", "phi3"),),  # the decoder is transformers' Phi-3
         ),
         Family(
             name="qwen2_5_vl", title="Qwen2.5-VL / Qwen3-VL",
@@ -97,6 +100,8 @@ FAMILIES: dict[str, Family] = {
                          r"|model\.visual\.merger\.(mlp\.(0|2)|linear_fc1|linear_fc2)"),
             text_model="model.language_model",
             processor_options=("min_pixels", "max_pixels"), rope_index="model",
+            liger=(("qwen2_5_vl", "qwen2_5_vl"), ("qwen2_vl", "qwen2_vl"),
+                   ("qwen3_vl", "qwen3_vl")),
         ),
         Family(
             name="smolvlm", title="SmolVLM / SmolVLM2 (Idefics3)",
@@ -112,6 +117,7 @@ FAMILIES: dict[str, Family] = {
                          r"|model\.connector\.modality_projection\.proj"),
             text_model="model.text_model",
             processor_options=("image_splitting", "longest_edge"),
+            liger=(("smolvlm", "smolvlm"),),
         ),
         Family(
             name="phi4mm", title="Phi-4-multimodal", model_types=("phi4_multimodal",),

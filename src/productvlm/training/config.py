@@ -71,6 +71,9 @@ class TrainConfig(StageConfig):
         "with Triton on a GPU) and flash_attention_* (the flash-attn package) compute only "
         "each packed sample's own block")
     hub_kernels: HubKernels = False
+    liger: bool = Field(False, description="Liger's Triton kernels in the decoder (fused "
+                        "RMSNorm, SwiGLU, RoPE, linear cross-entropy): a CUDA GPU and the "
+                        "liger-kernel package (models/kernels.py)")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="where to train: auto (a CUDA GPU where there is one), cpu, cuda "
         "(several GPUs: accelerate launch)")

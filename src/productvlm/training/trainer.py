@@ -140,6 +140,10 @@ def train(cfg: TrainConfig) -> TrainResult:
                                   log_model=cfg.log_model)
 
     model = load_model(cfg.model, cfg=cfg)
+    if cfg.liger:
+        from productvlm.models.kernels import apply_liger
+
+        print(apply_liger(model, device), file=sys.stderr)
     processor = load_processor(cfg.model, options=cfg.image_options())
     if is_main_process():  # before the warm-up, so that an interrupted one can --resume
         save_config(cfg, cfg.out)
