@@ -2,6 +2,7 @@
 
 Usage:
     productvlm evaluate --model runs/demo/train --data runs/demo/prepared --split test
+    productvlm evaluate --model RUN --data PREPARED --ray auto   # on a Ray Data pool
 
 Writes into ``--out`` (default ``<model>/eval-<split>``): predictions.jsonl, metrics.json,
 report.html and config.yaml; prints every metric beside the baselines; logs to W&B.
@@ -27,7 +28,6 @@ from productvlm.config import (
 )
 from productvlm.errors import ProductVLMError
 from productvlm.inference import BATCH_SIZE, INTERVAL_LEVEL, MAX_NEW_TOKENS
-from productvlm.inference.batch import Row
 
 
 class EvalConfig(StageConfig):
@@ -53,6 +53,11 @@ class EvalConfig(StageConfig):
     hub_kernels: HubKernels = False
     report_to: Literal["wandb", "none"] = "wandb"
     wandb_project: str = "productvlm"
+    ray: str | None = Field(None, description="answer on Ray Data: 'local' (a Ray instance on "
+                            "this machine), 'auto' (the cluster this machine is in) or an "
+                            "address (ray://HOST:10001); None: in this process")
+    ray_actors: int | None = Field(None, ge=1, description="model actors in the Ray pool "
+                                   "(default: one per GPU of the cluster, else per CPU)")
 
 
 @dataclass
@@ -76,15 +81,12 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     from rich.console import Console
 
     from productvlm.evaluation.baselines import compute_baselines, fields_from_records, median_price
-    from productvlm.evaluation.calibrate import ensure_calibration
     from productvlm.evaluation.listings import known_errors
     from productvlm.evaluation.metrics import all_metrics
     from productvlm.evaluation.outputs import console_table, log_to_wandb, write_predictions_jsonl
     from productvlm.evaluation.report import write_report
     from productvlm.evaluation.rows import PredictionRow
     from productvlm.evaluation.uncertainty import uncertainty_figures
-    from productvlm.inference import Predictor
-    from productvlm.inference.batch import answer_rows
     from productvlm.prompts import ProductFields
 
     ds = _load_split(cfg)
@@ -94,33 +96,18 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     if len(split) == 0:
         raise ProductVLMError(f"{cfg.data}: split '{cfg.split}' is empty; nothing to evaluate")
     out = cfg.out or _default_out(cfg)
-    predictor = Predictor.load(
-        cfg.model,
-        device=cfg.device,
-        precision=cfg.precision,
-        hub_kernels=cfg.hub_kernels,
-        batch_size=cfg.batch_size,
-        max_new_tokens=cfg.max_new_tokens,
-        constrained=cfg.constrained,
-        interval_level=cfg.interval_level,
-    )
-    if cfg.calibrate:
-        ensure_calibration(predictor, ds, out)
-    else:
-        predictor.calibration = None
     errors = known_errors(cfg.faults) if cfg.faults is not None else None
+    calibration, answered = _answered(cfg, ds, split, out, errors is not None)
 
     rows: list[PredictionRow] = []
     source_rows: list[int | None] = []
     with _progress(len(split)) as advance:
-        for row, pred in answer_rows(_split_rows(split, errors is not None), predictor,
-                                     progress=advance):
-            meta = row.data
+        for meta, pred, thumb in answered:
             source_rows.append(meta.get("source_row"))
             truth = ProductFields(meta["title"], meta["category"], float(meta["price"]))
             row_id = str(meta.get("product_code") or meta.get("source_row") or len(rows))
-            thumb = _thumb(row.image) if row.readable else None
             rows.append(PredictionRow(row_id, truth, pred, thumb))
+            advance(1)
 
     train = fields_from_records(ds["train"].select_columns(["title", "category", "price"]))
     fallback = median_price(train)
@@ -130,10 +117,10 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         name: all_metrics(targets, preds, fallback_price=fallback)
         for name, preds in compute_baselines(train, targets).items()
     }
-    uncertainty = uncertainty_figures(rows, predictor.calibration, cfg.interval_level)
+    uncertainty = uncertainty_figures(rows, calibration, cfg.interval_level)
     metrics.update(uncertainty["metrics"])
-    if errors is not None and predictor.calibration is not None:
-        metrics.update(_audit_figures(rows, source_rows, errors, predictor.calibration))
+    if errors is not None and calibration is not None:
+        metrics.update(_audit_figures(rows, source_rows, errors, calibration))
 
     save_config(cfg, out)
     write_predictions_jsonl(out / "predictions.jsonl", rows, fallback_price=fallback)
@@ -151,6 +138,50 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     if cfg.report_to == "wandb":
         _log_wandb(cfg, out, rows, metrics, baselines, log_to_wandb, uncertainty["curves"])
     return EvalResult(out, metrics, baselines)
+
+
+def _answered(cfg: EvalConfig, ds: Any, split: Any, out: Path, given: bool,
+              ) -> tuple[Any, Iterator[tuple[dict[str, Any], Any, Any]]]:
+    """(the calibration the answers were read with, (row columns, answer, thumbnail) for each
+    row in order): through the batch engine in this process, or on a Ray Data pool of model
+    actors (``cfg.ray``). A model without a calibration is calibrated first (here)."""
+    from productvlm.evaluation.calibrate import ensure_calibration
+    from productvlm.evaluation.rows import split_rows
+    from productvlm.inference import Predictor
+    from productvlm.inference.batch import answer_rows
+
+    def load() -> Any:
+        return Predictor.load(cfg.model, device=cfg.device, precision=cfg.precision,
+                              hub_kernels=cfg.hub_kernels, batch_size=cfg.batch_size,
+                              max_new_tokens=cfg.max_new_tokens, constrained=cfg.constrained,
+                              interval_level=cfg.interval_level)
+
+    if cfg.ray:
+        from productvlm.calibration import Calibration
+        from productvlm.evaluation.on_ray import answered_on_ray
+        from productvlm.rundir import resolve_model
+
+        info = resolve_model(cfg.model)
+        folder = info.run.calibration if info.run else None
+        calibration, fitted = None, None
+        if cfg.calibrate and folder is not None and folder.is_dir():
+            calibration = Calibration.load(folder)
+        elif cfg.calibrate:  # fitted here, once, then read by every actor
+            predictor = load()
+            ensure_calibration(predictor, ds, out)
+            calibration = predictor.calibration
+            fitted = out / "calibration" if calibration is not None else None
+            del predictor
+        return calibration, answered_on_ray(cfg, fitted)
+
+    predictor = load()
+    if cfg.calibrate:
+        ensure_calibration(predictor, ds, out)
+    else:
+        predictor.calibration = None
+    pairs = answer_rows(split_rows(split, given), predictor)
+    return predictor.calibration, ((row.data, pred, _thumb(row.image) if row.readable else None)
+                                   for row, pred in pairs)
 
 
 def _audit_figures(rows: list[Any], source_rows: list[int | None], errors: dict[int, str],
@@ -193,22 +224,6 @@ def _load_split(cfg: EvalConfig) -> Any:
 def _default_out(cfg: EvalConfig) -> Path:
     base = Path(cfg.model)
     return (base if base.is_dir() else Path("runs")) / f"eval-{cfg.split}"
-
-
-def _split_rows(split: Any, given: bool) -> Iterator[Row]:
-    """The batch engine's rows of a prepared split, a photo decoded only when its batch is
-    answered (a big split never sits in memory); a photo that fails to decode is that row's
-    error, not the run's. ``given``: score the listing's own prices too (--faults)."""
-    meta_cols = [c for c in split.column_names if c != "image"]
-    for start in range(0, len(split), 256):
-        chunk = split.select(range(start, min(start + 256, len(split))))
-        for i, meta in enumerate(chunk.select_columns(meta_cols).to_list()):
-            try:
-                image: Any = chunk[i]["image"].convert("RGB")
-            except Exception as e:  # noqa: BLE001  one broken image is that row's error
-                image = f"image failed to decode: {e}"
-            yield Row(start + i, image, (meta["title"], meta["category"]) if given else None,
-                      meta)
 
 
 @contextmanager
@@ -274,6 +289,10 @@ def register(app: typer.Typer) -> None:
         device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:1 [auto]"),
         precision: str | None = typer.Option(None, help="auto, bf16, fp16, fp32 [auto]"),
         hub_kernels: bool | None = hub_kernels_option(),
+        ray: str | None = typer.Option(None, "--ray", help="answer on Ray Data: local, auto or "
+                                       "a cluster address (ray://HOST:10001)"),
+        ray_actors: int | None = typer.Option(None, help="model actors in the Ray pool "
+                                              "[one per GPU, else per CPU]"),
     ) -> None:
         """Answer the split's photos, score them beside baselines, write report.html."""
         cfg = resolve_config(
@@ -295,6 +314,8 @@ def register(app: typer.Typer) -> None:
                 device=device,
                 precision=precision,
                 hub_kernels=hub_kernels,
+                ray=ray,
+                ray_actors=ray_actors,
             ),
             section="evaluate",
         )
