@@ -19,7 +19,7 @@ decoder). Checkpointed, a layer keeps only its input (h) and one layer at a time
 >>> est = ActivationEstimate(tokens=16_000, layers=32, hidden=3072, intermediate=8192,
 ...                          kv=3072, vocab=32064, dtype_bytes=2, lora_dropout=True)
 >>> round(est.full() / 1e9, 1), round(est.checkpointed() / 1e9, 1)
-(92.1, 8.6)
+(81.7, 10.7)
 """
 
 from __future__ import annotations
