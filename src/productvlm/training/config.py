@@ -16,7 +16,9 @@ PHI3V_HUB_ID = "microsoft/Phi-3-vision-128k-instruct"
 RESUMABLE_CHANGES = frozenset(
     {"resume", "report_to", "wandb_project", "run_name", "log_model", "num_workers", "epochs",
      "max_steps", "eval_steps", "save_steps", "logging_steps", "save_total_limit", "eval_samples",
-     "calibrate"}
+     "calibrate",
+     # how a step is computed, not what it computes
+     "gradient_checkpointing", "packing", "attn_implementation", "liger", "device"}
 )
 
 
