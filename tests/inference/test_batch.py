@@ -46,6 +46,10 @@ def test_answers_equal_the_predictor_s_row_for_row(predictor: Predictor) -> None
     bad = dict((r.key, p) for r, p in got if not r.readable)
     assert bad["broken"] == Prediction(error="image: not a JPEG, PNG or WebP file")
     assert not bad["missing"].ok and bad["missing"].raw is None
+    assert seen == [len(rows)]  # one window: the 7 photos regrouped by shape, 2 bad rows
+    seen.clear()
+    kept = list(answer_rows(iter(rows), predictor, progress=seen.append, window=1))
+    assert [p.raw for _, p in kept] == [p.raw for _, p in got]
     assert sum(seen) == len(rows) and len(seen) == 3  # 7 photos in batches of 3 (+ 2 bad)
 
 
@@ -62,7 +66,7 @@ def test_unreadable_rows_never_reach_the_model_and_batches_stay_full(monkeypatch
 
     rec = Recording()
     rows = [Row(0, 10), Row(1, "bad"), Row(2, 20), Row(3, 30), Row(4, "bad"), Row(5, 50)]
-    got = list(answer_rows(rows, rec))
+    got = list(answer_rows(rows, rec, window=1))
     assert rec.calls == [[10, 20], [30, 50]]
     assert [p.title for _, p in got] == ["t10", None, "t20", "t30", None, "t50"]
     assert [[r.key for r in b] for b in packed(rows, 2)] == [[0, 1, 2], [3, 4, 5]]
@@ -70,6 +74,29 @@ def test_unreadable_rows_never_reach_the_model_and_batches_stay_full(monkeypatch
     rec.calls.clear()
     list(answer_batches([[rows[0]], [rows[2], rows[3]]], rec))
     assert rec.calls == [[10], [20, 30]]
+
+
+def test_photos_are_batched_with_photos_of_their_shape_and_answered_in_order() -> None:
+    class Recording:
+        batch_size = 2
+
+        def __init__(self) -> None:
+            self.calls: list[list[tuple[int, int]]] = []
+
+        def predict(self, images: list[Any], **kwargs: Any) -> list[Prediction]:
+            self.calls.append([im.size for im in images])
+            return [Prediction(title=f"{im.width}x{im.height}") for im in images]
+
+    sizes = [(300, 100), (100, 300), (310, 100), "bad", (100, 310), (200, 200), (210, 200)]
+    rows = [Row(i, s if isinstance(s, str) else Image.new("RGB", s)) for i, s in enumerate(sizes)]
+    rec = Recording()
+    got = list(answer_rows(rows, rec, window=4))
+    # tall with tall, square with square, wide with wide: each batch one shape of photo
+    assert rec.calls == [[(100, 310), (100, 300)], [(200, 200), (210, 200)],
+                         [(300, 100), (310, 100)]]
+    assert [r.key for r, _ in got] == list(range(len(sizes)))
+    assert [p.title for _, p in got] == [
+        "300x100", "100x300", "310x100", None, "100x310", "200x200", "210x200"]
 
 
 def test_plan_cuts_by_position_so_shards_and_resumes_see_the_same_batches() -> None:

@@ -63,20 +63,57 @@ def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
         yield chunk
 
 
+#: batches :func:`answer_rows` pulls at a time to regroup their photos by shape
+SORT_WINDOW = 8
+
+
 def answer_rows(rows: Iterable[Row], predictor: Any, *, grid: Sequence[float] | None = None,
                 answer_prices: bool = True, progress: Callable[[int], None] | None = None,
-                ) -> Iterator[tuple[Row, Prediction]]:
-    """(row, Prediction) for each row, in order, ``predictor.batch_size`` photos a batch (rows
-    without a photo ride along with the batch they fall in, so every batch is full).
+                window: int = SORT_WINDOW) -> Iterator[tuple[Row, Prediction]]:
+    """(row, Prediction) for each row, in order, ``predictor.batch_size`` photos a batch.
+
+    ``window`` batches' worth of rows are pulled at a time and their photos regrouped by
+    shape (:func:`by_shape`), so that photos of one batch have about as many image tokens
+    (Phi-3's crops and Qwen's patches follow the photo's aspect and size) and little of a
+    batch is padding; the answers still come out in the rows' order, and rows without a
+    photo get ``Prediction(error=...)`` without a model call. ``window=1`` keeps the rows'
+    own batches (those without a photo riding along with the batch they fall in).
 
     ``grid``: candidate prices to measure (``Prediction.signals``) where the predictor has no
     calibration of its own yet (fitting one); rows with ``given`` get their listing's prices
     scored too. ``answer_prices=False`` skips scoring the answer's own price (the audit needs
-    only the listing's). ``progress(n)`` is called with the rows of each finished batch.
+    only the listing's). ``progress(n)`` is called with the rows answered, as they are.
     """
-    for answered in answer_batches(packed(rows, predictor.batch_size), predictor, grid=grid,
-                                   answer_prices=answer_prices, progress=progress):
-        yield from answered
+    size = predictor.batch_size
+    if window <= 1:
+        for answered in answer_batches(packed(rows, size), predictor, grid=grid,
+                                       answer_prices=answer_prices, progress=progress):
+            yield from answered
+        return
+    for group in chunks(rows, size * window):
+        ready = by_shape([r for r in group if r.readable])
+        answers: dict[int, Prediction] = {}
+        for answered in answer_batches(chunks(ready, size), predictor, grid=grid,
+                                       answer_prices=answer_prices):
+            answers.update((id(row), pred) for row, pred in answered)
+        for row in group:
+            yield row, answers[id(row)] if row.readable else Prediction(error=row.image)
+        if progress is not None:
+            progress(len(group))
+
+
+def by_shape(rows: list[Row]) -> list[Row]:
+    """``rows`` (with photos) ordered by their photo's aspect ratio, then area: neighbours
+    make about as many image tokens in every family. Stable, so equal shapes keep their
+    order.
+
+    >>> from PIL import Image
+    >>> rows = [Row(k, Image.new("RGB", s)) for k, s in enumerate([(90, 30), (30, 90), (60, 20)])]
+    >>> [r.key for r in by_shape(rows)]
+    [1, 2, 0]
+    """
+    return sorted(rows, key=lambda r: (round(r.image.width / r.image.height, 2),
+                                       r.image.width * r.image.height))
 
 
 def packed(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
@@ -189,4 +226,5 @@ class _PartWriter:
         self.file.close()
 
 
-__all__ = ["Parts", "Row", "answer_batches", "answer_rows", "chunks", "packed", "plan"]
+__all__ = ["SORT_WINDOW", "Parts", "Row", "answer_batches", "answer_rows", "by_shape", "chunks",
+           "packed", "plan"]
