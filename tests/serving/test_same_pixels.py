@@ -89,8 +89,12 @@ def test_predict_and_serve_give_the_model_identical_pixels(
     by_serve = list(recorded)
 
     assert len(by_predict) == len(by_serve) == len(names)
-    for name, a, b in zip(names, by_predict, by_serve, strict=True):
-        assert a.shape == b.shape and torch.equal(a, b), name
+    # the batch engine groups photos by shape, so the model may get them in another order
+    unmatched = list(by_serve)
+    for a in by_predict:
+        same = [i for i, b in enumerate(unmatched) if a.shape == b.shape and torch.equal(a, b)]
+        assert same, "a photo's pixels differ between predict and serve"
+        unmatched.pop(same[0])
     # and so the same answers
     assert [r["raw"] for r in predicted] == [r["raw"] for r in served.json()["results"]]
 

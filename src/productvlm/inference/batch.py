@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -142,16 +143,34 @@ def answer_batches(batches: Iterable[list[Row]], predictor: Any, *,
                    ) -> Iterator[list[tuple[Row, Prediction]]]:
     """:func:`answer_rows` over batches the caller cut (:func:`plan`'s, so that a batch is the
     same in one process or many, and after a resume): one list of (row, Prediction) a batch.
+    While the model answers a batch, a thread runs the processor on the next one's photos
+    (the image work of a batch: 0.43 s for 16 photos at num_crops 16).
     """
-    for batch in batches:
-        ready = [r for r in batch if r.readable]
-        given = [r.given for r in ready] if any(r.given for r in ready) else None
-        preds = iter(predictor.predict([r.image for r in ready], given=given, grid=grid,
-                                       answer_prices=answer_prices) if ready else ())
-        yield [(row, next(preds) if row.readable else Prediction(error=row.image))
-               for row in batch]
-        if progress is not None:
-            progress(len(batch))
+    encode = getattr(predictor, "encode", None)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode") as ahead:
+        batches = iter(batches)
+        nxt = next(batches, None)
+        pending = ahead.submit(_encoded, encode, nxt) if nxt is not None else None
+        while nxt is not None:
+            batch, encoded = nxt, pending.result() if pending is not None else None
+            nxt = next(batches, None)  # the next batch's photos are processed meanwhile
+            pending = ahead.submit(_encoded, encode, nxt) if nxt is not None else None
+            ready = [r for r in batch if r.readable]
+            given = [r.given for r in ready] if any(r.given for r in ready) else None
+            kw = {"encoded": encoded} if encoded is not None else {}
+            preds = iter(predictor.predict([r.image for r in ready], given=given, grid=grid,
+                                           answer_prices=answer_prices, **kw) if ready else ())
+            yield [(row, next(preds) if row.readable else Prediction(error=row.image))
+                   for row in batch]
+            if progress is not None:
+                progress(len(batch))
+
+
+def _encoded(encode: Callable[[list[Any]], Any] | None, batch: list[Row]) -> Any:
+    """The processor's tensors of ``batch``'s photos (None: nothing to encode, or a
+    predictor without :meth:`encode`, which then does it itself)."""
+    photos = [r.image for r in batch if r.readable]
+    return encode(photos) if encode is not None and photos else None
 
 
 def plan(keys: Sequence[Any], batch_size: int, done: set[Any], rank: int = 0,

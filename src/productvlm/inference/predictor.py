@@ -21,6 +21,7 @@ Usage:
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import sys
 import time
@@ -99,6 +100,7 @@ class Predictor:
         self._grammar: Any = None
         self._candidates: Any = None  # measure.PriceCandidates for the current grid
         self._cut_rows: set[int] = set()  # rows of the last batch that hit max_new_tokens
+        self._encoder: Any = None  # the processor copy encode() runs (see there)
         self.tokens_generated = 0  # answer tokens so far, stop tokens included (for benches)
         self.constraint_seconds = 0.0  # time spent masking logits (for benches)
 
@@ -192,7 +194,7 @@ class Predictor:
     def predict(self, images: Sequence[Any], progress: Progress = None,
                 given: Sequence[tuple[str, str]] | None = None,
                 grid: Sequence[float] | None = None,
-                answer_prices: bool = True) -> list[Prediction]:
+                answer_prices: bool = True, encoded: Any = None) -> list[Prediction]:
         """Answer each image (PIL, RGB) in chunks of ``batch_size``; never raises on an answer
         that does not parse (its ``error`` says why).
 
@@ -200,9 +202,12 @@ class Predictor:
         ``given``: per image a catalog (title, category) whose prices are scored too
         (``signals.given_logprobs``, for judging a listed price), with a calibration.
         ``grid``: candidate prices to measure (``signals``) without a calibration (to fit
-        one); ``answer_prices=False`` skips scoring the answer's own price.
+        one); ``answer_prices=False`` skips scoring the answer's own price. ``encoded``:
+        :meth:`encode`'s output for ``images`` (at most one batch), made ahead of time.
         """
         images = list(images)
+        if encoded is not None and len(images) > self.batch_size:
+            raise ValueError("encoded inputs are for one batch of images at most")
         prices = grid if grid is not None else self.calibration.grid if self.calibration else None
         out: list[Prediction] = []
         bar = AnswerBar(len(images)) if progress is True else None
@@ -212,7 +217,7 @@ class Predictor:
                 t0 = time.perf_counter()
                 sub = given[start:start + self.batch_size] if given is not None else None
                 answers, signals = self.generate(chunk, grid=prices, given=sub,
-                                                 answer_prices=answer_prices)
+                                                 answer_prices=answer_prices, encoded=encoded)
                 ms = (time.perf_counter() - t0) * 1000
                 for b, (raw, sig) in enumerate(zip(answers, signals, strict=True)):
                     pred = Prediction.from_answer(raw, self.target_format, currency=self.currency,
@@ -275,6 +280,18 @@ class Predictor:
             out.append(feats.pooled)
         return np.concatenate(out) if out else np.zeros((0, 0))
 
+    def encode(self, images: Sequence[Any]) -> Any:
+        """The processor's tensors (on the CPU) of one batch of photos with the prompt: the
+        CPU work of a batch, which the batch engine does for the next batch while the model
+        answers this one (:func:`productvlm.inference.batch.answer_batches`)."""
+        if self._encoder is None:
+            # a copy of its own: a fast tokenizer used from two threads at once (this one, and
+            # the model's thread decoding answers) can fail with "Already borrowed"
+            self._encoder = copy.deepcopy(self.processor)
+        prompt = render_prompt(self.tokenizer, self.question)
+        return self._encoder(text=[prompt] * len(images), images=[[im] for im in images],
+                             return_tensors="pt", padding=True, padding_side="left")
+
     def _inputs(self, batch: Any) -> dict[str, Any]:
         device = self.model.device
         dtype = next(self.model.parameters()).dtype
@@ -286,7 +303,8 @@ class Predictor:
 
     def generate(self, images: Sequence[Any], grid: Sequence[float] | None = None,
                  given: Sequence[tuple[str, str] | None] | None = None,
-                 answer_prices: bool = True) -> tuple[list[str], list[Signals | None]]:
+                 answer_prices: bool = True, encoded: Any = None,
+                 ) -> tuple[list[str], list[Signals | None]]:
         """Raw answer texts (up to ``<|end|>``) for one batch of images and, with a price
         ``grid`` (the calibration's candidate prices), what :mod:`productvlm.measure` measures
         of each answer (and, per ``given`` (title, category), of the catalog's listing)."""
@@ -296,11 +314,7 @@ class Predictor:
         if not images:
             return [], []
         tok = self.tokenizer
-        prompt = render_prompt(tok, self.question)
-        batch = self._inputs(self.processor(text=[prompt] * len(images),
-                                            images=[[im] for im in images],
-                                            return_tensors="pt", padding=True,
-                                            padding_side="left"))
+        batch = self._inputs(encoded if encoded is not None else self.encode(images))
         end = answer_end(tok)
         end_id = tok.convert_tokens_to_ids(end)
         stops = [i for i in (end_id, tok.eos_token_id) if i is not None and i != tok.unk_token_id]
