@@ -288,7 +288,7 @@ class Predictor:
             # a copy of its own: a fast tokenizer used from two threads at once (this one, and
             # the model's thread decoding answers) can fail with "Already borrowed"
             self._encoder = copy.deepcopy(self.processor)
-        prompt = render_prompt(self.tokenizer, self.question)
+        prompt = render_prompt(self._encoder.tokenizer, self.question)
         return self._encoder(text=[prompt] * len(images), images=[[im] for im in images],
                              return_tensors="pt", padding=True, padding_side="left")
 
