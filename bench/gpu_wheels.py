@@ -32,12 +32,14 @@ KIT_HUB = ROOT.parent / "shared" / "phi3v-conformance" / "hub"
 #: what productvlm imports on the GPU check's path (train, predict, audit, the demo)
 NEEDED = ("transformers", "peft", "accelerate", "datasets", "pydantic", "typer", "rich",
           "httpx", "pyyaml", "num2words")
-#: on the H200 image already (KINDS.md), compiled and large: never carried
+#: on the H200 image already (KINDS.md), and large or compiled: never carried (small pure-Python
+#: needs such as typing-extensions, packaging, filelock and tqdm are carried at the lock's
+#: versions, as the image's may be older than pydantic or transformers ask)
 ON_THE_IMAGE = {"torch", "numpy", "pyarrow", "pandas", "scipy", "scikit-learn", "matplotlib",
                 "pillow", "triton", "psutil", "pyyaml", "safetensors", "xxhash", "aiohttp",
                 "yarl", "multidict", "frozenlist", "propcache", "aiosignal", "markupsafe",
-                "jinja2", "sympy", "networkx", "mpmath", "filelock", "setuptools", "tqdm",
-                "packaging", "typing-extensions", "requests", "urllib3", "certifi",
+                "jinja2", "sympy", "networkx", "mpmath", "setuptools",
+                "requests", "urllib3", "certifi",
                 "charset-normalizer", "six", "python-dateutil", "pytz", "tzdata",
                 "contourpy", "cycler", "fonttools", "kiwisolver", "pyparsing", "joblib",
                 "threadpoolctl", "docopt"}
