@@ -67,12 +67,6 @@ class EvalResult:
     baselines: dict[str, dict[str, Any]]
 
 
-def _thumb(image: Any, size: int = 256) -> Any:
-    small = image.copy()
-    small.thumbnail((size, size))
-    return small
-
-
 def evaluate(cfg: EvalConfig) -> EvalResult:
     """Generate answers for ``cfg.split`` and score them; returns metrics and baselines.
 
@@ -146,7 +140,7 @@ def _answered(cfg: EvalConfig, ds: Any, split: Any, out: Path, given: bool,
     row in order): through the batch engine in this process, or on a Ray Data pool of model
     actors (``cfg.ray``). A model without a calibration is calibrated first (here)."""
     from productvlm.evaluation.calibrate import ensure_calibration
-    from productvlm.evaluation.rows import split_rows
+    from productvlm.evaluation.rows import split_rows, thumb
     from productvlm.inference import Predictor
     from productvlm.inference.batch import answer_rows
 
@@ -180,7 +174,7 @@ def _answered(cfg: EvalConfig, ds: Any, split: Any, out: Path, given: bool,
     else:
         predictor.calibration = None
     pairs = answer_rows(split_rows(split, given), predictor)
-    return predictor.calibration, ((row.data, pred, _thumb(row.image) if row.readable else None)
+    return predictor.calibration, ((row.data, pred, thumb(row.image) if row.readable else None)
                                    for row, pred in pairs)
 
 

@@ -24,10 +24,8 @@ from typing import Any
 import numpy as np
 
 from productvlm.calibration import Signals
-from productvlm.evaluation.rows import split_rows
+from productvlm.evaluation.rows import split_rows, thumb
 from productvlm.inference import Prediction
-
-THUMB_SIDE = 256  # the report's and W&B's thumbnails are made from this
 
 
 def answered_on_ray(cfg: Any, calibration: Path | None,
@@ -83,17 +81,16 @@ class EvalActor:
             out.append("\n".join(
                 json.dumps({"meta": row.data, "answer": pred.to_dict(),
                             "signals": signals_to_json(pred.signals),
-                            "thumb": _thumb(row.image) if row.readable else None},
+                            "thumb": _jpeg(row.image) if row.readable else None},
                            ensure_ascii=False)
                 for row, pred in answer_rows(rows, self.predictor)))
         return {"out": out}
 
 
-def _thumb(image: Any) -> str:
-    small = image.copy()
-    small.thumbnail((THUMB_SIDE, THUMB_SIDE))
+def _jpeg(image: Any) -> str:
+    """The row's thumbnail (:func:`~productvlm.evaluation.rows.thumb`) as base64 JPEG."""
     buf = io.BytesIO()
-    small.save(buf, format="JPEG", quality=90)
+    thumb(image).save(buf, format="JPEG", quality=90)
     return base64.b64encode(buf.getvalue()).decode()
 
 

@@ -38,6 +38,19 @@ class PredictionRow:
         return self.prediction.raw or ""
 
 
+def thumb(image: Any, side: int = 256) -> Any:
+    """A copy of ``image`` at most ``side`` pixels a side: what a row keeps of its photo for
+    the report and W&B.
+
+    >>> from PIL import Image
+    >>> thumb(Image.new("RGB", (1000, 500))).size
+    (256, 128)
+    """
+    small = image.copy()
+    small.thumbnail((side, side))
+    return small
+
+
 def split_rows(split: Any, given: bool, offset: int = 0) -> Iterator[Row]:
     """The batch engine's rows of a prepared split (keys: positions + ``offset``; ``data``:
     the row's other columns), a photo decoded only when its batch is answered (a big split

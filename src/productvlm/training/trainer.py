@@ -134,7 +134,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     bf16, fp16 = mixed_precision(cfg.precision)
     device = pick_device(cfg.device)
     on_cuda = device.type == "cuda"
-    if on_cuda and not torch_cuda_available():
+    import torch
+
+    if on_cuda and not torch.cuda.is_available():
         raise ProductVLMError("device cuda: this machine has no CUDA device; use auto or cpu")
     report_to = trainer_report_to(cfg.report_to, project=cfg.wandb_project, out=cfg.out,
                                   log_model=cfg.log_model)
@@ -235,12 +237,6 @@ def train(cfg: TrainConfig) -> TrainResult:
         wandb.finish()  # flush the summary now, not at interpreter exit
     return TrainResult(cfg.out, trainer.state.global_step, output.training_loss,
                        trainer.state.best_model_checkpoint)
-
-
-def torch_cuda_available() -> bool:
-    import torch
-
-    return bool(torch.cuda.is_available())
 
 
 def _training_arguments(**kwargs: Any) -> Any:
