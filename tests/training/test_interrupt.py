@@ -32,12 +32,25 @@ def _start(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for(cond, proc: subprocess.Popen, timeout: float = 300) -> None:
+def _wait_for(cond, proc: subprocess.Popen, timeout: float = 600, log: Path | None = None) -> None:
     end = time.monotonic() + timeout
     while not cond():
-        assert proc.poll() is None, proc.stderr.read()
+        if proc.poll() is not None:
+            raise AssertionError(log.read_text() if log else proc.stderr.read())
         assert time.monotonic() < end, "timed out"
         time.sleep(0.2)
+
+
+def _complete_from(ckpt_dir: Path, step: int) -> bool:
+    """Whether a checkpoint at `step` or later has been saved to the end."""
+    for path in ckpt_dir.glob("checkpoint-*") if ckpt_dir.is_dir() else ():
+        try:
+            state = json.loads((path / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if state.get("global_step", 0) >= step:
+            return True
+    return False
 
 
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(base_model, prepared, tmp_path,
@@ -70,9 +83,14 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(base_model, prepared, tmp
 def test_kill_9_then_resume(base_model, prepared, tmp_path, perturb_checkpoint,
                             assert_continues_from) -> None:
     out = tmp_path / "run"
-    proc = _start(_args(base_model, prepared, out, 500, 2))
-    ready = out / "checkpoints" / "checkpoint-4" / "trainer_state.json"
-    _wait_for(ready.is_file, proc)
+    # output to files, not pipes nobody reads: a full pipe would stall the run
+    log = tmp_path / "train.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen(_args(base_model, prepared, out, 500, 2), stdout=sink,
+                                stderr=subprocess.STDOUT, text=True)
+    # any complete checkpoint from step 4 on: at ~30 steps/s the Trainer's rotation
+    # (save_total_limit) deletes checkpoint-4 itself within a fraction of a second
+    _wait_for(lambda: _complete_from(out / "checkpoints", 4), proc, log=log)
     proc.kill()  # SIGKILL: no handler runs, maybe in the middle of saving a later checkpoint
     proc.wait()
     # the run may have got a few steps further than checkpoint-4 before the kill landed
