@@ -9,7 +9,8 @@ on the GPU and saved as a base folder; the sample catalog comes from `productvlm
      r=64 on the decoder, frozen tower; VLMCollator batches) at num_crops 16: before (gradient
      checkpointing, padded batches, SDPA; batch 2 and 8), without checkpointing (batch 8),
      and after (training/memory.py's plan, packed batches with flex attention and, where it
-     is installed, flash-attention-2; batch 8 and 16): peak GPU memory, samples/s and MFU;
+     is installed, flash-attention-2; batch 8, 16 and the pass `micro_batch: auto` picks for
+     the shipped 16-photo step): peak GPU memory, samples/s and MFU;
      the packed and padded losses of one batch compared;
   2. batch 8 against a loop of 8 batch-1 steps (num_crops 4);
   3. a QLoRA step (configs/burberry-phi3v-qlora.yaml: num_crops 4, batch 1);
@@ -177,8 +178,8 @@ def lora_section(base: Path, rows: list, clock: Clock, device: torch.device,
     target = 4 * COOKBOOK_IMAGES_PER_S_PER_GPU
     # (name, attention, packing, checkpointing: True / "auto", batches)
     variants = [("before", "sdpa", False, True, (2, 8)),
-                ("no checkpointing", "sdpa", False, "auto", (8,)),
-                ("after", "flex_attention", True, "auto", (8, 16))]
+                ("no checkpointing", "sdpa", False, "auto", (8, "fill")),
+                ("after", "flex_attention", True, "auto", (8, 16, "fill"))]
     if device.type == "cuda":
         try:
             import flash_attn  # noqa: F401
@@ -217,11 +218,21 @@ def lora_section(base: Path, rows: list, clock: Clock, device: torch.device,
         lora = sum(p.numel() for p in model.parameters() if p.requires_grad)
         collate = VLMCollator(processor, cfg.target_format, cfg.question, cfg.max_length)
         packer = Packer(model) if packing else None
-        for bs in sizes:
-            plan = plan_step(model, collate, rows, cfg.model_copy(update={"batch_size": bs}),
-                             device)
+        for size in sizes:
+            if size == "fill":  # the shipped step (batch_size x grad_accum) as train splits it
+                plan = plan_step(model, collate, rows, cfg, device)
+                bs = plan.micro_batch
+                print(f"  micro_batch auto, the shipped step: {plan.message}", flush=True)
+                if bs in sizes:  # measured just above
+                    print(f"  -> passes of {bs}: the batch-{bs} figures above", flush=True)
+                    continue
+            else:
+                bs = int(size)
+                plan = plan_step(model, collate, rows, cfg.model_copy(update={
+                    "batch_size": bs, "grad_accum": 1, "micro_batch": bs}), device)
             if checkpointing == "auto":
-                print(f"  plan at batch {bs}: {plan.message}", flush=True)
+                if size != "fill":
+                    print(f"  plan at batch {size}: {plan.message}", flush=True)
                 if plan.checkpointing:
                     model.activation_checkpointing_enable({"use_reentrant": False})
                 else:
@@ -244,7 +255,7 @@ def lora_section(base: Path, rows: list, clock: Clock, device: torch.device,
             flops = sum(lora_step_flops(model.config, b, lora) for b in batches) / 2
             mfu = flops / seconds / peak if peak else float("nan")
             rate = bs / seconds
-            out[f"lora_{attn}_{'packed' if packing else 'padded'}_b{bs}"] = {
+            out[f"lora_{attn}_{'packed' if packing else 'padded'}_b{size}"] = {
                 "samples_per_s": rate, "mfu": mfu, "peak_gb": clock.peak_gb()}
             real = int(batches[0]["attention_mask"].sum()) // bs
             print(f"LoRA r=64 {name} ({attn}, {'packed' if packing else 'padded'}, "

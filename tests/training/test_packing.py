@@ -240,6 +240,58 @@ def test_checkpointing_auto_follows_the_estimate(base_model, varied, monkeypatch
     assert "as the config sets" in fixed.message
 
 
+def test_micro_batch_auto_fills_the_device(base_model, varied, monkeypatch) -> None:
+    """On a GPU, an optimizer step's photos (batch_size x grad_accum) are re-split into the
+    largest forward passes that fit: more memory, larger passes, never another step size."""
+    from productvlm.prepared import load_prepared
+    from productvlm.training import memory
+
+    model = load_model(base_model, dtype=torch.float32,
+                       lora=LoraSpec(r=4, alpha=8, dropout=0.0))
+    collator = VLMCollator(load_processor(base_model, num_crops=2), max_length=512)
+    rows = load_prepared(varied)["train"]
+    cfg = _train_cfg(base_model, varied, Path("unused"), batch_size=2, grad_accum=4,
+                     gradient_checkpointing="auto", packing=False)
+    assert cfg.micro_batch == "auto"
+    splits = []
+    for gb in [1e-5 * 2 ** k for k in range(16)]:
+        monkeypatch.setattr(memory, "device_memory", lambda device, b=gb: (int(b * 1e9), "x"))
+        plan = memory.plan_step(model, collator, rows, cfg, torch.device("cuda"))
+        assert plan.micro_batch * plan.grad_accum == 8 and "filled to the device" in plan.message
+        splits.append((plan.micro_batch, plan.checkpointing))
+    micros = [m for m, _ in splits]
+    assert micros == sorted(micros) and micros[-1] == 8 and not splits[-1][1]
+    assert {2, 4} & set(micros)  # passes between one photo and the whole step
+    assert splits[0][1] and not any(c for m, c in splits if m == 8)  # checkpointing when short
+    # on the CPU a larger pass is no faster: batch_size as set
+    cpu = memory.plan_step(model, collator, rows, cfg, torch.device("cpu"))
+    assert (cpu.micro_batch, cpu.grad_accum) == (2, 4) and "batch_size: the CPU" in cpu.message
+    fixed = memory.plan_step(model, collator, rows, cfg.model_copy(update={"micro_batch": 4}),
+                             torch.device("cuda"))
+    assert (fixed.micro_batch, fixed.grad_accum) == (4, 2) and "as the config sets" in fixed.message
+    with pytest.raises(ValueError, match=r"micro_batch \(3\) must divide batch_size x grad_accum"):
+        _train_cfg(base_model, varied, Path("unused"), batch_size=2, grad_accum=4, micro_batch=3)
+
+
+def test_a_resplit_step_trains_as_the_whole_one(base_model, varied, tmp_path) -> None:
+    """Two passes of 2 photos accumulated train what one pass of 4 does: the loss is weighted
+    by answer tokens across passes (the rows differ in length), so the same losses and the
+    same LoRA weights."""
+    from safetensors.torch import load_file
+
+    logs, weights = {}, {}
+    for micro in (4, 2):
+        out = tmp_path / f"micro-{micro}"
+        train(_train_cfg(base_model, varied, out, micro_batch=micro))
+        logs[micro] = [e["loss"] for e in map(json.loads, (out / "train_log.jsonl")
+                                              .read_text().splitlines()) if "loss" in e]
+        weights[micro] = load_file(out / "checkpoints" / "checkpoint-4" /
+                                   "adapter_model.safetensors")
+    assert len(logs[2]) == 4 and logs[2] == pytest.approx(logs[4], rel=1e-4)
+    for name, value in weights[4].items():
+        torch.testing.assert_close(weights[2][name], value, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.skipif(not (shutil.which("g++") or shutil.which("clang++") or os.environ.get("CXX")),
                     reason="torch's inductor builds flex attention's CPU kernel with a C++ "
                     "compiler, and this machine has none")

@@ -18,7 +18,8 @@ RESUMABLE_CHANGES = frozenset(
      "max_steps", "eval_steps", "save_steps", "logging_steps", "save_total_limit", "eval_samples",
      "calibrate",
      # how a step is computed, not what it computes
-     "gradient_checkpointing", "packing", "attn_implementation", "liger", "device"}
+     "gradient_checkpointing", "packing", "attn_implementation", "liger", "device",
+     "micro_batch"}
 )
 
 
@@ -93,6 +94,11 @@ class TrainConfig(StageConfig):
     max_steps: int = Field(-1, description="stop after this many optimizer steps (-1: epochs)")
     batch_size: int = Field(4, ge=1, description="per device")
     grad_accum: int = Field(1, ge=1, description="gradient accumulation steps")
+    micro_batch: int | Literal["auto"] = Field(
+        "auto", description="photos a forward pass takes; batch_size x grad_accum (the photos "
+        "of an optimizer step, per device) is kept and re-split; auto: on a GPU the most of "
+        "its divisors that fit the device, printed at start (training/memory.py); on the CPU "
+        "batch_size")
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     lr_scheduler: str = Field("cosine", description="any transformers scheduler name")
@@ -122,6 +128,14 @@ class TrainConfig(StageConfig):
         return ImageOptions(num_crops=self.num_crops, min_pixels=self.min_pixels,
                             max_pixels=self.max_pixels, image_splitting=self.image_splitting,
                             longest_edge=self.image_longest_edge, dynamic_hd=self.dynamic_hd)
+
+    @model_validator(mode="after")
+    def _micro_batch_divides_the_step(self) -> TrainConfig:
+        step = self.batch_size * self.grad_accum
+        if isinstance(self.micro_batch, int) and (self.micro_batch < 1 or step % self.micro_batch):
+            raise ValueError(f"micro_batch ({self.micro_batch}) must divide batch_size x "
+                             f"grad_accum ({step}), the photos of an optimizer step")
+        return self
 
     @model_validator(mode="after")
     def _checkpoints_line_up_with_evaluations(self) -> TrainConfig:

@@ -1,5 +1,7 @@
 """How a training step spends the device's memory: the activation estimate behind
-``gradient_checkpointing: auto``, and whether batches are packed (``packing: auto``).
+``gradient_checkpointing: auto``, whether batches are packed (``packing: auto``), and how
+many photos a forward pass takes (``micro_batch: auto``, the step's photos re-split to fill
+the device).
 
 Gradient checkpointing recomputes every decoder layer's forward pass in the backward pass:
 about a third more compute, to keep one layer's activations instead of all of them. On a
@@ -74,10 +76,14 @@ class ActivationEstimate:
 
 @dataclass(frozen=True)
 class StepPlan:
-    """What a training step does, decided once at start and printed."""
+    """What a training step does, decided once at start and printed: whether it is
+    checkpointed and packed, and how an optimizer step's photos are split into forward passes
+    (``micro_batch`` photos each, ``grad_accum`` of them)."""
 
     checkpointing: bool
     packing: bool
+    micro_batch: int
+    grad_accum: int
     message: str
 
 
@@ -106,9 +112,39 @@ def device_memory(device: torch.device) -> tuple[int, str]:
     return free, f"{free / 1e9:.0f} GB of free RAM"
 
 
+def split_step(step: int, fits: Any) -> int | None:
+    """The largest divisor of ``step`` (the photos of an optimizer step) for which
+    ``fits(divisor)``, or None.
+
+    >>> split_step(16, lambda m: m <= 6)
+    4
+    """
+    return next((m for m in range(step, 0, -1) if step % m == 0 and fits(m)), None)
+
+
+def _estimate(model: Any, cfg: Any, tokens: int) -> ActivationEstimate:
+    text = unwrap(model).config.get_text_config()
+    heads = text.num_attention_heads
+    head = getattr(text, "head_dim", None) or text.hidden_size // heads
+    return ActivationEstimate(
+        tokens=tokens, layers=text.num_hidden_layers, hidden=text.hidden_size,
+        intermediate=text.intermediate_size,
+        kv=(getattr(text, "num_key_value_heads", None) or heads) * head,
+        vocab=text.vocab_size, dtype_bytes=2 if any(mixed_precision(cfg.precision)) or (
+            unwrap(model).dtype in (torch.bfloat16, torch.float16)) else 4,
+        lora_dropout=cfg.mode != "full" and cfg.lora_dropout > 0)
+
+
 def plan_step(model: Any, collator: Any, rows: Any, cfg: Any, device: torch.device) -> StepPlan:
-    """Resolve ``cfg.gradient_checkpointing`` and ``cfg.packing`` (either may be ``"auto"``)
-    for ``model`` training on ``rows``; the plan's message says what was decided from what.
+    """Resolve ``cfg.gradient_checkpointing``, ``cfg.packing`` and ``cfg.micro_batch`` (each
+    may be ``"auto"``) for ``model`` training on ``rows``; the plan's message says what was
+    decided from what.
+
+    ``micro_batch: auto`` on a GPU takes the largest divisor of the optimizer step's photos
+    (batch_size x grad_accum, which stays: the same optimizer steps, the loss weighted by
+    tokens across forward passes) whose activations fit without checkpointing; where none
+    does and checkpointing is ``auto``, it turns checkpointing on and takes the largest that
+    fits with it. On the CPU a larger forward pass is no faster, so it keeps batch_size.
 
     >>> plan = plan_step(model, collator, ds["train"], cfg, torch.device("cuda"))  # doctest: +SKIP
     >>> print(plan.message)  # doctest: +SKIP
@@ -118,39 +154,53 @@ def plan_step(model: Any, collator: Any, rows: Any, cfg: Any, device: torch.devi
         raise ProductVLMError("attn_implementation flex_attention trains only on a GPU (torch "
                               "has no CPU backward for it); use sdpa on the CPU")
     packing = packing_pays(attn) if cfg.packing == "auto" else bool(cfg.packing)
-    if cfg.gradient_checkpointing != "auto" and cfg.packing != "auto":
+    step = cfg.batch_size * cfg.grad_accum
+    fill = cfg.micro_batch == "auto" and device.type == "cuda"
+    micro = cfg.batch_size if cfg.micro_batch == "auto" else int(cfg.micro_batch)
+    if cfg.gradient_checkpointing != "auto" and cfg.packing != "auto" and not fill:
         checkpointing = bool(cfg.gradient_checkpointing)
-        return StepPlan(checkpointing, packing, f"step: packing {_on(packing)} ({attn}), "
+        return StepPlan(checkpointing, packing, micro, step // micro,
+                        f"step: {_split(micro, step)}, packing {_on(packing)} ({attn}), "
                         f"gradient checkpointing {_on(checkpointing)}, as the config sets")
-    real, padded = sample_steps(collator, rows, cfg.batch_size)
-    tokens = real if packing else padded
-    text = unwrap(model).config.get_text_config()
-    heads = text.num_attention_heads
-    head = getattr(text, "head_dim", None) or text.hidden_size // heads
+    sampled = step if fill else micro
+    real, padded = sample_steps(collator, rows, sampled)
+    per_photo = (real if packing else padded) / sampled  # the longest rows' share: an upper bound
+    est = lambda m: _estimate(model, cfg, max(1, round(per_photo * m)))  # noqa: E731
     params = list(model.parameters())
-    est = ActivationEstimate(
-        tokens=tokens, layers=text.num_hidden_layers, hidden=text.hidden_size,
-        intermediate=text.intermediate_size,
-        kv=(getattr(text, "num_key_value_heads", None) or heads) * head,
-        vocab=text.vocab_size, dtype_bytes=2 if any(mixed_precision(cfg.precision)) or (
-            unwrap(model).dtype in (torch.bfloat16, torch.float16)) else 4,
-        lora_dropout=cfg.mode != "full" and cfg.lora_dropout > 0)
     weights = sum(p.numel() * p.element_size() for p in params)
     optimizer = 16 * sum(p.numel() for p in params if p.requires_grad)  # AdamW: fp32 m, v, grad
     memory, what = device_memory(device)
     room = HEADROOM * memory - (weights + optimizer if device.type == "cuda" else optimizer)
-    checkpointing = (est.full() > room if cfg.gradient_checkpointing == "auto"
-                     else bool(cfg.gradient_checkpointing))
-    fits = max(int(room // (est.full() / cfg.batch_size)), 0)
+    if cfg.gradient_checkpointing == "auto":
+        if fill:
+            whole = split_step(step, lambda m: est(m).full() <= room)
+            checkpointing = whole is None
+            micro = whole or split_step(step, lambda m: est(m).checkpointed() <= room) or 1
+        else:
+            checkpointing = est(micro).full() > room
+    else:
+        checkpointing = bool(cfg.gradient_checkpointing)
+        if fill:
+            kept = (lambda m: est(m).checkpointed()) if checkpointing else (lambda m: est(m).full())
+            micro = split_step(step, lambda m: kept(m) <= room) or 1
+    e = est(micro)
+    fits = max(int(room // (e.full() / micro)), 0)
+    how = "filled to the device" if fill else (
+        "as the config sets" if cfg.micro_batch != "auto" else "batch_size: the CPU")
     message = (
-        f"step: batch {cfg.batch_size}, {real:,} tokens ({padded:,} padded) -> "
-        f"packing {_on(packing)} ({attn}); activations ~{est.full() / 1e9:.1f} GB "
-        f"({est.checkpointed() / 1e9:.1f} GB checkpointed; {est.layers} layers x {est.hidden} "
-        f"wide, {est.dtype_bytes}-byte) against ~{room / 1e9:.1f} GB left of {what} after "
-        f"weights and optimizer ({(weights + optimizer) / 1e9:.1f} GB) -> gradient "
-        f"checkpointing {_on(checkpointing)}; about {fits} photos a step fit "
+        f"step: {_split(micro, step)} ({how}), {e.tokens:,} tokens a pass "
+        f"({'packed' if packing else 'padded'}; sampled {real:,} real / {padded:,} padded "
+        f"tokens in {sampled} photos) -> packing {_on(packing)} ({attn}); activations "
+        f"~{e.full() / 1e9:.1f} GB ({e.checkpointed() / 1e9:.1f} GB checkpointed; {e.layers} "
+        f"layers x {e.hidden} wide, {e.dtype_bytes}-byte) against ~{room / 1e9:.1f} GB left "
+        f"of {what} after weights and optimizer ({(weights + optimizer) / 1e9:.1f} GB) -> "
+        f"gradient checkpointing {_on(checkpointing)}; about {fits} photos a pass fit "
         "without it")
-    return StepPlan(checkpointing, packing, message)
+    return StepPlan(checkpointing, packing, micro, step // micro, message)
+
+
+def _split(micro: int, step: int) -> str:
+    return f"{step} photos an optimizer step = {step // micro} pass(es) of {micro}"
 
 
 def _on(flag: bool) -> str:
@@ -163,4 +213,4 @@ def print_plan(plan: StepPlan) -> None:
 
 
 __all__ = ["ActivationEstimate", "HEADROOM", "StepPlan", "device_memory", "plan_step",
-           "print_plan", "sample_steps"]
+           "print_plan", "sample_steps", "split_step"]

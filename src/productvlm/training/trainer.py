@@ -168,9 +168,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     args = _training_arguments(
         output_dir=str(ckpt_dir),
         run_name=cfg.run_name or cfg.out.name,
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
+        per_device_train_batch_size=plan.micro_batch,
+        per_device_eval_batch_size=plan.micro_batch,
+        gradient_accumulation_steps=plan.grad_accum,
         learning_rate=cfg.learning_rate,
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
