@@ -248,6 +248,29 @@ def test_model_vocab_wider_than_tokenizer(tok: PreTrainedTokenizerFast) -> None:
     assert torch.isfinite(scores).any(dim=1).all()
 
 
+def test_batched_masks_are_rows_of_one_table(tok: PreTrainedTokenizerFast) -> None:
+    """Three answers on different paths: each row of the processed scores is that row's own
+    mask (what ``allowed`` says for its states), picked from the grammar's one table; a
+    second pass over the same paths adds no row to the table."""
+    g = AnswerGrammar(vocab_of(tok), answer_template("seed", CATEGORIES))
+    for run_no in range(2):
+        rngs = [random.Random(k) for k in range(3)]
+        proc, ids = g.logits_processor(40), torch.zeros((3, 2), dtype=torch.long)
+        rows_before = len(g._mask_rows)
+        for step in range(40):
+            scores = proc(ids, torch.zeros(3, len(tok)))
+            for b in range(3):
+                expected = g.allowed(proc.states[b], 40 - step)
+                assert torch.equal(torch.isfinite(scores[b]), expected), (run_no, step, b)
+            picks = [rng.choice(torch.isfinite(scores[b]).nonzero().flatten().tolist())
+                     for b, rng in enumerate(rngs)]
+            ids = torch.cat([ids, torch.tensor(picks)[:, None]], dim=1)
+        table = g.mask_table(torch.device("cpu"), len(tok))
+        assert table.shape == (len(g._mask_rows), len(tok)) and len(g._mask_rows) > 3
+        if run_no == 1:
+            assert len(g._mask_rows) == rows_before  # the same paths: the same masks
+
+
 def test_unspellable_category_is_dropped(tok: PreTrainedTokenizerFast) -> None:
     v = vocab_of(tok)
     odd = "\u2603\u2604"  # snowman and comet: no whole-character token in these vocabularies

@@ -66,7 +66,11 @@ class AnswerGrammar:
                           for i, seg in enumerate(self.t) if isinstance(seg, Lit)}
         self._need: dict[State, int] = {}
         self._parts: dict[State, _Parts] = {}
-        self._masks: dict[tuple, torch.Tensor] = {}
+        # every distinct mask once, numbered in order of first use: the rows of the table
+        # that the logits processor keeps on the device (:meth:`mask_table`)
+        self._mask_ids: dict[tuple, int] = {}
+        self._mask_rows: list[np.ndarray] = []
+        self._tables: dict[tuple, torch.Tensor] = {}
         self._numeric = np.array([i for i, s in enumerate(vocab.surfaces)
                                   if s and all(c in "0123456789.," for c in s)], dtype=np.int64)
         self._backslashed = [i for i, s in enumerate(vocab.surfaces) if s and "\\" in s]
@@ -331,11 +335,16 @@ class AnswerGrammar:
     def allowed(self, states: frozenset, remaining: int) -> torch.Tensor:
         """Boolean mask over the vocabulary: the tokens that keep the answer in format and
         still let it finish within ``remaining`` tokens (this one included)."""
+        return torch.from_numpy(self._mask_rows[self.mask_id(states, remaining)])
+
+    def mask_id(self, states: frozenset, remaining: int) -> int:
+        """The number of :meth:`allowed`'s mask for ``states`` with ``remaining`` tokens left:
+        its row in :meth:`mask_table`."""
         states = states or frozenset([DONE])  # a row that left the format may only stop
         need = self.need(states)
         budget = remaining if need + self.margin >= remaining else None
         ck = (frozenset(self.key(s) for s in states), budget)
-        if ck not in self._masks:
+        if ck not in self._mask_ids:
             mask = np.zeros(len(self.vocab.surfaces), dtype=bool)
             for s in {self.key(s): s for s in states}.values():
                 p = self.parts(s)
@@ -344,8 +353,26 @@ class AnswerGrammar:
                 mask[[t for t, n in p.exact.items() if budget is None or n <= budget - 1]] = True
             if not mask.any():
                 mask[list(self.vocab.stop_ids)] = True
-            self._masks[ck] = torch.from_numpy(mask)
-        return self._masks[ck]
+            self._mask_ids[ck] = len(self._mask_rows)
+            self._mask_rows.append(mask)
+        return self._mask_ids[ck]
+
+    def mask_table(self, device: torch.device, width: int) -> torch.Tensor:
+        """Every mask so far as the rows of one ``[masks, width]`` tensor on ``device``, True
+        where a token is *blocked* (the logits' width may differ from the tokenizer's: extra
+        columns are blocked). Kept there and grown only by the masks new since the last call,
+        so a step sends the device a row number per answer, not a mask."""
+        key = (str(device), width)
+        table = self._tables.get(key)
+        have = 0 if table is None else table.shape[0]
+        if have < len(self._mask_rows):
+            vocab = len(self.vocab.surfaces)
+            new = np.ones((len(self._mask_rows) - have, width), dtype=bool)
+            new[:, :min(vocab, width)] = ~np.stack(self._mask_rows[have:])[:, :width]
+            rows = torch.from_numpy(new).to(device)
+            table = rows if table is None else torch.cat([table, rows])
+            self._tables[key] = table
+        return table
 
     def logits_processor(self, max_new_tokens: int) -> AnswerLogitsProcessor:
         """A fresh processor for one ``generate`` call."""
@@ -360,7 +387,9 @@ class AnswerLogitsProcessor(LogitsProcessor):
     """Masks, row by row, the tokens that would take an answer out of its format.
 
     Keeps one NFA state set per row, advanced by the tokens ``generate`` appended since the
-    previous call; the first call's sequence length marks where the answers begin.
+    previous call; the first call's sequence length marks where the answers begin. The
+    masks are rows of the grammar's table on the scores' device (:meth:`AnswerGrammar.
+    mask_table`), picked by one indexed op.
     """
 
     def __init__(self, grammar: AnswerGrammar, max_new_tokens: int) -> None:
@@ -387,9 +416,9 @@ class AnswerLogitsProcessor(LogitsProcessor):
                     self.states[b] = g.advance(self.states[b], tok)
             self._seen = length
         remaining = self.max_new_tokens - (length - self._start)
-        mask = torch.stack([g.allowed(s, remaining) for s in self.states])
-        width = scores.shape[-1]
-        if mask.shape[1] < width:
-            mask = torch.nn.functional.pad(mask, (0, width - mask.shape[1]), value=False)
-        mask = mask[:, :width].to(scores.device)
-        return scores.masked_fill(~mask, float("-inf"))
+        rows = torch.tensor([g.mask_id(s, remaining) for s in self.states])
+        if scores.device.type == "cuda":
+            rows = rows.pin_memory().to(scores.device, non_blocking=True)
+        blocked = g.mask_table(scores.device, scores.shape[-1])
+        # one gather of the rows' masks, one fill: no mask crosses to the device per step
+        return scores.masked_fill(blocked[rows], float("-inf"))
