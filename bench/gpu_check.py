@@ -373,6 +373,7 @@ def engine_section(base: Path, rows: list, clock: Clock, device: torch.device, o
     rate(2, 2)  # warm-up: grammar masks, kernels
     answers, per_token_c = rate(16, 32)
     _, per_token_f = rate(16, 32, constrained=False)
+    profile_decode(lambda constrained: rate(16, 16, constrained=constrained))
     audit, _ = rate(16, 32, audit=True)
     best = (16, answers)
     for batch in (32, 64, 128):
@@ -392,6 +393,25 @@ def engine_section(base: Path, rows: list, clock: Clock, device: torch.device, o
           f"{best[1]:.2f} at batch {best[0]} (target >= 15); audit {audit:.2f} photos/s at "
           f"batch 16, {audit_best:.2f} at batch {best[0]} (target >= 9); constrained vs free "
           f"{per_token_c / per_token_f:.2f}x per token (target <= 1.15x)", flush=True)
+
+
+def profile_decode(run: Any) -> None:
+    """Where a batch's time goes, constrained and free (torch.profiler, host side): the ops
+    that take the most host time, and how often the host waited on the device. It says what
+    the constraint costs per step beyond the logits processor's own counted time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for constrained in (True, False):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            run(constrained)
+        events = prof.key_averages()
+        waits = sum(e.count for e in events if "Synchronize" in e.key or "item" == e.key
+                    or "_local_scalar_dense" in e.key)
+        top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:8]
+        print(f"  profile, {'constrained' if constrained else 'free'} batch of 16: host waits "
+              f"on the device {waits} times; most host time: " + ", ".join(
+                  f"{e.key} {e.self_cpu_time_total / 1e3:.0f} ms x{e.count}" for e in top),
+              flush=True)
 
 
 def demo_section(work: Path, dry_run: bool, timeout: float, out: dict) -> None:
