@@ -385,6 +385,21 @@ def engine_section(base: Path, rows: list, clock: Clock, device: torch.device, o
             break
         finally:
             clock.reset()
+    from productvlm.inference.sizing import answer_batch_size
+    from productvlm.prompts import QUESTION
+
+    auto, why = answer_batch_size(model, predictor.processor, max_new_tokens=64,
+                                  question=QUESTION)
+    print(f"  {why}", flush=True)
+    try:
+        auto_rate = rate(auto, auto)[0]
+        out["engine_auto"] = {"batch": auto, "answers": auto_rate}
+        print(f"  batch size auto ({auto}): answers {auto_rate:.2f} photos/s", flush=True)
+        best = max(best, (auto, auto_rate), key=lambda b: b[1])
+    except torch.OutOfMemoryError:
+        print(f"  batch size auto ({auto}): out of memory: the estimate is too low", flush=True)
+    finally:
+        clock.reset()
     audit_best, _ = rate(best[0], best[0], audit=True)
     out["engine"] = {"answers_16": answers, "audit_16": audit, "best_batch": best[0],
                      "answers_best": best[1], "audit_best": audit_best,
@@ -401,12 +416,14 @@ def profile_decode(run: Any) -> None:
     the constraint costs per step beyond the logits processor's own counted time."""
     from torch.profiler import ProfilerActivity, profile
 
+    activities = [ProfilerActivity.CPU] + (
+        [ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     for constrained in (True, False):
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with profile(activities=activities) as prof:
             run(constrained)
         events = prof.key_averages()
-        waits = sum(e.count for e in events if "Synchronize" in e.key or "item" == e.key
-                    or "_local_scalar_dense" in e.key)
+        # the CUDA runtime's blocking calls (cudaStreamSynchronize, cudaEventSynchronize...)
+        waits = sum(e.count for e in events if "Synchronize" in e.key)
         top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:8]
         print(f"  profile, {'constrained' if constrained else 'free'} batch of 16: host waits "
               f"on the device {waits} times; most host time: " + ", ".join(

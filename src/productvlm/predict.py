@@ -25,8 +25,9 @@ import typer
 from pydantic import Field
 
 from productvlm.config import HubKernels, StageConfig, hub_kernels_option, resolve_config
-from productvlm.inference import BATCH_SIZE, INTERVAL_LEVEL, MAX_NEW_TOKENS, Prediction, Predictor
+from productvlm.inference import INTERVAL_LEVEL, MAX_NEW_TOKENS, Prediction, Predictor
 from productvlm.inference.batch import Row, answer_rows
+from productvlm.inference.sizing import BATCH_HELP, BatchSize, plan_rows
 
 
 class PredictConfig(StageConfig):
@@ -35,7 +36,7 @@ class PredictConfig(StageConfig):
     model: str = Field(..., description="run directory, model folder or Hub id")
     images: list[str] = Field(..., min_length=1, description="image paths, globs or URLs")
     json_lines: bool = Field(False, description="one JSON object per line instead of a table")
-    batch_size: int = Field(BATCH_SIZE, ge=1, description="images per generation batch")
+    batch_size: BatchSize = Field("auto", description=BATCH_HELP)
     max_new_tokens: int = Field(MAX_NEW_TOKENS, ge=1, description="longest answer, in tokens")
     constrained: bool = Field(True, description="force answers into the target format")
     num_crops: int | None = Field(None, ge=1, description="override the run's num_crops")
@@ -168,8 +169,8 @@ def _answers(cfg: PredictConfig, sources: list[tuple[str, str | None]],
         return
     from productvlm.inference.raydata import run_on_ray
 
-    payloads = [json.dumps(sources[i:i + cfg.batch_size])
-                for i in range(0, len(sources), cfg.batch_size)]
+    size = plan_rows(cfg.batch_size)  # auto: each actor answers in batches of its own
+    payloads = [json.dumps(sources[i:i + size]) for i in range(0, len(sources), size)]
     for text in run_on_ray(payloads, PredictActor, {"cfg": cfg.model_dump_json()},
                            address=cfg.ray, actors=cfg.ray_actors):
         lines = [json.loads(line) for line in text.splitlines()]
@@ -237,8 +238,7 @@ def register(app: typer.Typer) -> None:
         config: Path | None = typer.Option(None, "--config", "-c",
                                            help="YAML config (its predict: section)"),
         json_lines: bool = typer.Option(False, "--json", help="one JSON object per line"),
-        batch_size: int | None = typer.Option(None, min=1,
-                                              help=f"images per generation batch [{BATCH_SIZE}]"),
+        batch_size: str | None = typer.Option(None, help=f"{BATCH_HELP} [auto]"),
         constrained: bool | None = typer.Option(None, "--constrained/--no-constrained",
                                                 help="force answers into the target format"),
         local_root: Path | None = typer.Option(

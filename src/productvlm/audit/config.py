@@ -8,7 +8,8 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from productvlm.config import HubKernels, StageConfig
-from productvlm.inference import BATCH_SIZE, INTERVAL_LEVEL
+from productvlm.inference import INTERVAL_LEVEL
+from productvlm.inference.sizing import BATCH_HELP, BatchSize
 
 
 class AuditConfig(StageConfig):
@@ -24,7 +25,7 @@ class AuditConfig(StageConfig):
     source_split: str | None = Field(None, description="split of a Hugging Face source")
     currency: str = Field("", description="currency when the catalog has none")
     limit: int | None = Field(None, ge=1, description="audit only the first N rows")
-    batch_size: int = Field(BATCH_SIZE, ge=1, description="photos per generation batch")
+    batch_size: BatchSize = Field("auto", description=BATCH_HELP)
     interval_level: float = Field(INTERVAL_LEVEL, ge=0.5, le=0.99,
                                   description="level of the interval in audit.csv")
     flag_level: float = Field(0.99, ge=0.5, le=0.99, description="a listed price outside "

@@ -33,7 +33,7 @@ from productvlm import dist
 from productvlm.audit.config import AuditConfig
 from productvlm.config import hub_kernels_option, parse_pairs, resolve_config, save_config
 from productvlm.errors import ProductVLMError
-from productvlm.inference import BATCH_SIZE
+from productvlm.inference.sizing import BATCH_HELP
 
 
 def audit(cfg: AuditConfig) -> Path:
@@ -48,6 +48,7 @@ def audit(cfg: AuditConfig) -> Path:
     from productvlm.catalog.schema import resolve_column_map
     from productvlm.catalog.sources import open_source
     from productvlm.inference.batch import plan
+    from productvlm.inference.sizing import plan_rows
     from productvlm.rundir import resolve_model
 
     # one process, a torchrun process of many, or the driver of a Ray pool (then rank 0 of 1)
@@ -68,16 +69,21 @@ def audit(cfg: AuditConfig) -> Path:
     calibration = audit_calibration(cfg.model, info, cfg.calibration)
     parts = parts_of(cfg.out)
     done = parts.done()
-    batches = plan([r.row for r in records], cfg.batch_size, done, rank, world)
+    predictor = trained = None
+    if not cfg.ray:  # here first: its batch size (auto: what fits the GPU) cuts the plan
+        from productvlm.audit.work import load_audit_model
+
+        predictor, trained = load_audit_model(cfg)
+    size = predictor.batch_size if predictor is not None else plan_rows(cfg.batch_size)
+    batches = plan([r.row for r in records], size, done, rank, world)
     if done and rank == 0:
         print(f"resuming: {len(done)} rows already audited in {parts.folder}", file=sys.stderr)
     try:
         if cfg.ray:
             _audit_on_ray(cfg, records, batches, fetch_cfg)
         else:
-            from productvlm.audit.work import audit_batches, load_audit_model
+            from productvlm.audit.work import audit_batches
 
-            predictor, trained = load_audit_model(cfg)
             with parts.writer(rank) as write:
                 audit_batches(records, batches, predictor, fetch_cfg, cfg, trained, write,
                               progress=rank == 0)
@@ -139,7 +145,7 @@ def register(app: typer.Typer) -> None:
         map: list[str] | None = typer.Option(None, "--map", help="FIELD=COLUMN over the preset"),
         source_split: str | None = typer.Option(None, help="split of a Hugging Face source"),
         limit: int | None = typer.Option(None, help="audit only the first N rows"),
-        batch_size: int | None = typer.Option(None, help=f"photos per batch [{BATCH_SIZE}]"),
+        batch_size: str | None = typer.Option(None, help=f"{BATCH_HELP} [auto]"),
         interval_level: float | None = typer.Option(None, help="interval level [0.8]"),
         flag_level: float | None = typer.Option(None, help="flag outside this interval [0.99]"),
         faults: Path | None = typer.Option(None, help="known errors (faults.csv) to score"),

@@ -96,9 +96,12 @@ class AuditActor:
 
         for payload in batch["batch"]:
             records = [Record(**r) for r in json.loads(str(payload))]
+            size = self.predictor.batch_size  # this actor's own (auto: what fits its GPU)
+            cut = [list(range(s, min(s + size, len(records))))
+                   for s in range(0, len(records), size)]
             with self.parts.writer(self.name) as write:
-                audit_batches(records, [list(range(len(records)))], self.predictor,
-                              self.fetch, self.cfg, self.trained, write, progress=False)
+                audit_batches(records, cut, self.predictor, self.fetch, self.cfg,
+                              self.trained, write, progress=False)
         return {"out": [""] * len(batch["batch"])}  # the rows are in the part file
 
 

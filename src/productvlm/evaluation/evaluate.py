@@ -27,7 +27,8 @@ from productvlm.config import (
     save_config,
 )
 from productvlm.errors import ProductVLMError
-from productvlm.inference import BATCH_SIZE, INTERVAL_LEVEL, MAX_NEW_TOKENS
+from productvlm.inference import INTERVAL_LEVEL, MAX_NEW_TOKENS
+from productvlm.inference.sizing import BATCH_HELP, BatchSize
 
 
 class EvalConfig(StageConfig):
@@ -37,7 +38,7 @@ class EvalConfig(StageConfig):
     data: Path = Field(..., description="output folder of `productvlm prepare`")
     split: str = "test"
     out: Path | None = Field(None, description="default: <model>/eval-<split>")
-    batch_size: int = Field(BATCH_SIZE, ge=1)
+    batch_size: BatchSize = Field("auto", description=BATCH_HELP)
     max_new_tokens: int = Field(MAX_NEW_TOKENS, ge=1)
     constrained: bool = Field(True, description="force answers into the target format")
     limit: int | None = Field(None, ge=1, description="evaluate the first N rows only")
@@ -271,7 +272,7 @@ def register(app: typer.Typer) -> None:
         split: str = typer.Option("test", help="split to evaluate"),
         out: Path | None = typer.Option(None, help="report folder"),
         config: Path | None = typer.Option(None, "--config", "-c", help="YAML config"),
-        batch_size: int | None = typer.Option(None),
+        batch_size: str | None = typer.Option(None, help=f"{BATCH_HELP} [auto]"),
         max_new_tokens: int | None = typer.Option(None),
         constrained: bool | None = typer.Option(None, "--constrained/--no-constrained"),
         limit: int | None = typer.Option(None, help="first N rows only"),

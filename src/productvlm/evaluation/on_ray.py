@@ -34,12 +34,13 @@ def answered_on_ray(cfg: Any, calibration: Path | None,
     EvalConfig), in order; ``calibration``: the folder the actors load (None: the run's
     own, or none when ``cfg.calibrate`` is off)."""
     from productvlm.inference.raydata import run_on_ray
+    from productvlm.inference.sizing import plan_rows
     from productvlm.prepared import load_prepared
 
     rows = len(load_prepared(cfg.data)[cfg.split])
     rows = min(rows, cfg.limit) if cfg.limit else rows
-    payloads = [json.dumps([s, min(s + cfg.batch_size, rows)])
-                for s in range(0, rows, cfg.batch_size)]
+    size = plan_rows(cfg.batch_size)  # auto: each actor answers in batches of its own
+    payloads = [json.dumps([s, min(s + size, rows)]) for s in range(0, rows, size)]
     spec = {**cfg.model_dump(mode="json"),
             "calibration": str(calibration) if calibration else None}
     for text in run_on_ray(payloads, EvalActor, {"spec": json.dumps(spec)},

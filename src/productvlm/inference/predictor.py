@@ -69,7 +69,7 @@ class Predictor:
         question: str = QUESTION,
         categories: Sequence[str] | None = None,
         currency: str | None = None,
-        batch_size: int = BATCH_SIZE,
+        batch_size: int | str = BATCH_SIZE,
         max_new_tokens: int = MAX_NEW_TOKENS,
         constrained: bool = True,
         model_path: str | None = None,
@@ -80,8 +80,15 @@ class Predictor:
         title_alphabet: str | None = None,
         title_max_chars: int | None = None,
     ) -> None:
-        if batch_size < 1 or max_new_tokens < 1:
-            raise ProductVLMError("batch_size and max_new_tokens must be at least 1")
+        if batch_size == "auto":  # as many photos as fit the device (inference/sizing.py)
+            from productvlm.inference.sizing import answer_batch_size
+
+            batch_size, why = answer_batch_size(model, processor, question=question,
+                                                max_new_tokens=max_new_tokens)
+            print(why, file=sys.stderr)
+        if not isinstance(batch_size, int) or batch_size < 1 or max_new_tokens < 1:
+            raise ProductVLMError("batch_size (a number or auto) and max_new_tokens must be "
+                                  "at least 1")
         if calibration is not None:
             calibration.margin(interval_level)  # a level it cannot give fails here, once
         self.model, self.processor = model, processor
@@ -112,7 +119,7 @@ class Predictor:
         device: str = "auto",
         precision: str = "auto",
         hub_kernels: bool = False,
-        batch_size: int = BATCH_SIZE,
+        batch_size: int | str = BATCH_SIZE,
         max_new_tokens: int = MAX_NEW_TOKENS,
         constrained: bool = True,
         num_crops: int | None = None,

@@ -135,7 +135,8 @@ def check_source(name_or_path: str | os.PathLike) -> tuple[str, dict | None]:
         if not config.is_file():
             raise ProductVLMError(
                 f"{path}: no config.json or adapter_config.json; point at a model folder "
-                "(Phi-3-vision, Qwen2.5-VL, SmolVLM), a LoRA adapter folder or a Hub id"
+                "(Phi-3-vision, Qwen2.5-VL/Qwen3-VL, SmolVLM, Phi-4-multimodal), a LoRA adapter "
+                "folder or a Hub id"
             )
         model_type = json.loads(config.read_text()).get("model_type")
         try:
