@@ -72,6 +72,21 @@ def test_batched_answers_equal_one_at_a_time(predictor: Predictor,
         assert len(set(batched)) > 1  # different photos, different answers
 
 
+def test_a_static_cache_gives_the_same_answers(predictor: Predictor,
+                                              photos: list[Image.Image]) -> None:
+    """The KV cache allocated once at full length (what lets CUDA compile the decode step):
+    the same greedy answers, constrained and free."""
+    for constrained in (True, False):
+        predictor.constrained = constrained
+        try:
+            dynamic = [p.raw for p in predictor.predict(photos)]
+            predictor.cache = "static"
+            static = [p.raw for p in predictor.predict(photos)]
+        finally:
+            predictor.constrained, predictor.cache = True, "dynamic"
+        assert static == dynamic
+
+
 def test_constrained_answers_parse_and_free_ones_do_not(predictor: Predictor,
                                                         photos: list[Image.Image]) -> None:
     done: list[tuple[int, int]] = []

@@ -190,7 +190,7 @@ class PredictActor:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
         out = []
-        for payload in batch["batch"]:
+        for payload in batch["text"]:
             sources = [(name, source) for name, source in json.loads(str(payload))]
             rows = [Row(name, image) for (name, _), image
                     in zip(sources, read_images(sources, self.cfg.local_root), strict=True)]

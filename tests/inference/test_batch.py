@@ -17,7 +17,15 @@ from PIL import Image
 
 from productvlm import dist
 from productvlm.inference import Prediction, Predictor
-from productvlm.inference.batch import Parts, Row, answer_batches, answer_rows, packed, plan
+from productvlm.inference.batch import (
+    Parts,
+    Row,
+    answer_batches,
+    answer_rows,
+    packed,
+    plan,
+    plan_stream,
+)
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +114,40 @@ def test_plan_cuts_by_position_so_shards_and_resumes_see_the_same_batches() -> N
     two = [plan(keys, 3, set(), rank, 2) for rank in (0, 1)]
     assert two == [[[0, 1, 2], [6, 7, 8]], [[3, 4, 5], [9]]]
     assert plan(keys, 3, {0, 1, 2, 4}) == [[3, 5], [6, 7, 8], [9]]  # a batch done is skipped
+
+
+def test_a_streamed_plan_cuts_the_same_batches_and_pulls_lazily() -> None:
+    import random
+
+    rng = random.Random(0)
+    for _ in range(50):
+        keys = rng.sample(range(1000), rng.randrange(0, 40))  # row numbers, not positions
+        done = set(rng.sample(keys, rng.randrange(0, len(keys) + 1)))
+        size, world = rng.randrange(1, 7), rng.randrange(1, 4)
+        for rank in range(world):
+            streamed = list(plan_stream(iter(keys), size, done, rank, world))
+            assert streamed == [[keys[i] for i in b] for b in plan(keys, size, done, rank, world)]
+    pulled: list[int] = []
+
+    def rows():
+        for k in range(10**9):  # endless: only what the first batches need is read
+            pulled.append(k)
+            yield k
+
+    first = next(plan_stream(rows(), 4, {0}))
+    assert first == [1, 2, 3] and len(pulled) == 4
+
+
+def test_payload_files_hold_every_payload_in_order(tmp_path: Path) -> None:
+    from productvlm.inference.raydata import write_payloads
+
+    folder = tmp_path / "plan"
+    (folder / "old").mkdir(parents=True)  # a previous run's plan is replaced
+    written = write_payloads(folder, (json.dumps([i, "é"]) for i in range(10)), per_file=4)
+    files = sorted(folder.glob("*.jsonl"))
+    assert written.count == 10 and len(files) == 3 and not (folder / "old").exists()
+    lines = [x for f in files for x in f.read_text(encoding="utf-8").splitlines()]
+    assert [json.loads(x) for x in lines] == [[i, "é"] for i in range(10)]
 
 
 def test_parts_survive_a_torn_line_and_a_row_written_twice(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +45,10 @@ def audit(cfg: AuditConfig) -> Path:
     """
     from productvlm.audit.outputs import merge_and_write, parts_of
     from productvlm.catalog.fetch_config import FetchConfig
-    from productvlm.catalog.prepare import read_records
+    from productvlm.catalog.prepare import RecordStream
     from productvlm.catalog.schema import resolve_column_map
     from productvlm.catalog.sources import open_source
-    from productvlm.inference.batch import plan
+    from productvlm.inference.batch import plan, plan_stream
     from productvlm.inference.sizing import plan_rows
     from productvlm.rundir import resolve_model
 
@@ -61,31 +62,30 @@ def audit(cfg: AuditConfig) -> Path:
         fetch["local_root"] = src.root.resolve()
     fetch_cfg = resolve_config(FetchConfig, None, fetch)
     failures: list[tuple[int, str, str]] = []
-    records, rows_in = read_records(src, mapping, currency=cfg.currency, limit=cfg.limit,
-                                    dedupe=False, failures=failures)
+    stream = RecordStream(src, mapping, failures, currency=cfg.currency, limit=cfg.limit,
+                          dedupe=False)
     cfg.out.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         save_config(cfg, cfg.out)
     calibration = audit_calibration(cfg.model, info, cfg.calibration)
     parts = parts_of(cfg.out)
     done = parts.done()
-    predictor = trained = None
-    if not cfg.ray:  # here first: its batch size (auto: what fits the GPU) cuts the plan
-        from productvlm.audit.work import load_audit_model
-
-        predictor, trained = load_audit_model(cfg)
-    size = predictor.batch_size if predictor is not None else plan_rows(cfg.batch_size)
-    batches = plan([r.row for r in records], size, done, rank, world)
     if done and rank == 0:
         print(f"resuming: {len(done)} rows already audited in {parts.folder}", file=sys.stderr)
     try:
-        if cfg.ray:
-            _audit_on_ray(cfg, records, batches, fetch_cfg)
+        if cfg.ray:  # the catalog streams, block by block, into payload files Ray Data reads
+            batches = plan_stream(stream, plan_rows(cfg.batch_size), done, rank, world,
+                                  key=lambda record: record.row)
+            _audit_on_ray(cfg, batches, fetch_cfg)
         else:
-            from productvlm.audit.work import audit_batches
+            from productvlm.audit.work import audit_batches, load_audit_model
 
+            # the model first: its batch size (auto: what fits the GPU) cuts the plan
+            predictor, trained = load_audit_model(cfg)
+            records = list(stream)
+            todo = plan([r.row for r in records], predictor.batch_size, done, rank, world)
             with parts.writer(rank) as write:
-                audit_batches(records, batches, predictor, fetch_cfg, cfg, trained, write,
+                audit_batches(records, todo, predictor, fetch_cfg, cfg, trained, write,
                               progress=rank == 0)
     except KeyboardInterrupt:
         print(f"interrupted; run the same command again to continue ({parts.folder})",
@@ -94,7 +94,7 @@ def audit(cfg: AuditConfig) -> Path:
     dist.barrier()
     if rank != 0:
         return cfg.out / "audit.csv"
-    return merge_and_write(cfg, rows_in, failures, calibration)
+    return merge_and_write(cfg, stream.rows_read, failures, calibration)
 
 
 def audit_calibration(model: str, info: Any, folder: Path | None = None) -> Any:
@@ -114,16 +114,16 @@ def audit_calibration(model: str, info: Any, folder: Path | None = None) -> Any:
     return cal
 
 
-def _audit_on_ray(cfg: AuditConfig, records: list[Any], batches: list[list[int]],
-                  fetch_cfg: Any) -> None:
-    """The planned batches through a Ray Data pool of audit actors (productvlm.audit.work)."""
+def _audit_on_ray(cfg: AuditConfig, batches: Iterable[list[Any]], fetch_cfg: Any) -> None:
+    """The planned batches (of catalog Records) through a Ray Data pool of audit actors
+    (productvlm.audit.work), by way of payload files in ``OUT/ray-plan``."""
     from dataclasses import asdict
 
     from productvlm.audit.work import AuditActor
-    from productvlm.inference.raydata import run_on_ray
+    from productvlm.inference.raydata import run_on_ray, write_payloads
 
-    payloads = [json.dumps([asdict(records[i]) for i in b], ensure_ascii=False)
-                for b in batches]
+    payloads = write_payloads(cfg.out / "ray-plan", (
+        json.dumps([asdict(r) for r in b], ensure_ascii=False) for b in batches))
     for _ in run_on_ray(payloads, AuditActor, {"cfg": cfg.model_dump_json(),
                                                "fetch": fetch_cfg.model_dump_json()},
                         address=cfg.ray, actors=cfg.ray_actors):

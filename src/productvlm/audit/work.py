@@ -94,7 +94,7 @@ class AuditActor:
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
         from productvlm.catalog.schema import Record
 
-        for payload in batch["batch"]:
+        for payload in batch["text"]:
             records = [Record(**r) for r in json.loads(str(payload))]
             size = self.predictor.batch_size  # this actor's own (auto: what fits its GPU)
             cut = [list(range(s, min(s + size, len(records))))
@@ -102,7 +102,7 @@ class AuditActor:
             with self.parts.writer(self.name) as write:
                 audit_batches(records, cut, self.predictor, self.fetch, self.cfg,
                               self.trained, write, progress=False)
-        return {"out": [""] * len(batch["batch"])}  # the rows are in the part file
+        return {"out": [""] * len(batch["text"])}  # the rows are in the part file
 
 
 def _row(record: Any, fetched: Any, trained: TrainingItems | None) -> Row:

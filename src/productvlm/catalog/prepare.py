@@ -31,6 +31,7 @@ import json
 import platform
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -115,6 +116,53 @@ class PrepareResult:
         self.failures_path = self.out / FAILURES
 
 
+@dataclass
+class RecordStream:
+    """Pass 1 as a stream: iterating yields each valid row's Record, in order, read from the
+    source ``batch_size`` rows at a time; each invalid row (and, with ``dedupe``, each exact
+    duplicate) is appended to ``failures`` instead. ``rows_read`` counts the rows read so far.
+    So a catalog of millions of rows is never in memory at once (the audit on Ray plans from
+    it block by block).
+
+    >>> stream = RecordStream(open_source("c.csv"), mapping, failures=[])  # doctest: +SKIP
+    >>> for record in stream: ...  # doctest: +SKIP
+    """
+
+    src: CatalogSource
+    mapping: dict[str, str]
+    failures: list[tuple[int, str, str]]
+    currency: str = ""
+    limit: int | None = None
+    batch_size: int = 1000
+    dedupe: bool = True
+    rows_read: int = 0
+
+    def __iter__(self) -> Iterator[Record]:
+        first_of: dict[tuple, int] = {}
+        self.rows_read = 0
+        for i, row in self.src.rows(self.batch_size):
+            if self.limit is not None and i >= self.limit:
+                break
+            self.rows_read += 1
+            got = validate_row(row, self.mapping, self.currency)
+            if isinstance(got, str):
+                has_code = isinstance(row, dict) and "product_code" in self.mapping
+                code = code_value(row.get(self.mapping["product_code"])) if has_code else ""
+                self.failures.append((i, code, got))
+                continue
+            got.row = i
+            key = (got.product_code, got.title, got.category, got.category1, got.category2,
+                   got.price, got.currency, got.image)
+            j = first_of.setdefault(key, i) if self.dedupe else i
+            if j != i:
+                self.failures.append((i, got.product_code, f"duplicate of row {j}"))
+                continue
+            yield got
+        if self.rows_read == 0:
+            raise ProductVLMError(f"{self.src.name}: the catalog has no rows (a header at "
+                                  "most); nothing to do: check the file or --source-split")
+
+
 def read_records(src: CatalogSource, mapping: dict[str, str], *, currency: str = "",
                  limit: int | None = None, batch_size: int = 1000, dedupe: bool = True,
                  failures: list[tuple[int, str, str]]) -> tuple[list[Record], int]:
@@ -123,31 +171,9 @@ def read_records(src: CatalogSource, mapping: dict[str, str], *, currency: str =
 
     >>> records, n = read_records(open_source("c.csv"), mapping, failures=[])  # doctest: +SKIP
     """
-    items: list[Record] = []
-    first_of: dict[tuple, int] = {}
-    n = 0
-    for i, row in src.rows(batch_size):
-        if limit is not None and i >= limit:
-            break
-        n += 1
-        got = validate_row(row, mapping, currency)
-        if isinstance(got, str):
-            has_code = isinstance(row, dict) and "product_code" in mapping
-            code = code_value(row.get(mapping["product_code"])) if has_code else ""
-            failures.append((i, code, got))
-            continue
-        got.row = i
-        key = (got.product_code, got.title, got.category, got.category1, got.category2,
-               got.price, got.currency, got.image)
-        j = first_of.setdefault(key, i) if dedupe else i
-        if j != i:
-            failures.append((i, got.product_code, f"duplicate of row {j}"))
-            continue
-        items.append(got)
-    if n == 0:
-        raise ProductVLMError(f"{src.name}: the catalog has no rows (a header at most); "
-                              "nothing to do: check the file or --source-split")
-    return items, n
+    stream = RecordStream(src, mapping, failures, currency=currency, limit=limit,
+                          batch_size=batch_size, dedupe=dedupe)
+    return list(stream), stream.rows_read
 
 
 def _versions() -> dict[str, str]:

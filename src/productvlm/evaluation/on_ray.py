@@ -75,7 +75,7 @@ class EvalActor:
         from productvlm.inference.batch import answer_rows
 
         out = []
-        for payload in batch["batch"]:
+        for payload in batch["text"]:
             start, stop = json.loads(str(payload))
             rows = split_rows(self.split.select(range(start, stop)),
                               self.spec["faults"] is not None, offset=start)

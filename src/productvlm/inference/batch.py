@@ -182,15 +182,22 @@ def plan(keys: Sequence[Any], batch_size: int, done: set[Any], rank: int = 0,
     >>> plan(["a", "b", "c", "d", "e"], 2, {"b"}, rank=0, world=2)
     [[0], [4]]
     """
-    todo = []
-    for j, start in enumerate(range(0, len(keys), batch_size)):
-        if j % world != rank:
-            continue
-        batch = [i for i in range(start, min(start + batch_size, len(keys)))
-                 if keys[i] not in done]
-        if batch:
-            todo.append(batch)
-    return todo
+    return [[i for i, _ in batch] for batch in plan_stream(
+        enumerate(keys), batch_size, done, rank, world, key=lambda pair: pair[1])]
+
+
+def plan_stream(items: Iterable[Any], batch_size: int, done: set[Any], rank: int = 0,
+                world: int = 1, key: Callable[[Any], Any] = lambda item: item,
+                ) -> Iterator[list[Any]]:
+    """:func:`plan` over a stream: the batches of ``items`` themselves (cut the same way, a
+    row's key being ``key(item)``), as they come, so the items need not fit in memory.
+
+    >>> list(plan_stream(iter("abcde"), 2, {"b"}, rank=0, world=2))
+    [['a'], ['e']]
+    """
+    for j, batch in enumerate(chunks(items, batch_size)):
+        if j % world == rank and (left := [x for x in batch if key(x) not in done]):
+            yield left
 
 
 class Parts:

@@ -98,6 +98,10 @@ class Predictor:
         self.currency = currency
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
         self.constrained = constrained
+        # the KV cache generate keeps: "dynamic" (grows a step at a time) or "static"
+        # (allocated once at its full length; on CUDA transformers then compiles the decode
+        # step). Same answers (tested); bench/gpu_check.py measures whether static pays.
+        self.cache = "dynamic"
         self.model_path, self.adapter = model_path, adapter
         self.calibration = calibration
         self.interval_level, self.low_confidence = interval_level, low_confidence
@@ -336,7 +340,9 @@ class Predictor:
         config = GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=False,
                                   num_beams=1, use_cache=True, eos_token_id=stops,
                                   pad_token_id=pad, return_dict_in_generate=True,
-                                  output_logits=measure)
+                                  output_logits=measure,
+                                  cache_implementation=None if self.cache == "dynamic"
+                                  else self.cache)
         from productvlm.measure import ImageFeatures, PriceCandidates, measure_batch
 
         feats = (ImageFeatures(self.model, batch["input_ids"]) if measure
