@@ -242,6 +242,7 @@ def test_ray_pool_gives_the_same_audit_even_when_an_actor_is_killed(
     for name in ("audit.csv", "failures.csv"):  # every row exactly once, as in one process
         assert (tmp_path / name).read_text() == (audited / name).read_text(), name
     assert failed and len(rows) + len(failed) == 40
+    assert not (tmp_path / "ray-plan").exists()  # the streamed plan's files, once done
 
 
 def test_ray_is_a_clear_error_where_it_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:

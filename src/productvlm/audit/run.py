@@ -23,6 +23,7 @@ are the same as in one process, so the audit is too) and rank 0 merges the parts
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -128,6 +129,7 @@ def _audit_on_ray(cfg: AuditConfig, batches: Iterable[list[Any]], fetch_cfg: Any
                                                "fetch": fetch_cfg.model_dump_json()},
                         address=cfg.ray, actors=cfg.ray_actors):
         pass  # the rows are in the actors' part files
+    shutil.rmtree(payloads.folder)  # done; a rerun plans afresh from the part files
 
 
 def register(app: typer.Typer) -> None:
