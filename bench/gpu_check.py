@@ -375,6 +375,8 @@ def engine_section(base: Path, rows: list, clock: Clock, device: torch.device, o
     _, per_token_f = rate(16, 32, constrained=False)
     profile_decode(lambda constrained: rate(16, 16, constrained=constrained))
     try:  # the KV cache allocated once; on CUDA transformers then compiles the decode step
+        if time.perf_counter() - start > budget_s * 0.3:
+            raise RuntimeError("skipped: too little of the section's time left to compile")
         predictor.cache = "static"
         rate(16, 16)  # compiles
         static, _ = rate(16, 32)
