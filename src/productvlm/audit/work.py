@@ -17,7 +17,7 @@ from productvlm.catalog.fetch import fetch_images
 from productvlm.evaluation.listings import judge
 from productvlm.images import ImageRejected, decode_image
 from productvlm.inference import Prediction
-from productvlm.inference.batch import Row, answer_batches
+from productvlm.inference.batch import Row, answer_batches, chunks
 from productvlm.prompts import title_words
 from productvlm.rundir import TrainingItems
 
@@ -96,9 +96,8 @@ class AuditActor:
 
         for payload in batch["text"]:
             records = [Record(**r) for r in json.loads(str(payload))]
-            size = self.predictor.batch_size  # this actor's own (auto: what fits its GPU)
-            cut = [list(range(s, min(s + size, len(records))))
-                   for s in range(0, len(records), size)]
+            # in batches of this actor's own size (auto: what fits its GPU)
+            cut = list(chunks(range(len(records)), self.predictor.batch_size))
             with self.parts.writer(self.name) as write:
                 audit_batches(records, cut, self.predictor, self.fetch, self.cfg,
                               self.trained, write, progress=False)

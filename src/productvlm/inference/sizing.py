@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from productvlm.inference.record import BATCH_SIZE
+from productvlm.models.families import kv_width
 
 #: the share of the free device memory a batch may plan to use (allocator slack, the image
 #: tower's own activations, fragmentation)
@@ -69,10 +70,7 @@ def bytes_per_photo(text_config: Any, tokens: int, max_new_tokens: int, dtype_by
     >>> round(bytes_per_photo(phi3, 2519, 64, 2, logits=True) / 1e9, 2)
     1.27
     """
-    h, i = text_config.hidden_size, text_config.intermediate_size
-    heads = text_config.num_attention_heads
-    kv = (getattr(text_config, "num_key_value_heads", None) or heads) * (
-        getattr(text_config, "head_dim", None) or h // heads)
+    h, i, kv = text_config.hidden_size, text_config.intermediate_size, kv_width(text_config)
     cache = text_config.num_hidden_layers * 2 * kv * (tokens + max_new_tokens) * dtype_bytes
     layer = tokens * (6 * h + 2 * kv + 3 * i) * dtype_bytes
     scores = max_new_tokens * text_config.vocab_size * 4 if logits else 0

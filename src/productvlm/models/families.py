@@ -192,6 +192,18 @@ def family_of(obj: Any) -> Family:
     raise ProductVLMError(f"{name}: not a model, config or processor of a known family")
 
 
+def kv_width(text_config: Any) -> int:
+    """Width of a decoder layer's K (and V): KV heads x head size (grouped KV counted).
+
+    >>> from types import SimpleNamespace as C
+    >>> kv_width(C(hidden_size=64, num_attention_heads=4, num_key_value_heads=2))
+    32
+    """
+    heads = text_config.num_attention_heads
+    head = getattr(text_config, "head_dim", None) or text_config.hidden_size // heads
+    return (getattr(text_config, "num_key_value_heads", None) or heads) * head
+
+
 def unwrap(model: Any) -> Any:
     """The model inside a PEFT wrapper (itself if there is none)."""
     get = getattr(model, "get_base_model", None)
@@ -265,5 +277,5 @@ def torchvision_available() -> bool:
 
 
 __all__ = ["FAMILIES", "FAMILY_NAMES", "Family", "family_for", "family_of",
-           "image_only_processor", "image_token_id", "text_model", "torchvision_available",
-           "unwrap", "vision_param"]
+           "image_only_processor", "image_token_id", "kv_width", "text_model",
+           "torchvision_available", "unwrap", "vision_param"]

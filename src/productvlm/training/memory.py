@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from productvlm.errors import ProductVLMError
-from productvlm.models.families import unwrap
+from productvlm.models.families import kv_width, unwrap
 from productvlm.models.loading import mixed_precision
 from productvlm.training.packing import packing_pays
 
@@ -124,12 +124,9 @@ def split_step(step: int, fits: Any) -> int | None:
 
 def _estimate(model: Any, cfg: Any, tokens: int) -> ActivationEstimate:
     text = unwrap(model).config.get_text_config()
-    heads = text.num_attention_heads
-    head = getattr(text, "head_dim", None) or text.hidden_size // heads
     return ActivationEstimate(
         tokens=tokens, layers=text.num_hidden_layers, hidden=text.hidden_size,
-        intermediate=text.intermediate_size,
-        kv=(getattr(text, "num_key_value_heads", None) or heads) * head,
+        intermediate=text.intermediate_size, kv=kv_width(text),
         vocab=text.vocab_size, dtype_bytes=2 if any(mixed_precision(cfg.precision)) or (
             unwrap(model).dtype in (torch.bfloat16, torch.float16)) else 4,
         lora_dropout=cfg.mode != "full" and cfg.lora_dropout > 0)
