@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from productvlm.calibration import Signals
+from productvlm.models.compat import output_cache
 from productvlm.models.families import family_of, image_token_id, text_model, unwrap
 from productvlm.models.scoring import score_continuations
 from productvlm.prompts import (
@@ -180,7 +181,8 @@ def measure_batch(model: Any, tokenizer: Any, prompt_ids: torch.Tensor,
     lps = answer_logprobs(out.logits, new)
     signals = [Signals(features=None if features is None else features[b]) for b in range(rows)]
     end_id = tokenizer.convert_tokens_to_ids(answer_end(tokenizer))
-    keep = torch.zeros(rows, out.cache.get_seq_length(), dtype=torch.bool,
+    cache = output_cache(out)
+    keep = torch.zeros(rows, cache.get_seq_length(), dtype=torch.bool,
                        device=prompt_mask.device)
     keep[:, :width] = prompt_mask.bool()
     groups: list[list[tuple[list[int], list[list[int]]]]] = []
@@ -213,7 +215,7 @@ def measure_batch(model: Any, tokenizer: Any, prompt_ids: torch.Tensor,
         span = lps[b, :max(1, min(title_end, stop))]
         signals[b].answer_logprob = float(span.mean())
     if any(roles):
-        got = score_continuations(unwrap(model), out.cache, keep, groups, prune=PRUNE_NATS,
+        got = score_continuations(unwrap(model), cache, keep, groups, prune=PRUNE_NATS,
                                   probe=PROBE_TOKENS)
         for b, row_roles in enumerate(roles):
             for role, logprobs in zip(row_roles, got[b], strict=False):

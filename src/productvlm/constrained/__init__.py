@@ -30,7 +30,8 @@ a random model's answer ends with ``<|end|>`` and parses.
 """
 
 from productvlm.constrained.grammar import AnswerGrammar, AnswerLogitsProcessor
-from productvlm.constrained.template import answer_template
+from productvlm.constrained.template import answer_template, template_regex
 from productvlm.constrained.vocab import TokenVocab
 
-__all__ = ["AnswerGrammar", "AnswerLogitsProcessor", "TokenVocab", "answer_template"]
+__all__ = ["AnswerGrammar", "AnswerLogitsProcessor", "TokenVocab", "answer_template",
+           "template_regex"]

@@ -105,3 +105,65 @@ def answer_template(
     # The leading-space variant: a target tokenized on its own starts with "▁Product".
     return (Lit(("Product: ", " Product: ")), title, Lit((", Category: ",)), category,
             Lit((", Full Price: ",)), Number(json=False, reserve=PRICE_RESERVE), End())
+
+
+#: the longest token a soft-capped free text may overrun its cap by, in the regex form
+REGEX_OVERRUN = 16
+
+
+def template_regex(template: tuple[Segment, ...]) -> str:
+    """The answer format as one regular expression, for engines that take structured output
+    as a regex (vLLM's ``StructuredOutputsParams(regex=...)``); the end token is the
+    engine's stop token, not part of the pattern.
+
+    It accepts the answers the token automaton (:mod:`productvlm.constrained.grammar`)
+    accepts, with two differences that a regex cannot state: a free text's soft cap becomes
+    a hard cap ``REGEX_OVERRUN`` characters past it, and the token budget (``need``: a
+    field left room to finish within ``max_new_tokens``) is the engine's ``max_tokens``.
+
+    >>> import re
+    >>> rx = template_regex(answer_template("seed", ["BAGS"], title_alphabet="Lola Bg"))
+    >>> bool(re.fullmatch(rx, "Product: Lola Bag, Category: BAGS, Full Price: 2,290.00"))
+    True
+    >>> bool(re.fullmatch(rx, "Product: Lola Bag, Category: COATS, Full Price: 2,290.00"))
+    False
+    """
+    return "".join(_segment_regex(seg) for seg in template if not isinstance(seg, End))
+
+
+def _segment_regex(seg: Segment) -> str:
+    if isinstance(seg, Lit):
+        options = sorted(seg.options, key=len, reverse=True)
+        return "(?:" + "|".join(_escape(o) for o in options) + ")"
+    if isinstance(seg, Number):
+        if seg.json:  # no leading zero; the DFA's length cap, fraction digits included
+            whole, fraction = seg.max_chars - 1, seg.max_chars - 2
+            return rf"(?:0|[1-9][0-9]{{0,{whole}}})(?:\.[0-9]{{1,{fraction}}})?"
+        groups = max(0, (seg.max_chars - 4) // 4)  # ",ddd" groups beside a "d" and ".dd"
+        return rf"(?:0|[1-9][0-9]{{0,2}}(?:,[0-9]{{3}}){{0,{groups}}})\.[0-9]{{2}}"
+    assert isinstance(seg, Free)
+    char = _char_class(seg, first=False)
+    first = _char_class(seg, first=True)
+    if seg.json_escapes:
+        char, first = (f'(?:{c}|\\\\["\\\\/])' for c in (char, first))
+    return f"{first}{char}{{0,{seg.max_chars - 1 + REGEX_OVERRUN}}}"
+
+
+def _char_class(seg: Free, first: bool) -> str:
+    """A free text's character class: its alphabet less what it forbids, or anything but
+    control characters and what it forbids; the first character is never a space."""
+    banned = set(seg.forbid) | ({" "} if first else set())
+    if seg.alphabet is not None:
+        chars = sorted(c for c in seg.alphabet if seg.ok(c) and c not in banned)
+        return "[" + "".join(_class_char(c) for c in chars) + "]"
+    return "[^" + "".join(_class_char(c) for c in sorted(banned)) + "\\x00-\\x1f\\x7f]"
+
+
+def _escape(text: str) -> str:
+    """``text`` as a literal pattern (only the metacharacters escaped: grammar engines'
+    regex dialects differ on escapes such as ``\\ ``)."""
+    return "".join("\\" + c if c in ".^$*+?()[]{}|\\" else c for c in text)
+
+
+def _class_char(c: str) -> str:
+    return "\\" + c if c in "\\]^-[" else c

@@ -191,16 +191,22 @@ class Predictor:
     def grammar(self) -> Any:
         """The answer-format automaton over this tokenizer (built once, on first use)."""
         if self._grammar is None:
-            from productvlm.constrained import AnswerGrammar, TokenVocab, answer_template
+            from productvlm.constrained import AnswerGrammar, TokenVocab
 
-            longest = (math.ceil(self.title_max_chars * TITLE_SLACK) if self.title_max_chars
-                       else TITLE_MAX_CHARS)
-            template = answer_template(self.target_format, self.categories,
-                                       title_max_chars=longest,
-                                       title_alphabet=self.title_alphabet)
             self._grammar = AnswerGrammar.within(TokenVocab.from_tokenizer(self.tokenizer),
-                                                 template, self.max_new_tokens)
+                                                 self.answer_format(), self.max_new_tokens)
         return self._grammar
+
+    def answer_format(self) -> tuple[Any, ...]:
+        """The constrained answer's segments (:func:`productvlm.constrained.answer_template`):
+        the target format, the training categories, the title bounded by the training
+        titles' characters and longest length (with slack)."""
+        from productvlm.constrained import answer_template
+
+        longest = (math.ceil(self.title_max_chars * TITLE_SLACK) if self.title_max_chars
+                   else TITLE_MAX_CHARS)
+        return answer_template(self.target_format, self.categories, title_max_chars=longest,
+                               title_alphabet=self.title_alphabet)
 
     def predict(self, images: Sequence[Any], progress: Progress = None,
                 given: Sequence[tuple[str, str]] | None = None,

@@ -288,7 +288,9 @@ def load_model(
                 model, gradient_checkpointing_kwargs={"use_reentrant": False}
             )
         else:
-            model.activation_checkpointing_enable({"use_reentrant": False})
+            from productvlm.models.compat import enable_checkpointing
+
+            enable_checkpointing(model)
     if lora is not None and adapter_cfg is None:
         from peft import LoraConfig, get_peft_model
 

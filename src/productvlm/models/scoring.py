@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from productvlm.models.compat import cache_arg
 from productvlm.models.families import text_model
 
 Group = tuple[Sequence[int], Sequence[Sequence[int]]]  # (lead, candidates)
@@ -132,7 +133,8 @@ class _Passes:
         with torch.inference_mode():
             hidden = self.decoder(
                 input_ids=ids.to(dev), attention_mask=mask[:, None].to(dev),
-                position_ids=pos.to(dev), cache=self.cache, use_cache=True).last_hidden_state
+                position_ids=pos.to(dev), use_cache=True,
+                **{cache_arg(self.decoder): self.cache}).last_hidden_state
         p = len(self.hidden)
         self.hidden.append(hidden)
         for b, nodes in enumerate(todo):

@@ -67,7 +67,11 @@ def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 1024,
         [pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first"),
          pre_tokenizers.Digits(individual_digits=True)]
     )
-    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    # Phi-3's (Llama's) own decoder: "▁" back to a space, byte pieces fused, the first space
+    # stripped. It decodes as Metaspace(prepend_scheme="first") does, and it is how grammar
+    # engines (vLLM's xgrammar) tell a SentencePiece-style vocabulary from a raw one.
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(),
+                                     decoders.Fuse(), decoders.Strip(" ", 1, 0)])
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         special_tokens=["<unk>", *dict.fromkeys(t for t in spec.special if t != "<unk>")],

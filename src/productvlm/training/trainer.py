@@ -103,6 +103,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     """
     from transformers import set_seed
 
+    from productvlm.models.compat import checkpointing_args
     from productvlm.models.loading import load_model, mixed_precision, pick_device
     from productvlm.models.processors import load_processor
     from productvlm.prepared import load_prepared
@@ -190,8 +191,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         load_best_model_at_end=has_validation,
         metric_for_best_model="eval_loss",
         greater_is_better=False,
-        activation_checkpointing=plan.checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False},
+        **checkpointing_args(plan.checkpointing),
         dataloader_pin_memory=on_cuda,
         # without CUDA, say so: accelerate then runs torchrun's processes as MULTI_CPU (gloo)
         use_cpu=not on_cuda,

