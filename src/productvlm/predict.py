@@ -28,6 +28,7 @@ from productvlm.config import HubKernels, StageConfig, hub_kernels_option, resol
 from productvlm.inference import INTERVAL_LEVEL, MAX_NEW_TOKENS, Prediction, Predictor
 from productvlm.inference.batch import Row, answer_rows
 from productvlm.inference.sizing import BATCH_HELP, BatchSize, plan_rows
+from productvlm.inference.vllm_engine import ENGINE_HELP, Engine, load_engine
 
 
 class PredictConfig(StageConfig):
@@ -37,6 +38,7 @@ class PredictConfig(StageConfig):
     images: list[str] = Field(..., min_length=1, description="image paths, globs or URLs")
     json_lines: bool = Field(False, description="one JSON object per line instead of a table")
     batch_size: BatchSize = Field("auto", description=BATCH_HELP)
+    engine: Engine = Field("hf", description=ENGINE_HELP)
     max_new_tokens: int = Field(MAX_NEW_TOKENS, ge=1, description="longest answer, in tokens")
     constrained: bool = Field(True, description="force answers into the target format")
     num_crops: int | None = Field(None, ge=1, description="override the run's num_crops")
@@ -150,10 +152,10 @@ def predict_files(cfg: PredictConfig) -> int:
 
 def load_predictor(cfg: PredictConfig) -> Predictor:
     """The predictor ``cfg`` asks for (here, or in each Ray actor)."""
-    return Predictor.load(cfg.model, device=cfg.device, precision=cfg.precision,
-                          hub_kernels=cfg.hub_kernels, batch_size=cfg.batch_size,
-                          max_new_tokens=cfg.max_new_tokens, constrained=cfg.constrained,
-                          num_crops=cfg.num_crops, interval_level=cfg.interval_level)
+    return load_engine(cfg.engine, cfg.model, device=cfg.device, precision=cfg.precision,
+                       hub_kernels=cfg.hub_kernels, batch_size=cfg.batch_size,
+                       max_new_tokens=cfg.max_new_tokens, constrained=cfg.constrained,
+                       num_crops=cfg.num_crops, interval_level=cfg.interval_level)
 
 
 def _answers(cfg: PredictConfig, sources: list[tuple[str, str | None]],
@@ -239,6 +241,7 @@ def register(app: typer.Typer) -> None:
                                            help="YAML config (its predict: section)"),
         json_lines: bool = typer.Option(False, "--json", help="one JSON object per line"),
         batch_size: str | None = typer.Option(None, help=f"{BATCH_HELP} [auto]"),
+        engine: str | None = typer.Option(None, help=f"{ENGINE_HELP} [hf]"),
         constrained: bool | None = typer.Option(None, "--constrained/--no-constrained",
                                                 help="force answers into the target format"),
         local_root: Path | None = typer.Option(
@@ -258,6 +261,7 @@ def register(app: typer.Typer) -> None:
         """Title, category and price for each product photo. Exit 1 if an image was unreadable."""
         cfg = resolve_config(PredictConfig, config, dict(
             model=model, images=images, json_lines=json_lines or None, batch_size=batch_size,
+            engine=engine,
             constrained=constrained, local_root=local_root, max_new_tokens=max_new_tokens,
             num_crops=num_crops, device=device, precision=precision, hub_kernels=hub_kernels,
             interval_level=interval_level, ray=ray, ray_actors=ray_actors),

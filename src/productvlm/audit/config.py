@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 from productvlm.config import HubKernels, StageConfig
 from productvlm.inference import INTERVAL_LEVEL
 from productvlm.inference.sizing import BATCH_HELP, BatchSize
+from productvlm.inference.vllm_engine import ENGINE_HELP, Engine
 
 
 class AuditConfig(StageConfig):
@@ -26,6 +27,7 @@ class AuditConfig(StageConfig):
     currency: str = Field("", description="currency when the catalog has none")
     limit: int | None = Field(None, ge=1, description="audit only the first N rows")
     batch_size: BatchSize = Field("auto", description=BATCH_HELP)
+    engine: Engine = Field("hf", description=ENGINE_HELP)
     interval_level: float = Field(INTERVAL_LEVEL, ge=0.5, le=0.99,
                                   description="level of the interval in audit.csv")
     flag_level: float = Field(0.99, ge=0.5, le=0.99, description="a listed price outside "

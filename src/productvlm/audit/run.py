@@ -36,6 +36,7 @@ from productvlm.audit.config import AuditConfig
 from productvlm.config import hub_kernels_option, parse_pairs, resolve_config, save_config
 from productvlm.errors import ProductVLMError
 from productvlm.inference.sizing import BATCH_HELP
+from productvlm.inference.vllm_engine import ENGINE_HELP
 
 
 def audit(cfg: AuditConfig) -> Path:
@@ -148,6 +149,7 @@ def register(app: typer.Typer) -> None:
         source_split: str | None = typer.Option(None, help="split of a Hugging Face source"),
         limit: int | None = typer.Option(None, help="audit only the first N rows"),
         batch_size: str | None = typer.Option(None, help=f"{BATCH_HELP} [auto]"),
+        engine: str | None = typer.Option(None, help=f"{ENGINE_HELP} [hf]"),
         interval_level: float | None = typer.Option(None, help="interval level [0.8]"),
         flag_level: float | None = typer.Option(None, help="flag outside this interval [0.99]"),
         faults: Path | None = typer.Option(None, help="known errors (faults.csv) to score"),
@@ -169,7 +171,8 @@ def register(app: typer.Typer) -> None:
         cfg = resolve_config(AuditConfig, config, dict(
             model=model, calibration=calibration, source=source, out=out, preset=preset,
             map=parse_pairs(map, "--map") or None, source_split=source_split, limit=limit,
-            batch_size=batch_size, interval_level=interval_level, flag_level=flag_level,
+            batch_size=batch_size, engine=engine, interval_level=interval_level,
+            flag_level=flag_level,
             faults=faults, device=device, precision=precision, hub_kernels=hub_kernels,
             fetch=fetch or None, ray=ray, ray_actors=ray_actors),
             section="audit")

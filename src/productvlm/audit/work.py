@@ -63,12 +63,12 @@ def audit_batches(records: Sequence[Any], batches: Sequence[Sequence[int]], pred
 def load_audit_model(cfg: Any) -> tuple[Any, TrainingItems | None]:
     """The predictor an audit answers with, and the run's training items (to mark listings
     the model was trained on)."""
-    from productvlm.inference import Predictor
+    from productvlm.inference.vllm_engine import load_engine
     from productvlm.rundir import resolve_model
 
-    predictor = Predictor.load(cfg.model, device=cfg.device, precision=cfg.precision,
-                               hub_kernels=cfg.hub_kernels, batch_size=cfg.batch_size,
-                               interval_level=cfg.interval_level, calibration=cfg.calibration)
+    predictor = load_engine(cfg.engine, cfg.model, device=cfg.device, precision=cfg.precision,
+                            hub_kernels=cfg.hub_kernels, batch_size=cfg.batch_size,
+                            interval_level=cfg.interval_level, calibration=cfg.calibration)
     info = resolve_model(cfg.model)
     return predictor, info.run.read_training_items() if info.run else None
 

@@ -29,6 +29,7 @@ from productvlm.config import (
 from productvlm.errors import ProductVLMError
 from productvlm.inference import INTERVAL_LEVEL, MAX_NEW_TOKENS
 from productvlm.inference.sizing import BATCH_HELP, BatchSize
+from productvlm.inference.vllm_engine import ENGINE_HELP, Engine, load_engine
 
 
 class EvalConfig(StageConfig):
@@ -39,6 +40,7 @@ class EvalConfig(StageConfig):
     split: str = "test"
     out: Path | None = Field(None, description="default: <model>/eval-<split>")
     batch_size: BatchSize = Field("auto", description=BATCH_HELP)
+    engine: Engine = Field("hf", description=ENGINE_HELP)
     max_new_tokens: int = Field(MAX_NEW_TOKENS, ge=1)
     constrained: bool = Field(True, description="force answers into the target format")
     limit: int | None = Field(None, ge=1, description="evaluate the first N rows only")
@@ -142,14 +144,13 @@ def _answered(cfg: EvalConfig, ds: Any, split: Any, out: Path, given: bool,
     actors (``cfg.ray``). A model without a calibration is calibrated first (here)."""
     from productvlm.evaluation.calibrate import ensure_calibration
     from productvlm.evaluation.rows import split_rows, thumb
-    from productvlm.inference import Predictor
     from productvlm.inference.batch import answer_rows
 
     def load() -> Any:
-        return Predictor.load(cfg.model, device=cfg.device, precision=cfg.precision,
-                              hub_kernels=cfg.hub_kernels, batch_size=cfg.batch_size,
-                              max_new_tokens=cfg.max_new_tokens, constrained=cfg.constrained,
-                              interval_level=cfg.interval_level)
+        return load_engine(cfg.engine, cfg.model, device=cfg.device, precision=cfg.precision,
+                           hub_kernels=cfg.hub_kernels, batch_size=cfg.batch_size,
+                           max_new_tokens=cfg.max_new_tokens, constrained=cfg.constrained,
+                           interval_level=cfg.interval_level)
 
     if cfg.ray:
         from productvlm.calibration import Calibration
@@ -273,6 +274,7 @@ def register(app: typer.Typer) -> None:
         out: Path | None = typer.Option(None, help="report folder"),
         config: Path | None = typer.Option(None, "--config", "-c", help="YAML config"),
         batch_size: str | None = typer.Option(None, help=f"{BATCH_HELP} [auto]"),
+        engine: str | None = typer.Option(None, help=f"{ENGINE_HELP} [hf]"),
         max_new_tokens: int | None = typer.Option(None),
         constrained: bool | None = typer.Option(None, "--constrained/--no-constrained"),
         limit: int | None = typer.Option(None, help="first N rows only"),
@@ -299,6 +301,7 @@ def register(app: typer.Typer) -> None:
                 split=split,
                 out=out,
                 batch_size=batch_size,
+                engine=engine,
                 max_new_tokens=max_new_tokens,
                 constrained=constrained,
                 limit=limit,

@@ -57,13 +57,13 @@ class EvalActor:
     answers each batch ``[start, stop)`` of rows it is handed."""
 
     def __init__(self, spec: str) -> None:
-        from productvlm.inference import Predictor
+        from productvlm.inference.vllm_engine import load_engine
         from productvlm.prepared import load_prepared
 
         self.spec = json.loads(spec)
         s = self.spec
-        self.predictor = Predictor.load(
-            s["model"], device=s["device"], precision=s["precision"],
+        self.predictor = load_engine(
+            s.get("engine", "hf"), s["model"], device=s["device"], precision=s["precision"],
             hub_kernels=s["hub_kernels"], batch_size=s["batch_size"],
             max_new_tokens=s["max_new_tokens"], constrained=s["constrained"],
             interval_level=s["interval_level"], calibration=s["calibration"])

@@ -181,10 +181,14 @@ class Predictor:
                 "target_format": self.target_format, "question": self.question,
                 "categories": self.categories, "currency": self.currency,
                 "batch_size": self.batch_size, "max_new_tokens": self.max_new_tokens,
-                "constrained": self.constrained, "device": str(self.model.device),
-                "calibrated": self.calibration is not None,
+                "constrained": self.constrained, "calibrated": self.calibration is not None,
                 "interval_level": self.interval_level if self.calibration else None,
                 "low_confidence_below": self.low_confidence if self.calibration else None,
+                **self.placement()}
+
+    def placement(self) -> dict[str, str]:
+        """Where the weights are: ``device`` and ``dtype``."""
+        return {"device": str(self.model.device),
                 "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch.")}
 
     @property

@@ -37,7 +37,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from productvlm.calibration import Signals
 from productvlm.errors import ProductVLMError
@@ -46,6 +46,10 @@ from productvlm.inference.record import BATCH_SIZE, INTERVAL_LEVEL, LOW_CONFIDEN
 from productvlm.prompts import answer_end, render_prompt
 from productvlm.rundir import RunInfo, resolve_model
 
+#: the engines every answering command takes (``--engine``)
+Engine = Literal["hf", "vllm"]
+ENGINE_HELP = ("hf (transformers, this process) or vllm (an in-process vLLM: `make venv-vllm` "
+               "on a CPU, `pip install vllm` on CUDA)")
 #: photos handed to vLLM at a time with ``--batch-size auto``: vLLM schedules them itself
 VLLM_BATCH = 256
 #: the families vLLM 0.32 serves LoRA adapters for (language-model LoRA)
@@ -171,11 +175,12 @@ class VllmPredictor(Predictor):
                    title_max_chars=info.title_max_chars)
 
     def describe(self) -> dict[str, Any]:
-        out = super().describe()
-        out.update(engine="vllm", served=self.source.why,
-                   device=str(self.llm.llm_engine.vllm_config.device_config.device),
-                   dtype=str(self.llm.llm_engine.model_config.dtype).removeprefix("torch."))
-        return out
+        return {**super().describe(), "engine": "vllm", "served": self.source.why}
+
+    def placement(self) -> dict[str, str]:
+        config = self.llm.llm_engine.vllm_config
+        return {"device": str(config.device_config.device),
+                "dtype": str(config.model_config.dtype).removeprefix("torch.")}
 
     def sampling(self) -> Any:
         """vLLM's SamplingParams for an answer: greedy, stopping at the answer's end token,
@@ -242,10 +247,34 @@ class VllmPredictor(Predictor):
         return self._hf.image_features(images)
 
 
+def load_engine(engine: Engine, model: str | Path, **kwargs: Any) -> Predictor:
+    """The predictor of ``engine`` for ``model``; ``kwargs``: :meth:`Predictor.load`'s.
+
+    >>> load_engine("vllm", "runs/demo/train", batch_size="auto").batch_size  # doctest: +SKIP
+    256
+    """
+    if engine == "vllm":
+        return VllmPredictor.load(model, **kwargs)
+    if engine != "hf":
+        raise ProductVLMError(f"engine {engine!r}: use hf or vllm")
+    return Predictor.load(model, **kwargs)
+
+
+#: the process's one in-process engine: (its settings, the LLM)
+_LIVE: list[tuple[str, Any]] = []
+
+
 def start_llm(source: Source, *, dtype: str, num_crops: int | None = None) -> Any:
     """An in-process ``vllm.LLM`` for ``source`` (one process: no ``__main__`` guard needed,
-    and the engine starts in seconds on a CPU), or a one-line error."""
+    and the engine starts in seconds on a CPU), or a one-line error.
+
+    A process holds one engine: asking for the same settings again returns it, and asking for
+    others shuts it down first (predictors still holding it can no longer answer).
+    """
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    # vLLM logs to stdout at INFO by default: stdout is the answers' (predict --json)
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     try:
         import torch
         from vllm import LLM
@@ -267,8 +296,18 @@ def start_llm(source: Source, *, dtype: str, num_crops: int | None = None) -> An
         # Phi-3-vision: vLLM's own model class, with the processor of the checkpoint's code
         # (merged/ carries the base model's remote-code files, models/remote_code.py)
         kwargs["trust_remote_code"] = True
+    key = json.dumps(kwargs, sort_keys=True)
+    if _LIVE and _LIVE[0][0] == key:
+        return _LIVE[0][1]  # this process's engine already serves it
+    if _LIVE:
+        # an in-process engine's shutdown tears down vLLM's process-wide parallel state, so
+        # the old one is shut down now, before the new one sets that state up (left to the
+        # garbage collector, it would tear down the new engine's)
+        _LIVE.pop()[1].llm_engine.engine_core.shutdown()
     try:
-        return LLM(**kwargs)
+        llm = LLM(**kwargs)
+        _LIVE.append((key, llm))
+        return llm
     except (OSError, ValueError, RuntimeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ProductVLMError(f"{source.model}: vLLM cannot load it ({first})") from None
@@ -282,5 +321,5 @@ def _lora_rank(rank: int) -> int:
     raise ProductVLMError(f"LoRA rank {rank}: vLLM serves ranks up to 512; merge the adapter")
 
 
-__all__ = ["LORA_FAMILIES", "VLLM_BATCH", "Source", "VllmPredictor", "plan_source",
-           "start_llm"]
+__all__ = ["ENGINE_HELP", "LORA_FAMILIES", "VLLM_BATCH", "Engine", "Source", "VllmPredictor",
+           "load_engine", "plan_source", "start_llm"]

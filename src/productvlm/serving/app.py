@@ -23,6 +23,7 @@ import typer
 
 from productvlm.config import hub_kernels_option, resolve_config
 from productvlm.errors import ProductVLMError
+from productvlm.inference.vllm_engine import ENGINE_HELP
 from productvlm.serving.config import ServeConfig, check_exposure, is_loopback
 
 
@@ -47,7 +48,7 @@ def create_app(predictor: Any, settings: ServeConfig | None = None) -> Any:
 
 def load_predictor(cfg: ServeConfig) -> Any:
     """Load the run's model through the one prediction path, batched to ``max_batch``."""
-    from productvlm.inference import Predictor
+    from productvlm.inference.vllm_engine import load_engine
 
     kwargs: dict[str, Any] = {"batch_size": cfg.max_batch, "device": cfg.device,
                               "precision": cfg.precision, "hub_kernels": cfg.hub_kernels,
@@ -55,7 +56,7 @@ def load_predictor(cfg: ServeConfig) -> Any:
                               "low_confidence": cfg.low_confidence}
     if cfg.max_new_tokens is not None:
         kwargs["max_new_tokens"] = cfg.max_new_tokens
-    return Predictor.load(cfg.model, **kwargs)
+    return load_engine(cfg.engine, cfg.model, **kwargs)
 
 
 def serve(cfg: ServeConfig) -> None:
@@ -89,6 +90,7 @@ def register(app: typer.Typer) -> None:
         api_key: str | None = typer.Option(None, envvar="PRODUCTVLM_API_KEY",
                                            help="clients must send it as X-API-Key"),
         max_batch: int | None = typer.Option(None, help="photos per batch; 1 = no batching [8]"),
+        engine: str | None = typer.Option(None, help=f"{ENGINE_HELP} [hf]"),
         max_wait_ms: float | None = typer.Option(None, help="batch gathering window [10]"),
         max_queue: int | None = typer.Option(None, help="waiting photos before 503 [64]"),
         max_images: int | None = typer.Option(None, help="photos per request [8]"),
@@ -108,6 +110,7 @@ def register(app: typer.Typer) -> None:
         """Serve the model: HTTP API (POST /v1/predict) and a web page at /."""
         flags = dict(
             model=model, host=host, port=port, api_key=api_key, max_batch=max_batch,
+            engine=engine,
             max_wait_ms=max_wait_ms, max_queue=max_queue, max_images=max_images,
             max_upload_mb=max_upload_mb, max_pixels=max_pixels,
             request_timeout_s=request_timeout_s, allow_urls=allow_urls or None,

@@ -15,6 +15,7 @@ from pydantic import Field
 
 from productvlm.config import HubKernels, StageConfig
 from productvlm.errors import ProductVLMError
+from productvlm.inference.vllm_engine import ENGINE_HELP, Engine
 
 STATIC_DIR = Path(__file__).parent / "static"
 LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
@@ -42,6 +43,7 @@ class ServeConfig(StageConfig):
                              "fetched from loopback, private or link-local addresses")
     url_timeout_s: float = Field(10.0, gt=0)
     max_new_tokens: int | None = Field(None, ge=1, description="override the run's setting")
+    engine: Engine = Field("hf", description=ENGINE_HELP)
     interval_level: float = Field(0.8, ge=0.5, le=0.99, description="level of the price "
                                   "intervals (calibrated models)")
     low_confidence: float = Field(0.5, ge=0, le=1, description="answers under this "
