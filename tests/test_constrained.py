@@ -17,7 +17,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from productvlm.constrained import AnswerGrammar, TokenVocab, answer_template
+from productvlm.constrained import AnswerGrammar, TokenVocab, answer_template, template_regex
 from productvlm.constrained.template import PRICE_RESERVE, Number
 from productvlm.prompts import END, ProductFields, format_answer, parse_answer
 
@@ -158,6 +158,8 @@ def test_seed_accepts(tok: PreTrainedTokenizerFast, text: str, ok: bool) -> None
     assert g.accepts(text) is ok
     if ok:
         assert parse_answer(text + END, "seed").ok
+    # vLLM's structured output: the same template as a regex accepts the same answers
+    assert bool(re.fullmatch(template_regex(answer_template("seed", CATEGORIES)), text)) is ok
 
 
 @pytest.mark.parametrize(
@@ -174,6 +176,7 @@ def test_seed_accepts(tok: PreTrainedTokenizerFast, text: str, ok: bool) -> None
 def test_json_accepts(tok: PreTrainedTokenizerFast, text: str, ok: bool) -> None:
     g = AnswerGrammar(vocab_of(tok), answer_template("json", CATEGORIES))
     assert g.accepts(text) is ok
+    assert bool(re.fullmatch(template_regex(answer_template("json", CATEGORIES)), text)) is ok
     if ok:
         assert json.loads(text)["title"] == "Lola"
 
@@ -349,3 +352,33 @@ def test_the_reserve_gives_way_to_a_short_budget(tok: PreTrainedTokenizerFast) -
     rng = random.Random(2)
     ids = run(g, lambda step, allowed: rng.choice(allowed), max_new=tight, width=len(tok))
     assert parse_answer(tok.decode(ids), "seed").ok
+
+
+@pytest.mark.parametrize("fmt", ["seed", "json"])
+@pytest.mark.parametrize("alphabet", [None, "Lola Bag,"])
+def test_regex_accepts_what_the_automaton_accepts(tok: PreTrainedTokenizerFast, fmt: str,
+                                                  alphabet: str | None) -> None:
+    """On 3,000 strings spliced from the format's own pieces (titles that hold commas, parts
+    of the next field's literal, quotes, bad prices), the regex given to vLLM and the token
+    automaton agree on every one (titles under the soft cap, which only the regex makes
+    hard)."""
+    template = answer_template(fmt, CATEGORIES, title_alphabet=alphabet)
+    g, rx = AnswerGrammar(vocab_of(tok), template), re.compile(template_regex(template))
+    if fmt == "seed":
+        heads, mids = ["Product: ", " Product: ", "Product:  ", ""], [", Category: ", ", Cat",
+                                                                    ", ", ",", ", Category"]
+        prices = ["2,290.00", "0.50", "0.00", "22,90.00", "1,234,567.00", "12.5", "7.00"]
+        tail = ", Full Price: "
+    else:
+        heads, mids = ['{"title": "', ' {"title": "', '{"title":"'], ['", "category": "',
+                                                                      '", "cat', '"', '\\"']
+        prices = ["2290.0", "0.5", "0", "012", "2,290", "7", "0.05"]
+        tail = '", "price": '
+    words = ["Lola", "Bag", "Lo", "la", "a", " ", ",", "B", "AGS"]
+    rng = random.Random(0)
+    for _ in range(3000):
+        title = "".join(rng.choice(words + mids) for _ in range(rng.randint(0, 5)))
+        text = (rng.choice(heads) + title + rng.choice(mids) + rng.choice(CATEGORIES + ["BELTS"])
+                + rng.choice([tail, tail[:-1]]) + rng.choice(prices) + ("}" if fmt == "json"
+                                                                         else ""))
+        assert bool(rx.fullmatch(text)) is g.accepts(text), text

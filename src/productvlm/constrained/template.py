@@ -116,10 +116,13 @@ def template_regex(template: tuple[Segment, ...]) -> str:
     as a regex (vLLM's ``StructuredOutputsParams(regex=...)``); the end token is the
     engine's stop token, not part of the pattern.
 
-    It accepts the answers the token automaton (:mod:`productvlm.constrained.grammar`)
-    accepts, with two differences that a regex cannot state: a free text's soft cap becomes
-    a hard cap ``REGEX_OVERRUN`` characters past it, and the token budget (``need``: a
-    field left room to finish within ``max_new_tokens``) is the engine's ``max_tokens``.
+    It accepts what the token automaton (:mod:`productvlm.constrained.grammar`) accepts:
+    a free text never holds the literal after it (", Category: " cannot appear in a title),
+    with two differences a regex cannot state: a free text's soft cap becomes a hard cap
+    ``REGEX_OVERRUN`` characters past it (no cap where the text may hold that literal's first
+    character: the regex that avoids the literal has no length), and the token budget
+    (``need``: a field leaves room to finish within ``max_new_tokens``) is the engine's
+    ``max_tokens``.
 
     >>> import re
     >>> rx = template_regex(answer_template("seed", ["BAGS"], title_alphabet="Lola Bg"))
@@ -128,31 +131,68 @@ def template_regex(template: tuple[Segment, ...]) -> str:
     >>> bool(re.fullmatch(rx, "Product: Lola Bag, Category: COATS, Full Price: 2,290.00"))
     False
     """
-    return "".join(_segment_regex(seg) for seg in template if not isinstance(seg, End))
+    parts = []
+    for i, seg in enumerate(template):
+        nxt = template[i + 1] if i + 1 < len(template) else None
+        if isinstance(seg, Lit):
+            options = sorted(seg.options, key=len, reverse=True)
+            parts.append("(?:" + "|".join(_escape(o) for o in options) + ")")
+        elif isinstance(seg, Number):
+            parts.append(_number_regex(seg))
+        elif isinstance(seg, Free):
+            stop = (nxt.options[0] if isinstance(nxt, Lit) and len(nxt.options) == 1
+                    else None)
+            parts.append(_free_regex(seg, stop))
+    return "".join(parts)
 
 
-def _segment_regex(seg: Segment) -> str:
-    if isinstance(seg, Lit):
-        options = sorted(seg.options, key=len, reverse=True)
-        return "(?:" + "|".join(_escape(o) for o in options) + ")"
-    if isinstance(seg, Number):
-        if seg.json:  # no leading zero; the DFA's length cap, fraction digits included
-            whole, fraction = seg.max_chars - 1, seg.max_chars - 2
-            return rf"(?:0|[1-9][0-9]{{0,{whole}}})(?:\.[0-9]{{1,{fraction}}})?"
-        groups = max(0, (seg.max_chars - 4) // 4)  # ",ddd" groups beside a "d" and ".dd"
-        return rf"(?:0|[1-9][0-9]{{0,2}}(?:,[0-9]{{3}}){{0,{groups}}})\.[0-9]{{2}}"
-    assert isinstance(seg, Free)
-    char = _char_class(seg, first=False)
-    first = _char_class(seg, first=True)
-    if seg.json_escapes:
-        char, first = (f'(?:{c}|\\\\["\\\\/])' for c in (char, first))
-    return f"{first}{char}{{0,{seg.max_chars - 1 + REGEX_OVERRUN}}}"
+def _number_regex(seg: Number) -> str:
+    """A positive price (as the DFA: at least one non-zero digit)."""
+    if seg.json:  # no leading zero; within the DFA's length cap
+        w = seg.max_chars - 2
+        return (rf"(?:[1-9][0-9]{{0,{w}}}(?:\.[0-9]{{1,{w}}})?"
+                rf"|0\.[0-9]{{0,{w}}}[1-9][0-9]{{0,{w}}})")
+    groups = max(0, (seg.max_chars - 4) // 4)  # ",ddd" groups beside a "d" and ".dd"
+    return (rf"(?:[1-9][0-9]{{0,2}}(?:,[0-9]{{3}}){{0,{groups}}}\.[0-9]{{2}}"
+            rf"|0\.(?:0[1-9]|[1-9][0-9]))")
 
 
-def _char_class(seg: Free, first: bool) -> str:
-    """A free text's character class: its alphabet less what it forbids, or anything but
-    control characters and what it forbids; the first character is never a space."""
-    banned = set(seg.forbid) | ({" "} if first else set())
+def _free_regex(seg: Free, stop: str | None) -> str:
+    """A free text: not starting with a space, its characters, never holding ``stop``."""
+    def one(banned: set[str]) -> str:  # one character (or JSON escape) not in ``banned``
+        cls = _char_class(seg, banned)
+        return f'(?:{cls}|\\\\["\\\\/])' if seg.json_escapes else cls
+
+    lead = stop[0] if stop else None
+    if lead is None or not _holds(seg, lead):
+        return f"{one({' '})}{one(set())}{{0,{seg.max_chars - 1 + REGEX_OVERRUN}}}"
+    if lead in stop[1:]:  # a literal whose first character recurs: keep that character out
+        return f"{one({' ', lead})}{one({lead})}{{0,{seg.max_chars - 1 + REGEX_OVERRUN}}}"
+    # Strings that never hold ``stop`` (its first character c appears once in it): after c
+    # and a part of the literal, the next character either goes on with the literal, starts
+    # it again (c), or leaves it; the literal's last character is never allowed to complete it.
+    c, rest = _escape(lead), stop[1:]
+    # "", " ", " C", ...: the literal's parts the text can hold (never the whole of it)
+    partial = [rest[:j] for j in range(len(rest)) if all(_holds(seg, ch) for ch in rest[:j])]
+    again = "(?:" + "|".join(_escape(p) for p in partial) + ")" + c  # back to "c seen"
+    leave = "(?:" + "|".join(_escape(p) + one({lead, rest[j]})
+                             for j, p in enumerate(partial)) + ")"
+    tail = "(?:" + "|".join(_escape(p) for p in partial) + ")"
+    body = f"(?:{one({lead})}|{c}(?:{again})*{leave})*"
+    end = f"(?:{c}(?:{again})*{tail})?"
+    return (f"(?:{one({' ', lead})}{body}{end}"  # a first character other than c, or c
+            f"|{c}(?:{again})*(?:{leave}{body}{end}|{tail}))")
+
+
+def _holds(seg: Free, c: str) -> bool:
+    """Whether free text ``seg`` may hold character ``c``."""
+    return seg.ok(c) and (seg.alphabet is None or c in seg.alphabet)
+
+
+def _char_class(seg: Free, banned: set[str]) -> str:
+    """A free text's character class: its alphabet less what it forbids and ``banned``, or
+    anything but control characters, what it forbids and ``banned``."""
+    banned = set(seg.forbid) | banned
     if seg.alphabet is not None:
         chars = sorted(c for c in seg.alphabet if seg.ok(c) and c not in banned)
         return "[" + "".join(_class_char(c) for c in chars) + "]"

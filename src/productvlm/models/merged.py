@@ -6,7 +6,9 @@ own Hub format (the one owner of that format).
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,6 +16,16 @@ import torch
 from productvlm.models.families import family_of
 from productvlm.models.loading import merge_adapter
 
+#: The video processor that a family's processor loads beside its image processor, by
+#: config.json's model_type. Photos never use it, but transformers 5.19 and vLLM refuse a
+#: Qwen folder without one, and a processor saved where torchvision is missing (the CPU
+#: install, :func:`productvlm.models.families.image_only_processor`) has none.
+VIDEO_PROCESSORS = {"qwen2_5_vl": "Qwen2VLVideoProcessor", "qwen2_vl": "Qwen2VLVideoProcessor",
+                    "qwen3_vl": "Qwen3VLVideoProcessor"}
+#: the image processor's settings its video processor shares (the rest are its defaults)
+VIDEO_SHARED = ("do_convert_rgb", "do_normalize", "do_rescale", "do_resize", "image_mean",
+                "image_std", "merge_size", "patch_size", "resample", "rescale_factor", "size",
+                "temporal_patch_size")
 #: The Hub checkpoint's shard size: a 4.2B bf16 model is two shards and an index, as there.
 HUB_SHARD_SIZE = "5GB"
 
@@ -40,6 +52,7 @@ def save_merged(model: Any, processor: Any, out: str | os.PathLike,
     if not family_of(merged).native:
         merged.save_pretrained(out, max_shard_size=HUB_SHARD_SIZE)
         processor.save_pretrained(out)
+        complete_processor(out)
         return merged
     state = merged.state_dict()
     # a copy: safetensors refuses aliased tensors (the reference shares the module instead)
@@ -51,4 +64,28 @@ def save_merged(model: Any, processor: Any, out: str | os.PathLike,
     return merged
 
 
-__all__ = ["HUB_SHARD_SIZE", "save_merged"]
+def complete_processor(folder: str | os.PathLike) -> list[str]:
+    """Add to a saved model folder the processor parts its family's processor class loads
+    besides the ones photos use (a Qwen folder's video processor, written from its image
+    processor's settings), so transformers 5.19 and vLLM load it; returns what was added.
+
+    >>> complete_processor("runs/qwen/train/merged")  # doctest: +SKIP
+    ['video_processor']
+    """
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text())
+    kind = VIDEO_PROCESSORS.get(config.get("model_type", ""))
+    path = folder / "processor_config.json"
+    if kind is None or not path.is_file() or (folder / "video_preprocessor_config.json").is_file():
+        return []
+    saved = json.loads(path.read_text())
+    if "video_processor" in saved:
+        return []
+    image = saved.get("image_processor") or {}
+    saved["video_processor"] = {**{k: image[k] for k in VIDEO_SHARED if k in image},
+                                "video_processor_type": kind}
+    path.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+    return ["video_processor"]
+
+
+__all__ = ["HUB_SHARD_SIZE", "VIDEO_PROCESSORS", "complete_processor", "save_merged"]
