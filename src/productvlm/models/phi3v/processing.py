@@ -117,6 +117,17 @@ class Phi3VProcessor(ProcessorMixin):
         """
         return self.image_processor.num_image_tokens(image_size)
 
+    # The Hub processor's names for the two above, which vLLM's Phi-3-vision calls: with them
+    # vLLM takes this processor in-process (docs/vllm.md).
+    def calc_num_image_tokens_from_image_size(self, width: int, height: int) -> int:
+        """:meth:`num_image_tokens` of a ``width`` x ``height`` image."""
+        return self.num_image_tokens((width, height))
+
+    @property
+    def img_tokens(self) -> ImageTags:
+        """Image k's tag in a prompt, ``img_tokens[k - 1]`` (``<|image_k|>``)."""
+        return ImageTags()
+
     def batch_decode(self, *args: Any, **kwargs: Any) -> list[str]:
         """The tokenizer's ``batch_decode``."""
         return self.tokenizer.batch_decode(*args, **kwargs)
@@ -228,6 +239,24 @@ class Phi3VProcessor(ProcessorMixin):
         if with_labels:
             out["labels"] = labels
         return out
+
+
+class ImageTags:
+    """The image tags ``<|image_1|>``, ``<|image_2|>``, ... by index, as the Hub processor's
+    ``img_tokens`` list holds them.
+
+    >>> ImageTags()[0]
+    '<|image_1|>'
+    """
+
+    def __getitem__(self, i: int | slice) -> Any:
+        if isinstance(i, slice):  # the first n tags: [:n]
+            if i.stop is None or i.step not in (None, 1):
+                raise IndexError("ImageTags slices are [start:stop]")
+            return [self[k] for k in range(i.start or 0, i.stop)]
+        if not isinstance(i, int) or i < 0:
+            raise IndexError(i)
+        return f"<|image_{i + 1}|>"
 
 
 def _is_image_like(x: Any) -> bool:
