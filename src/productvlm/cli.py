@@ -20,7 +20,7 @@ app = typer.Typer(
     name="productvlm",
     help="Fine-tune a vision-language model to read product photos (title, category, price) "
     "and audit a catalog's listed prices: synth, prepare, train, evaluate, predict, serve, "
-    "audit; demo runs the pipeline on CPU.",
+    "audit, export (for vLLM); demo runs the pipeline on CPU.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -44,7 +44,7 @@ def version() -> None:
 def _register_commands() -> None:
     # Each stage module adds its own command(s); they import their heavy dependencies
     # (torch, transformers, datasets) inside the command functions, so --help stays quick.
-    from productvlm import demo, predict
+    from productvlm import demo, export, predict
     from productvlm.audit import run as audit
     from productvlm.catalog import prepare
     from productvlm.evaluation import evaluate
@@ -52,7 +52,8 @@ def _register_commands() -> None:
     from productvlm.synth import generate
     from productvlm.training import trainer
 
-    for module in (generate, prepare, trainer, evaluate, predict, serving_app, audit, demo):
+    for module in (generate, prepare, trainer, evaluate, predict, serving_app, audit, export,
+                   demo):
         module.register(app)
 
 

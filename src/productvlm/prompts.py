@@ -290,6 +290,18 @@ def answer_end(tokenizer: Any) -> str:
     return chat_parts(tokenizer).end
 
 
+def stop_token_ids(tokenizer: Any) -> list[int]:
+    """The ids generation stops at: the answer's end token, then EOS (once each; what the
+    hf engine's ``generate`` and vLLM's structured output both end an answer with).
+
+    >>> stop_token_ids(tok)  # doctest: +SKIP
+    [32007, 32000]
+    """
+    end_id = tokenizer.convert_tokens_to_ids(answer_end(tokenizer))
+    return list(dict.fromkeys(i for i in (end_id, tokenizer.eos_token_id)
+                              if i is not None and i != tokenizer.unk_token_id))
+
+
 def render_target(answer: str, tokenizer: Any) -> str:
     """The text the model is trained to produce after the prompt: the template's lead, the
     answer, the turn's end and EOS (``answer<|end|>\\n<|endoftext|>`` for Phi-3).

@@ -187,3 +187,39 @@ def test_serve_answers_the_same_body_with_either_engine(lora_run) -> None:
         body.pop("elapsed_ms", None)
         bodies[engine] = body
     assert bodies["vllm"] == bodies["hf"]
+
+
+def test_what_export_writes_loads_in_vllm_with_the_hf_answers(lora_run, tmp_path) -> None:
+    import shutil
+
+    from productvlm.export import export_for_vllm
+    from productvlm.inference.vllm_engine import start_llm
+
+    family, base, run = lora_run
+    info = resolve_model(run)
+    want = [p.raw for p in Predictor.load(run, max_new_tokens=40).predict(_photos())]
+
+    def answers(source: Source) -> list[str | None]:
+        llm = start_llm(source, dtype="float32")
+        predictor = VllmPredictor(llm, load_processor(run / "processor"), source,
+                                  categories=info.categories, max_new_tokens=40,
+                                  title_alphabet=info.title_alphabet,
+                                  title_max_chars=info.title_max_chars)
+        return [p.raw for p in predictor.predict(_photos())]
+
+    out = export_for_vllm(run, tmp_path / "adapter-export")
+    plan = json.loads((out / "vllm.json").read_text())
+    assert answers(Source(str(base), str(out / "adapter"), 4, "export")) == want
+    # a run whose adapter alone does not make the model is exported merged; its merged/
+    # lacks the video processor (saved without torchvision), which the export adds
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    config = copy / "config.yaml"
+    config.write_text(config.read_text().replace("freeze_vision: true", "freeze_vision: false"))
+    proc = copy / "merged" / "processor_config.json"
+    saved = json.loads(proc.read_text())
+    saved.pop("video_processor", None)
+    proc.write_text(json.dumps(saved))
+    out = export_for_vllm(copy, tmp_path / "merged-export")
+    assert answers(Source(str(out / "model"), None, 0, "export")) == want
+    assert plan["stop_token_ids"] and plan["structured_outputs"]["regex"]

@@ -40,7 +40,7 @@ from productvlm.inference.record import (
     Prediction,
 )
 from productvlm.photostats import photo_stats
-from productvlm.prompts import QUESTION, TargetFormat, answer_end, render_prompt
+from productvlm.prompts import QUESTION, TargetFormat, answer_end, render_prompt, stop_token_ids
 from productvlm.rundir import resolve_model
 
 Progress = bool | Callable[[int, int], None] | None
@@ -202,15 +202,9 @@ class Predictor:
         return self._grammar
 
     def answer_format(self) -> tuple[Any, ...]:
-        """The constrained answer's segments (:func:`productvlm.constrained.answer_template`):
-        the target format, the training categories, the title bounded by the training
-        titles' characters and longest length (with slack)."""
-        from productvlm.constrained import answer_template
-
-        longest = (math.ceil(self.title_max_chars * TITLE_SLACK) if self.title_max_chars
-                   else TITLE_MAX_CHARS)
-        return answer_template(self.target_format, self.categories, title_max_chars=longest,
-                               title_alphabet=self.title_alphabet)
+        """This predictor's constrained answer (:func:`answer_format`)."""
+        return answer_format(self.target_format, self.categories, self.title_alphabet,
+                             self.title_max_chars)
 
     def predict(self, images: Sequence[Any], progress: Progress = None,
                 given: Sequence[tuple[str, str]] | None = None,
@@ -337,8 +331,7 @@ class Predictor:
         tok = self.tokenizer
         batch = self._inputs(encoded if encoded is not None else self.encode(images))
         end = answer_end(tok)
-        end_id = tok.convert_tokens_to_ids(end)
-        stops = [i for i in (end_id, tok.eos_token_id) if i is not None and i != tok.unk_token_id]
+        stops = stop_token_ids(tok)
         pad = tok.pad_token_id if tok.pad_token_id is not None else stops[-1]
         processors = LogitsProcessorList()
         if self.constrained:
@@ -380,6 +373,23 @@ class Predictor:
                                 texts, self.target_format, self._candidates, feats.pooled,
                                 given, answer_prices)
         return texts, list(signals)
+
+
+def answer_format(target_format: TargetFormat, categories: Sequence[str] | None,
+                  title_alphabet: str | None, title_max_chars: int | None) -> tuple[Any, ...]:
+    """The constrained answer's segments (:func:`productvlm.constrained.answer_template`):
+    the target format, the training categories, the title bounded by the training titles'
+    characters and longest length (with slack).
+
+    >>> answer_format("seed", ["BAGS"], None, None)[3]
+    Lit(options=('BAGS',))
+    """
+    from productvlm.constrained import answer_template
+
+    longest = (math.ceil(title_max_chars * TITLE_SLACK) if title_max_chars
+               else TITLE_MAX_CHARS)
+    return answer_template(target_format, sorted(set(categories)) if categories else None,
+                           title_max_chars=longest, title_alphabet=title_alphabet)
 
 
 def _cut(text: str, stops: list[str]) -> str:

@@ -43,7 +43,7 @@ from productvlm.calibration import Signals
 from productvlm.errors import ProductVLMError
 from productvlm.inference.predictor import Predictor, _cut
 from productvlm.inference.record import BATCH_SIZE, INTERVAL_LEVEL, LOW_CONFIDENCE, MAX_NEW_TOKENS
-from productvlm.prompts import answer_end, render_prompt
+from productvlm.prompts import answer_end, render_prompt, stop_token_ids
 from productvlm.rundir import RunInfo, resolve_model
 
 #: the engines every answering command takes (``--engine``)
@@ -79,7 +79,9 @@ def plan_source(info: RunInfo) -> Source:
     run = info.run
     adapter_cfg = (run.adapter / "adapter_config.json") if run is not None else None
     if adapter_cfg is None or not adapter_cfg.is_file():
-        return Source(str(info.weights), None, 0, "the model folder as it is")
+        merged = run is not None and Path(info.weights) == run.merged
+        return Source(str(info.weights), None, 0,
+                      "merged/ (full fine-tuning)" if merged else "the model as it is")
     cfg = json.loads(adapter_cfg.read_text())
     base = cfg.get("base_model_name_or_path") or run.read_config().get("model")
     fam = model_family(base)
@@ -150,7 +152,8 @@ class VllmPredictor(Predictor):
         dev = pick_device(device)
         dtype = str(pick_dtype(precision, dev)).removeprefix("torch.")
         processor = load_processor(info.processor, num_crops=num_crops or info.num_crops)
-        llm = start_llm(source, dtype=dtype, num_crops=num_crops or info.num_crops)
+        llm = start_llm(source, dtype=dtype,
+                        num_crops=image_kwargs(source, num_crops or info.num_crops))
         folder = Path(calibration) if calibration else (info.run.calibration if info.run
                                                         else None)
         cal = Calibration.load(folder) if folder is not None and folder.is_dir() else None
@@ -197,9 +200,7 @@ class VllmPredictor(Predictor):
                               detokenize=False, structured_outputs=structured)
 
     def stop_ids(self) -> list[int]:
-        tok = self.tokenizer
-        end_id = tok.convert_tokens_to_ids(answer_end(tok))
-        return [i for i in (end_id, tok.eos_token_id) if i is not None and i != tok.unk_token_id]
+        return stop_token_ids(self.tokenizer)
 
     def generate(self, images: Sequence[Any], grid: Sequence[float] | None = None,
                  given: Sequence[tuple[str, str] | None] | None = None,
@@ -281,21 +282,10 @@ def start_llm(source: Source, *, dtype: str, num_crops: int | None = None) -> An
     except ImportError as err:
         raise ProductVLMError(f"--engine vllm needs vLLM ({err}); install it with `make "
                               "venv-vllm` (CPU) or `pip install vllm` (CUDA)") from None
-    kwargs: dict[str, Any] = {"model": source.model, "dtype": dtype,
-                              "limit_mm_per_prompt": {"image": 1}, "enable_prefix_caching": True}
+    kwargs = engine_args(source, dtype=dtype, num_crops=num_crops,
+                         cpu=not torch.cuda.is_available())
     if not torch.cuda.is_available():
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        kwargs.update(enforce_eager=True, max_model_len=4096)
-    if num_crops:
-        kwargs["mm_processor_kwargs"] = {"num_crops": num_crops}
-    if source.adapter:
-        kwargs.update(enable_lora=True, max_lora_rank=max(16, _lora_rank(source.rank)),
-                      max_loras=1)
-    config = Path(source.model) / "config.json"
-    if config.is_file() and "auto_map" in json.loads(config.read_text()):
-        # Phi-3-vision: vLLM's own model class, with the processor of the checkpoint's code
-        # (merged/ carries the base model's remote-code files, models/remote_code.py)
-        kwargs["trust_remote_code"] = True
     key = json.dumps(kwargs, sort_keys=True)
     if _LIVE and _LIVE[0][0] == key:
         return _LIVE[0][1]  # this process's engine already serves it
@@ -313,7 +303,39 @@ def start_llm(source: Source, *, dtype: str, num_crops: int | None = None) -> An
         raise ProductVLMError(f"{source.model}: vLLM cannot load it ({first})") from None
 
 
-def _lora_rank(rank: int) -> int:
+def engine_args(source: Source, *, dtype: str, num_crops: int | None = None,
+                cpu: bool = False) -> dict[str, Any]:
+    """``vllm.LLM``'s arguments (``vllm serve``'s flags) for ``source``.
+
+    >>> engine_args(Source("runs/q/merged", None, 0, ""), dtype="auto")["model"]
+    'runs/q/merged'
+    """
+    kwargs: dict[str, Any] = {"model": source.model, "dtype": dtype,
+                              "limit_mm_per_prompt": {"image": 1}, "enable_prefix_caching": True}
+    if cpu:
+        kwargs.update(enforce_eager=True, max_model_len=4096)
+    if num_crops:
+        kwargs["mm_processor_kwargs"] = {"num_crops": num_crops}
+    if source.adapter:
+        kwargs.update(enable_lora=True, max_lora_rank=max(16, lora_rank(source.rank)),
+                      max_loras=1)
+    config = Path(source.model) / "config.json"
+    if config.is_file() and "auto_map" in json.loads(config.read_text()):
+        # Phi-3-vision: vLLM's own model class; the checkpoint's remote code is its processor's
+        # fallback (in this process the native processor is registered: models/phi3v)
+        kwargs["trust_remote_code"] = True
+    return kwargs
+
+
+def image_kwargs(source: Source, num_crops: int | None) -> int | None:
+    """``num_crops`` where the served model takes it (Phi-3-vision's processor), else None:
+    every run's config has one, and other families' processors take no such argument."""
+    from productvlm.models.loading import model_family
+
+    return num_crops if num_crops and model_family(source.model).native else None
+
+
+def lora_rank(rank: int) -> int:
     """The least rank vLLM's ``max_lora_rank`` takes that holds ``rank``."""
     for allowed in (8, 16, 32, 64, 128, 256, 320, 512):
         if rank <= allowed:
@@ -322,4 +344,4 @@ def _lora_rank(rank: int) -> int:
 
 
 __all__ = ["ENGINE_HELP", "LORA_FAMILIES", "VLLM_BATCH", "Engine", "Source", "VllmPredictor",
-           "load_engine", "plan_source", "start_llm"]
+           "engine_args", "image_kwargs", "load_engine", "lora_rank", "plan_source", "start_llm"]
