@@ -59,3 +59,41 @@ def test_audit_ranks_every_row_or_says_why_it_failed(family_run: dict[str, Path]
     judged = [float(r["surprise"]) for r in rows if r["surprise"]]
     assert judged == sorted(judged, reverse=True) and len(judged) > 20
     assert (out / "audit.html").is_file()
+
+
+def test_measuring_given_answers_equals_measuring_while_generating(
+        family_run: dict[str, Path]) -> None:
+    """Predictor.measure (one forced pass over prompt + answer: how the hf engine measures
+    vLLM's answers) reads the same signals as measuring during generate."""
+    _measured_alike(family_run["run"])
+
+
+def test_measuring_given_answers_equals_measuring_while_generating_phi3v(
+        calibrated_run: dict[str, Path]) -> None:
+    _measured_alike(calibrated_run["run"])
+
+
+def _measured_alike(run: Path) -> None:
+    predictor = Predictor.load(run, batch_size=4, max_new_tokens=48)
+    photos = [Image.new("RGB", size, c) for size, c in
+              (((140, 160), "tan"), ((200, 120), "navy"), ((120, 220), "firebrick"))]
+    grid = predictor.calibration.grid
+    given = [("Tan Bag", "BAGS"), None, ("Navy Coat", "COATS")]
+    texts, want = predictor.generate(photos, grid=grid, given=given)
+    got = predictor.measure(photos, predictor.last_ids, texts, grid, given)
+    for w, g in zip(want, got, strict=True):
+        np.testing.assert_allclose(g.features, w.features, rtol=1e-4, atol=1e-5)
+        assert abs(g.answer_logprob - w.answer_logprob) < 1e-4
+        for a, b in ((g.price_logprobs, w.price_logprobs), (g.given_logprobs, w.given_logprobs)):
+            assert (a is None) == (b is None)
+            if a is not None:
+                np.testing.assert_allclose(a, b, atol=1e-4)
+    # and so the calibrated answer: interval, category probability, confidence
+    from productvlm.inference import Prediction
+
+    for text, w, g in zip(texts, want, got, strict=True):
+        a = predictor.calibrated(Prediction.from_answer(text), w)
+        b = predictor.calibrated(Prediction.from_answer(text), g)
+        assert (a.price_low, a.price_high) == (b.price_low, b.price_high)
+        assert abs(a.confidence - b.confidence) < 1e-3
+        assert abs(a.category_prob - b.category_prob) < 1e-3

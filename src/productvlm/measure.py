@@ -112,6 +112,45 @@ class ImageFeatures:
         self._handle.remove()
 
 
+def forced_pass(model: Any, batch: dict[str, Any], answers: Sequence[Sequence[int]],
+                pad_id: int) -> tuple[Any, np.ndarray | None]:
+    """One forward pass over each prompt (``batch``, left-padded) followed by a given answer
+    (its token ids, the stop token included), standing in for ``generate``'s output:
+    ``(out, pooled image features)`` where ``out`` has what :func:`measure_batch` reads
+    (``sequences``: prompt + answer, right-padded with ``pad_id``; ``logits``: per answer
+    step, the logits that chose its token; ``cache``). This measures answers another engine
+    wrote (vLLM) the way the hf engine measures its own.
+
+    Positions follow ``generate``'s: from the attention mask (left padding), or the family's
+    multimodal rope index where it has one (Qwen).
+    """
+    from types import SimpleNamespace
+
+    longest = max((len(a) for a in answers), default=0) or 1
+    rows, width = batch["input_ids"].shape
+    device = batch["input_ids"].device
+    tail = torch.full((rows, longest), pad_id, dtype=batch["input_ids"].dtype, device=device)
+    seen = torch.zeros((rows, longest), dtype=batch["attention_mask"].dtype, device=device)
+    for b, ids in enumerate(answers):
+        tail[b, :len(ids)] = torch.tensor(list(ids), dtype=tail.dtype)
+        seen[b, :len(ids)] = 1
+    inputs = dict(batch)
+    for key, value in batch.items():  # per-token inputs (Qwen's mm_token_type_ids): text
+        if key not in ("input_ids", "attention_mask") and isinstance(value, torch.Tensor) \
+                and value.shape[:2] == (rows, width):
+            inputs[key] = torch.cat([value, value.new_zeros((rows, longest))], 1)
+    inputs["input_ids"] = torch.cat([batch["input_ids"], tail], 1)
+    inputs["attention_mask"] = torch.cat([batch["attention_mask"], seen], 1)
+    if not family_of(unwrap(model)).rope_index:
+        position = inputs["attention_mask"].long().cumsum(-1) - 1
+        inputs["position_ids"] = position.masked_fill(inputs["attention_mask"] == 0, 1)
+    with ImageFeatures(model, inputs["input_ids"]) as feats, torch.inference_mode():
+        out = model(**inputs, use_cache=True, logits_to_keep=longest + 1)
+    steps = out.logits[:, :longest].float()  # position width-1+t chose answer token t
+    return SimpleNamespace(sequences=inputs["input_ids"], logits=steps.unbind(1),
+                           cache=output_cache(out)), feats.pooled
+
+
 def answer_logprobs(logits: Sequence[torch.Tensor], new: torch.Tensor) -> torch.Tensor:
     """log p of each generated token under the raw (unconstrained) logits: rows x steps."""
     steps = torch.stack(list(logits), 1).float()  # rows x steps x vocab

@@ -56,7 +56,8 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                "price": datasets.Value("float64"), "image": datasets.Image()})
     datasets.DatasetDict({
         name: datasets.Dataset.from_list(_rows(n, s), features=feats)
-        for name, n, s in (("train", 24, 0), ("validation", 6, 1), ("test", 6, 2))
+        # 12 validation rows: enough for train to fit a calibration (at least 10)
+        for name, n, s in (("train", 24, 0), ("validation", 12, 1), ("test", 6, 2))
     }).save_to_disk(str(out / "dataset"))
     return out
 
@@ -223,3 +224,50 @@ def test_what_export_writes_loads_in_vllm_with_the_hf_answers(lora_run, tmp_path
     out = export_for_vllm(copy, tmp_path / "merged-export")
     assert answers(Source(str(out / "model"), None, 0, "export")) == want
     assert plan["stop_token_ids"] and plan["structured_outputs"]["regex"]
+
+
+def test_calibrated_answers_agree_with_the_hf_engine(lora_run) -> None:
+    """vLLM answers; the hf engine measures its answers in one forced pass (docs/vllm.md):
+    the interval, category probability and confidence are the hf engine's own, within
+    float noise."""
+    family, base, run = lora_run
+    assert (run / "calibration").is_dir()
+    hf = Predictor.load(run, max_new_tokens=40)
+    vllm = VllmPredictor.load(run, max_new_tokens=40)
+    for a, b in zip(hf.predict(_photos()), vllm.predict(_photos()), strict=True):
+        assert a.raw == b.raw
+        assert (a.price_low, a.price_high) == (b.price_low, b.price_high)
+        assert a.confidence is not None and abs(a.confidence - b.confidence) < 1e-3
+        assert abs(a.category_prob - b.category_prob) < 1e-3
+        assert a.low_confidence == b.low_confidence
+
+
+def test_audit_writes_the_same_files_with_either_engine(lora_run, tmp_path) -> None:
+    import csv
+
+    from productvlm.synth.generate import synth
+
+    family, base, run = lora_run
+    catalog = synth(tmp_path / "catalog", n=16, seed=5, max_side=160, workers=1,
+                    mispricing_rate=0.2).out
+    tables = {}
+    for engine in ("hf", "vllm"):
+        out = tmp_path / f"audit-{engine}"
+        done = subprocess.run([str(EXE), "audit", str(catalog / "catalog.parquet"), "--model",
+                               str(run), "--out", str(out), "--engine", engine],
+                              capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-2000:]
+        with (out / "audit.csv").open(newline="") as f:
+            tables[engine] = list(csv.DictReader(f))
+    assert len(tables["hf"]) == 16
+    exact = ("row", "product_code", "title", "category", "listed_price", "model_title",
+             "model_category", "model_price", "predicted_price", "interval_low",
+             "interval_high", "flagged", "in_training")
+    close = ("surprise", "p_value", "photo_surprise", "p_photo", "p_words", "category_prob",
+             "confidence", "words_price", "words_low", "words_high")
+    by_row = {engine: sorted(rows, key=lambda r: int(r["row"])) for engine, rows in tables.items()}
+    for a, b in zip(by_row["hf"], by_row["vllm"], strict=True):
+        assert {k: a[k] for k in exact} == {k: b[k] for k in exact}
+        for key in close:  # float noise of two passes, never a different answer
+            if a[key] or b[key]:
+                assert abs(float(a[key]) - float(b[key])) <= 1e-3 * max(1.0, abs(float(a[key])))

@@ -111,6 +111,7 @@ class Predictor:
         self._grammar: Any = None
         self._candidates: Any = None  # measure.PriceCandidates for the current grid
         self._cut_rows: set[int] = set()  # rows of the last batch that hit max_new_tokens
+        self.last_ids: list[list[int]] = []  # the last batch's answer ids, stop token included
         self._encoder: Any = None  # the processor copy encode() runs (see there)
         self.tokens_generated = 0  # answer tokens so far, stop tokens included (for benches)
         self.constraint_seconds = 0.0  # time spent masking logits (for benches)
@@ -253,6 +254,31 @@ class Predictor:
                 bar.close()
         return out
 
+    def measure(self, images: Sequence[Any], answers: Sequence[Sequence[int]],
+                texts: list[str], grid: Sequence[float],
+                given: Sequence[tuple[str, str] | None] | None = None,
+                answer_prices: bool = True) -> list[Signals]:
+        """What :meth:`generate` measures (``grid``, ``given``, ``answer_prices`` as there)
+        for answers another engine gave: ``answers`` their token ids (stop token included),
+        ``texts`` their cut texts; one forward pass instead of a decode loop.
+
+        >>> hf.measure(photos, [vllm_ids], [vllm_text], grid)  # doctest: +SKIP
+        """
+        import torch
+
+        from productvlm.measure import PriceCandidates, forced_pass, measure_batch
+
+        tok = self.tokenizer
+        batch = self._inputs(self.encode(images))
+        pad = tok.pad_token_id if tok.pad_token_id is not None else stop_token_ids(tok)[-1]
+        out, pooled = forced_pass(self.model, batch, answers, pad)
+        if self._candidates is None or self._candidates.grid != list(grid):
+            self._candidates = PriceCandidates(tok, self.target_format, grid)
+        with torch.inference_mode():
+            return list(measure_batch(self.model, tok, batch["input_ids"],
+                                      batch["attention_mask"], out, texts, self.target_format,
+                                      self._candidates, pooled, given, answer_prices))
+
     def calibrated(self, pred: Prediction, signals: Signals | None) -> Prediction:
         """``pred`` with the calibrated interval, category probability and confidence."""
         if self.calibration is None or signals is None:
@@ -356,10 +382,11 @@ class Predictor:
         ids = out.sequences
         new = ids[:, batch["input_ids"].shape[1]:].tolist()
         self.constraint_seconds += sum(getattr(p, "seconds", 0.0) for p in processors)
-        self._cut_rows = set()
+        self._cut_rows, self.last_ids = set(), []
         for b, row in enumerate(new):  # a finished row is padded after its stop token
             ended = next((i + 1 for i, t in enumerate(row) if t in stops), None)
             self.tokens_generated += ended or len(row)
+            self.last_ids.append(row[:ended] if ended else row)
             if ended is None:
                 self._cut_rows.add(b)
         texts = tok.batch_decode(new, skip_special_tokens=False,

@@ -20,9 +20,10 @@ What vLLM loads (:func:`plan_source`):
 Measuring (price intervals, confidence, the audit's listed-price scores) needs what vLLM does
 not give back: the pooled image features of a request (the confidence's typicality) are
 internal to it, and ``prompt_logprobs`` turns prefix caching off for the request, so scoring
-~100 candidate prices a photo would prefill the photo's whole prompt ~100 times. So a batch
-that is measured is answered by the hf engine (the same weights, loaded once, beside vLLM),
-said once on stderr; the answers are the same tokens (tests/vllm).
+~100 candidate prices a photo would prefill the photo's whole prompt ~100 times. So where a
+batch is measured, the hf engine (the same weights, loaded once beside vLLM) measures vLLM's
+answers in one forward pass over prompt + answer (:meth:`Predictor.measure`), said once on
+stderr; the signals equal those measured during its own ``generate`` (tested).
 
 >>> p = VllmPredictor.load("runs/demo/train")  # doctest: +SKIP
 >>> p.predict([photo])[0].category  # doctest: +SKIP
@@ -206,20 +207,10 @@ class VllmPredictor(Predictor):
                  given: Sequence[tuple[str, str] | None] | None = None,
                  answer_prices: bool = True, encoded: Any = None,
                  ) -> tuple[list[str], list[Signals | None]]:
-        """Raw answer texts for one batch; a measured batch (``grid``) goes to the hf engine
-        (see the module's docstring)."""
+        """Raw answer texts for one batch, by vLLM; with ``grid``, what the hf engine measures
+        of them (see the module's docstring)."""
         if not images:
             return [], []
-        if grid is not None:
-            if self._hf is None:
-                print("vllm: price intervals, confidence and listed-price scores are measured "
-                      "by the hf engine (vLLM gives no image features, and prompt_logprobs "
-                      "turns its prefix caching off); loading it beside vLLM", file=sys.stderr)
-                self._hf = self._load_hf()
-            texts, signals = self._hf.generate(images, grid=grid, given=given,
-                                               answer_prices=answer_prices)
-            self._cut_rows = self._hf._cut_rows
-            return texts, signals
         prompt = render_prompt(self.tokenizer, self.question)
         requests = [{"prompt": prompt, "multi_modal_data": {"image": im}} for im in images]
         lora = None
@@ -237,10 +228,19 @@ class VllmPredictor(Predictor):
             if out.outputs[0].finish_reason == "length":
                 self._cut_rows.add(b)
             new.append(ids)
+        self.last_ids = new
         texts = tok.batch_decode(new, skip_special_tokens=False,
                                  clean_up_tokenization_spaces=False)
         texts = [_cut(t, [end, tok.eos_token or end, tok.pad_token or end]) for t in texts]
-        return texts, [None] * len(texts)
+        if grid is None:
+            return texts, [None] * len(texts)
+        if self._hf is None:
+            print("vllm: price intervals, confidence and listed-price scores are measured by "
+                  "the hf engine, in one pass over each of vLLM's answers (vLLM gives no image "
+                  "features, and prompt_logprobs turns its prefix caching off); loading it "
+                  "beside vLLM", file=sys.stderr)
+            self._hf = self._load_hf()
+        return texts, self._hf.measure(images, new, texts, grid, given, answer_prices)
 
     def image_features(self, images: Sequence[Any]) -> Any:
         if self._hf is None:
