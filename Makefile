@@ -74,7 +74,7 @@ $(VLLM_VENV)/.installed: pyproject.toml $(VLLM_PINS) tools/vllm_env.py
 	test -x $(VLLM_VENV)/bin/python || $(PY) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/pip install -q "$$(grep -o '^pip==[^ ]*' $(VLLM_PINS))"
 	$(VLLM_VENV)/bin/pip install -q "$(TORCH_SPEC)"
-	$(VLLM_VENV)/bin/pip install -q -c $(VLLM_PINS) "$(VLLM_SPEC)" -e ".[serve,dev]"
+	$(VLLM_VENV)/bin/pip install -q -c $(VLLM_PINS) "$(VLLM_SPEC)" -e ".[serve,dev,ray]"
 	$(VLLM_VENV)/bin/python tools/vllm_env.py
 	touch $@
 

@@ -251,14 +251,16 @@ def test_audit_writes_the_same_files_with_either_engine(lora_run, tmp_path) -> N
     catalog = synth(tmp_path / "catalog", n=16, seed=5, max_side=160, workers=1,
                     mispricing_rate=0.2).out
     tables = {}
-    for engine in ("hf", "vllm"):
-        out = tmp_path / f"audit-{engine}"
+    # hf, vllm here, and vllm in a Ray Data actor (the audit's --ray pool)
+    for name, flags in (("hf", []), ("vllm", []), ("ray", ["--ray", "local", "--ray-actors", "1"])):
+        out = tmp_path / f"audit-{name}"
+        engine = "hf" if name == "hf" else "vllm"
         done = subprocess.run([str(EXE), "audit", str(catalog / "catalog.parquet"), "--model",
-                               str(run), "--out", str(out), "--engine", engine],
+                               str(run), "--out", str(out), "--engine", engine, *flags],
                               capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, done.stderr[-2000:]
         with (out / "audit.csv").open(newline="") as f:
-            tables[engine] = list(csv.DictReader(f))
+            tables[name] = list(csv.DictReader(f))
     assert len(tables["hf"]) == 16
     exact = ("row", "product_code", "title", "category", "listed_price", "model_title",
              "model_category", "model_price", "predicted_price", "interval_low",
@@ -266,7 +268,9 @@ def test_audit_writes_the_same_files_with_either_engine(lora_run, tmp_path) -> N
     close = ("surprise", "p_value", "photo_surprise", "p_photo", "p_words", "category_prob",
              "confidence", "words_price", "words_low", "words_high")
     by_row = {engine: sorted(rows, key=lambda r: int(r["row"])) for engine, rows in tables.items()}
-    for a, b in zip(by_row["hf"], by_row["vllm"], strict=True):
+    pairs = [*zip(by_row["hf"], by_row["vllm"], strict=True),
+             *zip(by_row["hf"], by_row["ray"], strict=True)]
+    for a, b in pairs:
         assert {k: a[k] for k in exact} == {k: b[k] for k in exact}
         for key in close:  # float noise of two passes, never a different answer
             if a[key] or b[key]:
