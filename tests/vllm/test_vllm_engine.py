@@ -275,3 +275,40 @@ def test_audit_writes_the_same_files_with_either_engine(lora_run, tmp_path) -> N
         for key in close:  # float noise of two passes, never a different answer
             if a[key] or b[key]:
                 assert abs(float(a[key]) - float(b[key])) <= 1e-3 * max(1.0, abs(float(a[key])))
+
+
+def test_evaluate_writes_the_same_predictions_with_either_engine(lora_run, prepared,
+                                                                 tmp_path) -> None:
+    family, base, run = lora_run
+    got = {}
+    for engine in ("hf", "vllm"):
+        out = tmp_path / engine
+        done = subprocess.run([str(EXE), "evaluate", "--model", str(run), "--data",
+                               str(prepared), "--out", str(out), "--engine", engine,
+                               "--report-to", "none"], capture_output=True, text=True,
+                              timeout=900)
+        assert done.returncode == 0, done.stderr[-2000:]
+        rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+        metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+        got[engine] = rows, metrics
+    (hf_rows, hf_m), (v_rows, v_m) = got["hf"], got["vllm"]
+    assert len(hf_rows) == 6
+    for a, b in zip(hf_rows, v_rows, strict=True):
+        assert (a["id"], a["answer"], a["parsed"]) == (b["id"], b["answer"], b["parsed"])
+        ua, ub = a["uncertainty"], b["uncertainty"]
+        assert (ua["price_low"], ua["price_high"]) == (ub["price_low"], ub["price_high"])
+        for key in ("category_prob", "confidence"):
+            assert abs(ua[key] - ub[key]) < 1e-3, key
+    for key in ("parse_rate", "category_accuracy", "price_mape", "title_token_f1",
+                "price_interval_coverage", "price_interval_width"):
+        assert v_m[key] == pytest.approx(hf_m[key], abs=1e-9), key
+
+
+def test_a_full_fine_tuning_run_is_served_merged_with_the_hf_answers(prepared,
+                                                                    tmp_path) -> None:
+    base, run = _train("qwen2_5_vl", prepared, tmp_path, mode="full")
+    source = plan_source(resolve_model(run))
+    assert source.adapter is None and source.model == str(run / "merged"), source
+    want = [p.raw for p in Predictor.load(run, max_new_tokens=40).predict(_photos())]
+    got = [p.raw for p in VllmPredictor.load(run, max_new_tokens=40).predict(_photos())]
+    assert got == want and all("Category: " in raw for raw in got)

@@ -178,7 +178,7 @@ class Predictor:
 
     def describe(self) -> dict[str, Any]:
         """How this predictor answers (shown by the server's /v1/model)."""
-        return {"model_path": self.model_path, "adapter": self.adapter,
+        return {"engine": "hf", "model_path": self.model_path, "adapter": self.adapter,
                 "target_format": self.target_format, "question": self.question,
                 "categories": self.categories, "currency": self.currency,
                 "batch_size": self.batch_size, "max_new_tokens": self.max_new_tokens,

@@ -83,10 +83,11 @@ def plan_source(info: RunInfo) -> Source:
         merged = run is not None and Path(info.weights) == run.merged
         return Source(str(info.weights), None, 0,
                       "merged/ (full fine-tuning)" if merged else "the model as it is")
-    cfg = json.loads(adapter_cfg.read_text())
-    base = cfg.get("base_model_name_or_path") or run.read_config().get("model")
+    cfg, config = json.loads(adapter_cfg.read_text()), run.read_config()
+    base = cfg.get("base_model_name_or_path") or config.get("model")
+    if base and not Path(base).expanduser().exists() and config.get("model"):
+        base = config["model"]  # a relative path saved from another directory (resolve_model)
     fam = model_family(base)
-    config = run.read_config()
     reason = None
     if fam.name not in LORA_FAMILIES:
         reason = f"{fam.title} has no LoRA in vLLM"
