@@ -38,19 +38,23 @@ def _rows(n: int, seed: int) -> list[dict]:
     return rows
 
 
-@pytest.fixture(scope="session")
-def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("prepared")
+def write_prepared(out: Path, validation: int = 6) -> Path:
+    """A prepared dataset of colour photos in ``out``: 24 train, ``validation``, 6 test rows."""
     feats = datasets.Features({"product_code": datasets.Value("string"),
                                "title": datasets.Value("string"),
                                "category": datasets.Value("string"),
                                "price": datasets.Value("float64"), "image": datasets.Image()})
     dd = datasets.DatasetDict({
         name: datasets.Dataset.from_list(_rows(n, s), features=feats)
-        for name, n, s in (("train", 24, 0), ("validation", 6, 1), ("test", 6, 2))
+        for name, n, s in (("train", 24, 0), ("validation", validation, 1), ("test", 6, 2))
     })
     dd.save_to_disk(str(out / "dataset"))
     return out
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_prepared(tmp_path_factory.mktemp("prepared"))
 
 
 @pytest.fixture(scope="session")

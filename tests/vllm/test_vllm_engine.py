@@ -18,7 +18,6 @@ import pytest
 
 pytest.importorskip("vllm", reason="vLLM is not installed here: `make test-vllm` runs these")
 
-import datasets  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from productvlm.inference import Predictor  # noqa: E402
@@ -30,36 +29,18 @@ from productvlm.rundir import resolve_model  # noqa: E402
 from productvlm.training.config import TrainConfig  # noqa: E402
 from productvlm.training.trainer import train  # noqa: E402
 
+from ..training.conftest import COLOURS, write_prepared  # noqa: E402
+
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 EXE = Path(sys.executable).with_name("productvlm")
-COLOURS = {"BAGS": "tan", "COATS": "navy", "SCARVES": "firebrick"}
-PRICE = {"BAGS": 100.0, "COATS": 200.0, "SCARVES": 300.0}
-
-
-def _rows(n: int, seed: int) -> list[dict]:
-    rows = []
-    for i in range(n):
-        cat = list(COLOURS)[(i + seed) % 3]
-        rows.append({"product_code": str(1000 + seed * 100 + i), "title": f"{cat.title()} Item",
-                     "category": cat, "price": PRICE[cat],
-                     "image": Image.new("RGB", (120 + 7 * i, 160 + 5 * (i % 4)), COLOURS[cat])})
-    return rows
+PRICE = {"BAGS": 100.0, "COATS": 200.0, "SCARVES": 300.0}  # tests/training's catalog's
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("prepared")
-    feats = datasets.Features({"product_code": datasets.Value("string"),
-                               "title": datasets.Value("string"),
-                               "category": datasets.Value("string"),
-                               "price": datasets.Value("float64"), "image": datasets.Image()})
-    datasets.DatasetDict({
-        name: datasets.Dataset.from_list(_rows(n, s), features=feats)
-        # 12 validation rows: enough for train to fit a calibration (at least 10)
-        for name, n, s in (("train", 24, 0), ("validation", 12, 1), ("test", 6, 2))
-    }).save_to_disk(str(out / "dataset"))
-    return out
+    # 12 validation rows: enough for train to fit a calibration (at least 10)
+    return write_prepared(tmp_path_factory.mktemp("prepared"), validation=12)
 
 
 def _train(family: str, prepared: Path, root: Path, mode: str = "lora") -> tuple[Path, Path]:

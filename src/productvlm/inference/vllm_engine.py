@@ -43,7 +43,7 @@ from typing import Any, Literal
 from productvlm.calibration import Signals
 from productvlm.errors import ProductVLMError
 from productvlm.inference.predictor import Predictor, _cut
-from productvlm.inference.record import BATCH_SIZE, INTERVAL_LEVEL, LOW_CONFIDENCE, MAX_NEW_TOKENS
+from productvlm.inference.record import BATCH_SIZE
 from productvlm.prompts import answer_end, render_prompt, stop_token_ids
 from productvlm.rundir import RunInfo, resolve_model
 
@@ -122,23 +122,9 @@ class VllmPredictor(Predictor):
         self.encode = None  # type: ignore[assignment]  # vLLM runs the processor itself
 
     @classmethod
-    def load(  # type: ignore[override]
-        cls,
-        model: str | Path,
-        *,
-        device: str = "auto",
-        precision: str = "auto",
-        hub_kernels: bool = False,
-        batch_size: int | str = BATCH_SIZE,
-        max_new_tokens: int = MAX_NEW_TOKENS,
-        constrained: bool = True,
-        num_crops: int | None = None,
-        categories: Sequence[str] | None = None,
-        calibration: str | Path | None = None,
-        interval_level: float = INTERVAL_LEVEL,
-        low_confidence: float = LOW_CONFIDENCE,
-    ) -> VllmPredictor:
-        """:meth:`Predictor.load`'s arguments, the model served by an in-process vLLM.
+    def load(cls, model: str | Path, **options: Any) -> VllmPredictor:  # type: ignore[override]
+        """:meth:`Predictor.load`'s arguments (``options``), the model served by an in-process
+        vLLM; the hf engine that measures is loaded with the same ones when first needed.
 
         >>> VllmPredictor.load("runs/demo/train").source.why  # doctest: +SKIP
         'LoRA adapter on its base'
@@ -151,33 +137,26 @@ class VllmPredictor(Predictor):
         from productvlm.models.loading import pick_device, pick_dtype
         from productvlm.models.processors import load_processor
 
-        dev = pick_device(device)
-        dtype = str(pick_dtype(precision, dev)).removeprefix("torch.")
-        processor = load_processor(info.processor, num_crops=num_crops or info.num_crops)
-        llm = start_llm(source, dtype=dtype,
-                        num_crops=image_kwargs(source, num_crops or info.num_crops))
+        dev = pick_device(options.get("device", "auto"))
+        dtype = str(pick_dtype(options.get("precision", "auto"), dev)).removeprefix("torch.")
+        crops = options.get("num_crops") or info.num_crops
+        processor = load_processor(info.processor, num_crops=crops)
+        llm = start_llm(source, dtype=dtype, num_crops=image_kwargs(source, crops))
+        calibration = options.get("calibration")
         folder = Path(calibration) if calibration else (info.run.calibration if info.run
                                                         else None)
         cal = Calibration.load(folder) if folder is not None and folder.is_dir() else None
         if calibration and cal is None:
             raise ProductVLMError(f"{calibration}: no calibration folder there")
-
-        def load_hf() -> Predictor:
-            return Predictor.load(model, device=device, precision=precision,
-                                  hub_kernels=hub_kernels, batch_size=batch_size,
-                                  max_new_tokens=max_new_tokens, constrained=constrained,
-                                  num_crops=num_crops, categories=categories,
-                                  calibration=calibration, interval_level=interval_level,
-                                  low_confidence=low_confidence)
-
-        return cls(llm, processor, source, load_hf=load_hf,
+        keep = ("batch_size", "max_new_tokens", "constrained", "interval_level",
+                "low_confidence")
+        return cls(llm, processor, source, load_hf=lambda: Predictor.load(model, **options),
                    target_format=info.target_format, question=info.question,
-                   categories=categories or info.categories, currency=info.currency,
-                   batch_size=batch_size, max_new_tokens=max_new_tokens,
-                   constrained=constrained, model_path=str(model),
-                   adapter=source.adapter, calibration=cal, interval_level=interval_level,
-                   low_confidence=low_confidence, title_alphabet=info.title_alphabet,
-                   title_max_chars=info.title_max_chars)
+                   categories=options.get("categories") or info.categories,
+                   currency=info.currency, model_path=str(model), adapter=source.adapter,
+                   calibration=cal, title_alphabet=info.title_alphabet,
+                   title_max_chars=info.title_max_chars,
+                   **{k: options[k] for k in keep if k in options})
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "engine": "vllm", "served": self.source.why}
