@@ -262,8 +262,10 @@ def start_llm(source: Source, *, dtype: str, num_crops: int | None = None) -> An
     except ImportError as err:
         raise ProductVLMError(f"--engine vllm needs vLLM ({err}); install it with `make "
                               "venv-vllm` (CPU) or `pip install vllm` (CUDA)") from None
+    import productvlm.models.phi3v  # noqa: F401  (registers phi3_v with the Auto classes)
+
     kwargs = engine_args(source, dtype=dtype, num_crops=num_crops,
-                         cpu=not torch.cuda.is_available())
+                         cpu=not torch.cuda.is_available(), in_process=True)
     if not torch.cuda.is_available():
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     key = json.dumps(kwargs, sort_keys=True)
@@ -284,8 +286,10 @@ def start_llm(source: Source, *, dtype: str, num_crops: int | None = None) -> An
 
 
 def engine_args(source: Source, *, dtype: str, num_crops: int | None = None,
-                cpu: bool = False) -> dict[str, Any]:
-    """``vllm.LLM``'s arguments (``vllm serve``'s flags) for ``source``.
+                cpu: bool = False, in_process: bool = False) -> dict[str, Any]:
+    """``vllm.LLM``'s arguments (``vllm serve``'s flags) for ``source``; ``in_process``: for
+    an engine in this process, where productvlm's own Phi-3-vision config and processor are
+    registered (so the checkpoint's remote code is never needed).
 
     >>> engine_args(Source("runs/q/merged", None, 0, ""), dtype="auto")["model"]
     'runs/q/merged'
@@ -300,9 +304,8 @@ def engine_args(source: Source, *, dtype: str, num_crops: int | None = None,
         kwargs.update(enable_lora=True, max_lora_rank=max(16, lora_rank(source.rank)),
                       max_loras=1)
     config = Path(source.model) / "config.json"
-    if config.is_file() and "auto_map" in json.loads(config.read_text()):
-        # Phi-3-vision: vLLM's own model class; the checkpoint's remote code is its processor's
-        # fallback (in this process the native processor is registered: models/phi3v)
+    if not in_process and config.is_file() and "auto_map" in json.loads(config.read_text()):
+        # Phi-3-vision in `vllm serve`: vLLM's own model class, the checkpoint's processor
         kwargs["trust_remote_code"] = True
     return kwargs
 
