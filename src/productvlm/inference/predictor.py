@@ -266,18 +266,15 @@ class Predictor:
         """
         import torch
 
-        from productvlm.measure import PriceCandidates, forced_pass, measure_batch
+        from productvlm.measure import forced_pass, measure_batch
 
-        tok = self.tokenizer
         batch = self._inputs(self.encode(images))
-        pad = tok.pad_token_id if tok.pad_token_id is not None else stop_token_ids(tok)[-1]
-        out, pooled = forced_pass(self.model, batch, answers, pad)
-        if self._candidates is None or self._candidates.grid != list(grid):
-            self._candidates = PriceCandidates(tok, self.target_format, grid)
+        out, pooled = forced_pass(self.model, batch, answers, self._pad_id())
         with torch.inference_mode():
-            return list(measure_batch(self.model, tok, batch["input_ids"],
+            return list(measure_batch(self.model, self.tokenizer, batch["input_ids"],
                                       batch["attention_mask"], out, texts, self.target_format,
-                                      self._candidates, pooled, given, answer_prices))
+                                      self._price_candidates(grid), pooled, given,
+                                      answer_prices))
 
     def calibrated(self, pred: Prediction, signals: Signals | None) -> Prediction:
         """``pred`` with the calibrated interval, category probability and confidence."""
@@ -356,9 +353,6 @@ class Predictor:
             return [], []
         tok = self.tokenizer
         batch = self._inputs(encoded if encoded is not None else self.encode(images))
-        end = answer_end(tok)
-        stops = stop_token_ids(tok)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else stops[-1]
         processors = LogitsProcessorList()
         if self.constrained:
             try:
@@ -367,21 +361,34 @@ class Predictor:
                 raise ProductVLMError(f"constrained decoding: {e}") from None
         measure = grid is not None
         config = GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=False,
-                                  num_beams=1, use_cache=True, eos_token_id=stops,
-                                  pad_token_id=pad, return_dict_in_generate=True,
+                                  num_beams=1, use_cache=True,
+                                  eos_token_id=stop_token_ids(tok), pad_token_id=self._pad_id(),
+                                  return_dict_in_generate=True,
                                   output_logits=measure,
                                   cache_implementation=None if self.cache == "dynamic"
                                   else self.cache)
-        from productvlm.measure import ImageFeatures, PriceCandidates, measure_batch
+        from productvlm.measure import ImageFeatures, measure_batch
 
         feats = (ImageFeatures(self.model, batch["input_ids"]) if measure
                  else contextlib.nullcontext())
         with feats, torch.inference_mode():
             out = self.model.generate(**batch, generation_config=config,
                                       logits_processor=processors)
-        ids = out.sequences
-        new = ids[:, batch["input_ids"].shape[1]:].tolist()
         self.constraint_seconds += sum(getattr(p, "seconds", 0.0) for p in processors)
+        texts = self._answer_texts(out.sequences[:, batch["input_ids"].shape[1]:].tolist())
+        if not measure:
+            return texts, [None] * len(texts)
+        signals = measure_batch(self.model, tok, batch["input_ids"], batch["attention_mask"], out,
+                                texts, self.target_format, self._price_candidates(grid),
+                                feats.pooled, given, answer_prices)
+        return texts, list(signals)
+
+    def _answer_texts(self, new: list[list[int]]) -> list[str]:
+        """The answers' texts (cut at the end token) from their ids, each row ending at its
+        stop token (then padding) or cut at ``max_new_tokens``; keeps the rows' ids
+        (``last_ids``), which were cut, and the tokens generated."""
+        tok = self.tokenizer
+        stops, end = stop_token_ids(tok), answer_end(tok)
         self._cut_rows, self.last_ids = set(), []
         for b, row in enumerate(new):  # a finished row is padded after its stop token
             ended = next((i + 1 for i, t in enumerate(row) if t in stops), None)
@@ -391,15 +398,20 @@ class Predictor:
                 self._cut_rows.add(b)
         texts = tok.batch_decode(new, skip_special_tokens=False,
                                  clean_up_tokenization_spaces=False)
-        texts = [_cut(t, [end, tok.eos_token or end, tok.pad_token or end]) for t in texts]
-        if not measure:
-            return texts, [None] * len(texts)
+        return [_cut(t, [end, tok.eos_token or end, tok.pad_token or end]) for t in texts]
+
+    def _pad_id(self) -> int:
+        tok = self.tokenizer
+        return tok.pad_token_id if tok.pad_token_id is not None else stop_token_ids(tok)[-1]
+
+    def _price_candidates(self, grid: Sequence[float]) -> Any:
+        """:class:`productvlm.measure.PriceCandidates` for ``grid`` (kept while it is the
+        same grid)."""
+        from productvlm.measure import PriceCandidates
+
         if self._candidates is None or self._candidates.grid != list(grid):
-            self._candidates = PriceCandidates(tok, self.target_format, grid)
-        signals = measure_batch(self.model, tok, batch["input_ids"], batch["attention_mask"], out,
-                                texts, self.target_format, self._candidates, feats.pooled,
-                                given, answer_prices)
-        return texts, list(signals)
+            self._candidates = PriceCandidates(self.tokenizer, self.target_format, grid)
+        return self._candidates
 
 
 def answer_format(target_format: TargetFormat, categories: Sequence[str] | None,

