@@ -198,12 +198,16 @@ def test_what_export_writes_loads_in_vllm_with_the_hf_answers(lora_run, tmp_path
     shutil.copytree(run, copy)
     config = copy / "config.yaml"
     config.write_text(config.read_text().replace("freeze_vision: true", "freeze_vision: false"))
-    proc = copy / "merged" / "processor_config.json"
-    saved = json.loads(proc.read_text())
-    saved.pop("video_processor", None)
-    proc.write_text(json.dumps(saved))
+    for proc in (copy / "merged" / "processor_config.json",
+                 copy / "processor" / "processor_config.json"):
+        saved = json.loads(proc.read_text())
+        saved.pop("video_processor", None)
+        proc.write_text(json.dumps(saved))
     out = export_for_vllm(copy, tmp_path / "merged-export")
     assert answers(Source(str(out / "model"), None, 0, "export")) == want
+    # --engine vllm on such a run as it is: its processor/ loads without a video processor
+    loaded = VllmPredictor.load(copy, max_new_tokens=40)
+    assert [p.raw for p in loaded.predict(_photos())] == want
     assert plan["stop_token_ids"] and plan["structured_outputs"]["regex"]
 
 

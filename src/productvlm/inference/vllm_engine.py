@@ -42,9 +42,9 @@ from typing import Any, Literal
 
 from productvlm.calibration import Signals
 from productvlm.errors import ProductVLMError
-from productvlm.inference.predictor import Predictor, _cut
+from productvlm.inference.predictor import Predictor
 from productvlm.inference.record import BATCH_SIZE
-from productvlm.prompts import answer_end, render_prompt, stop_token_ids
+from productvlm.prompts import render_prompt, stop_token_ids
 from productvlm.rundir import RunInfo, resolve_model
 
 #: the engines every answering command takes (``--engine``)
@@ -133,6 +133,12 @@ class VllmPredictor(Predictor):
         source = plan_source(info)
         print(f"vllm: {source.why} ({source.model}"
               + (f" + {source.adapter}" if source.adapter else "") + ")", file=sys.stderr)
+        if source.adapter is None and Path(source.model).is_dir():
+            from productvlm.models.merged import complete_processor
+
+            for part in complete_processor(source.model):  # a run saved before it existed
+                print(f"vllm: wrote {source.model}'s {part} config, which vLLM needs",
+                      file=sys.stderr)
         from productvlm.calibration import Calibration
         from productvlm.models.loading import pick_device, pick_dtype
         from productvlm.models.processors import load_processor
@@ -177,11 +183,9 @@ class VllmPredictor(Predictor):
         structured = (StructuredOutputsParams(regex=template_regex(self.answer_format()))
                       if self.constrained else None)
         return SamplingParams(temperature=0.0, max_tokens=self.max_new_tokens,
-                              stop_token_ids=self.stop_ids(), skip_special_tokens=False,
-                              detokenize=False, structured_outputs=structured)
-
-    def stop_ids(self) -> list[int]:
-        return stop_token_ids(self.tokenizer)
+                              stop_token_ids=stop_token_ids(self.tokenizer),
+                              skip_special_tokens=False, detokenize=False,
+                              structured_outputs=structured)
 
     def generate(self, images: Sequence[Any], grid: Sequence[float] | None = None,
                  given: Sequence[tuple[str, str] | None] | None = None,
@@ -199,19 +203,8 @@ class VllmPredictor(Predictor):
 
             lora = LoRARequest("run", 1, self.source.adapter)
         outs = self.llm.generate(requests, self.sampling(), use_tqdm=False, lora_request=lora)
-        tok, end = self.tokenizer, answer_end(self.tokenizer)
-        self._cut_rows = set()
-        new = []
-        for b, out in enumerate(outs):
-            ids = list(out.outputs[0].token_ids)
-            self.tokens_generated += len(ids)
-            if out.outputs[0].finish_reason == "length":
-                self._cut_rows.add(b)
-            new.append(ids)
-        self.last_ids = new
-        texts = tok.batch_decode(new, skip_special_tokens=False,
-                                 clean_up_tokenization_spaces=False)
-        texts = [_cut(t, [end, tok.eos_token or end, tok.pad_token or end]) for t in texts]
+        # each ends at its stop token, or is cut at max_tokens
+        texts = self._answer_texts([list(out.outputs[0].token_ids) for out in outs])
         if grid is None:
             return texts, [None] * len(texts)
         if self._hf is None:
@@ -220,7 +213,8 @@ class VllmPredictor(Predictor):
                   "features, and prompt_logprobs turns its prefix caching off); loading it "
                   "beside vLLM", file=sys.stderr)
             self._hf = self._load_hf()
-        return texts, self._hf.measure(images, new, texts, grid, given, answer_prices)
+        return texts, self._hf.measure(images, self.last_ids, texts, grid, given,
+                                       answer_prices)
 
     def image_features(self, images: Sequence[Any]) -> Any:
         if self._hf is None:

@@ -79,7 +79,7 @@ def load_processor(name_or_path: str | os.PathLike, num_crops: int | None = None
             cls = processor_class()
         else:
             cls = getattr(transformers, cls_name)
-            if not torchvision_available():
+            if not torchvision_available() or _lacks_video(source, cls):
                 cls = image_only_processor(cls)
         processor = cls.from_pretrained(source)
     except OSError as err:
@@ -87,6 +87,17 @@ def load_processor(name_or_path: str | os.PathLike, num_crops: int | None = None
     _apply_image_options(processor.image_processor, options)
     processor.tokenizer.structured_chat = family_of(processor).structured_prompt
     return processor
+
+
+def _lacks_video(source: str, cls: type) -> bool:
+    """Whether ``cls`` takes a video processor that the local folder ``source`` was saved
+    without (a processor saved where torchvision was missing): photos never use it, so it is
+    then loaded without one, torchvision or not."""
+    if "video_processor" not in cls.get_attributes() or not Path(source).is_dir():
+        return False
+    saved = Path(source) / "processor_config.json"
+    return not ((Path(source) / "video_preprocessor_config.json").is_file() or (
+        saved.is_file() and "video_processor" in json.loads(saved.read_text())))
 
 
 def _processor_class(source: str) -> str:

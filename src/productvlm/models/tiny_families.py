@@ -166,7 +166,7 @@ def tiny_processor(family: str, tokenizer: Any, config: Any, crops: int = 1) -> 
     most crops a photo (``dynamic_hd``; 1, as the demo's Phi-3: the whole and one crop)."""
     import transformers
 
-    from productvlm.models.families import image_only_processor, torchvision_available
+    from productvlm.models.families import image_only_processor
 
     if family in ("qwen2_5_vl", "qwen3_vl"):
         patch = config.vision_config.patch_size
@@ -174,15 +174,9 @@ def tiny_processor(family: str, tokenizer: Any, config: Any, crops: int = 1) -> 
         images = transformers.Qwen2VLImageProcessorPil(min_pixels=unit * unit * 4,
                                                        max_pixels=unit * unit * 16,
                                                        patch_size=patch)
-        cls = (transformers.Qwen2_5_VLProcessor if family == "qwen2_5_vl"
-               else transformers.Qwen3VLProcessor)
-        if not torchvision_available():  # the video processor needs torchvision
-            return image_only_processor(cls)(image_processor=images, tokenizer=tokenizer,
-                                             chat_template=tokenizer.chat_template)
-        # with torchvision (vLLM's environment) the folder is whole, as a Hub checkpoint is:
-        # transformers 5.19 and vLLM load a Qwen processor only with its video processor
-        video = transformers.Qwen2VLVideoProcessor(size=dict(images.size), patch_size=patch)
-        return cls(image_processor=images, video_processor=video, tokenizer=tokenizer,
+        cls = image_only_processor(transformers.Qwen2_5_VLProcessor if family == "qwen2_5_vl"
+                                   else transformers.Qwen3VLProcessor)
+        return cls(image_processor=images, tokenizer=tokenizer,
                    chat_template=tokenizer.chat_template)
     if family == "phi4mm":
         from productvlm.models.phi4mm_images import Phi4MultimodalImageProcessorPil
@@ -252,6 +246,9 @@ def save_tiny_family(family: str, folder: str | Path, texts: Iterable[str], *,
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(folder)
     tiny_processor(family, tok, config, crops).save_pretrained(folder)
+    from productvlm.models.merged import complete_processor
+
+    complete_processor(folder)  # whole, as a Hub checkpoint is (its video processor too)
     return folder
 
 
