@@ -39,6 +39,7 @@ def _calibrated_run(root: Path, family: str = "phi3v") -> dict[str, Path]:
     """
     import yaml
 
+    from productvlm.answer import ProductFields, format_answer
     from productvlm.catalog.prepare import prepare
     from productvlm.evaluation.calibrate import fit_calibration
     from productvlm.inference import Predictor
@@ -46,7 +47,6 @@ def _calibrated_run(root: Path, family: str = "phi3v") -> dict[str, Path]:
     from productvlm.models.tiny_families import save_tiny_family
     from productvlm.models.tiny_tokenizer import train_tiny_tokenizer
     from productvlm.prepared import load_prepared
-    from productvlm.prompts import ProductFields, format_answer
     from productvlm.rundir import RunDir
     from productvlm.synth.generate import synth
 

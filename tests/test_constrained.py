@@ -17,9 +17,10 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from productvlm.answer import ProductFields, format_answer, parse_answer
 from productvlm.constrained import AnswerGrammar, TokenVocab, answer_template, template_regex
 from productvlm.constrained.template import PRICE_RESERVE, Number
-from productvlm.prompts import END, ProductFields, format_answer, parse_answer
+from productvlm.prompts import END
 
 CATEGORIES = ["BAGS", "BAG CHARMS", "SHOES", "WOMEN'S COATS", "SCARVES & SHAWLS"]
 PRODUCTS = [

@@ -19,9 +19,9 @@ import torch
 import yaml
 from PIL import Image
 
+from productvlm.answer import parse_answer
 from productvlm.errors import ProductVLMError
 from productvlm.inference import Prediction, Predictor
-from productvlm.prompts import parse_answer
 from productvlm.rundir import resolve_model
 
 CATEGORIES = ["BAGS", "SCARVES", "COATS"]

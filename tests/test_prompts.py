@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from productvlm.prompts import (
-    ProductFields,
-    build_messages,
-    format_answer,
-    parse_answer,
-    parse_price,
-    render_target,
-)
+from productvlm.answer import ProductFields, format_answer, parse_answer, parse_price
+from productvlm.prompts import build_messages, render_target
 
 LOLA = ProductFields("Medium Lola Bag", "BAGS", 2290.0)
 

@@ -93,7 +93,7 @@ class DemoResult:
 
 
 def _texts(train_split: Any) -> list[str]:
-    from productvlm.prompts import ProductFields, format_answer
+    from productvlm.answer import ProductFields, format_answer
 
     rows = train_split.select_columns(["title", "category", "price"]).to_list()
     return [format_answer(ProductFields(r["title"], r["category"], r["price"])) for r in rows]

@@ -23,18 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from productvlm.answer import ProductFields, TargetFormat, format_answer, parse_answer
 from productvlm.calibration import Signals
 from productvlm.models.compat import output_cache
 from productvlm.models.families import family_of, image_token_id, text_model, unwrap
 from productvlm.models.scoring import score_continuations
-from productvlm.prompts import (
-    ProductFields,
-    TargetFormat,
-    answer_end,
-    chat_parts,
-    format_answer,
-    parse_answer,
-)
+from productvlm.prompts import answer_end, chat_parts
 
 #: Candidate prices whose first PROBE_TOKENS tokens are already PRUNE_NATS below the best
 #: beginning (probability under e^-9, 1/8,000) are not followed further (see scoring.py).

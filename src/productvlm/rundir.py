@@ -32,9 +32,10 @@ from typing import Any
 
 import yaml
 
+from productvlm.answer import TargetFormat
 from productvlm.config import CONFIG_FILENAME
 from productvlm.errors import ProductVLMError
-from productvlm.prompts import QUESTION, TargetFormat, title_words
+from productvlm.prompts import QUESTION, title_words
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from productvlm.answer import ProductFields as T
 from productvlm.errors import ProductVLMError
 from productvlm.evaluation.baselines import (
     BASELINE_NAMES,
@@ -17,7 +18,6 @@ from productvlm.evaluation.baselines import (
     most_frequent_titles,
 )
 from productvlm.evaluation.metrics import all_metrics
-from productvlm.prompts import ProductFields as T
 
 TRAIN = [
     T("Lola Bag", "BAGS", 2000.0),

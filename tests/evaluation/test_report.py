@@ -15,13 +15,13 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
+from productvlm.answer import ProductFields as T
 from productvlm.evaluation.baselines import compute_baselines, median_price
 from productvlm.evaluation.metrics import UNPARSED, all_metrics
 from productvlm.evaluation.outputs import console_table, log_to_wandb, write_predictions_jsonl
 from productvlm.evaluation.report import best_and_worst, write_report
 from productvlm.evaluation.rows import PredictionRow
 from productvlm.inference import Prediction
-from productvlm.prompts import ProductFields as T
 
 
 def _png_bytes(color) -> bytes:

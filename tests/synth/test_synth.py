@@ -20,9 +20,9 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
+from productvlm.answer import parse_price
 from productvlm.config import load_saved_config
 from productvlm.errors import ProductVLMError
-from productvlm.prompts import parse_price
 from productvlm.synth import assortment as A
 from productvlm.synth.faults import FAULT_KINDS
 from productvlm.synth.generate import (

@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from productvlm.answer import format_price
 from productvlm.evaluation.listings import known_errors, mispricing_figures, rule_scores
 from productvlm.evaluation.plots import data_uri, png
 from productvlm.inference.batch import Parts
 from productvlm.prepared import FAILURE_COLUMNS
-from productvlm.prompts import format_price
 
 PARTS = "parts"
 COLUMNS = ("rank", "row", "product_code", "title", "category", "listed_price",

@@ -14,9 +14,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from productvlm.answer import parse_price
 from productvlm.catalog.sources import BadRow, Row
 from productvlm.errors import ProductVLMError
-from productvlm.prompts import parse_price
 
 BURBERRY_DATASET_ID = "DBQ/Burberry.Product.prices.United.States"
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from productvlm.prompts import TargetFormat
+from productvlm.answer import DEFAULT_SCHEMA, AnswerField, AnswerSchema, FieldDomain, TargetFormat
 
 
 @dataclass(frozen=True)
@@ -79,32 +80,64 @@ PRICE_RESERVE = 9
 
 def answer_template(
     fmt: TargetFormat, categories: list[str] | None, *, title_max_chars: int = 120,
-    title_alphabet: str | None = None,
+    title_alphabet: str | None = None, extras: Sequence[tuple[AnswerField, FieldDomain]] = (),
+    schema: AnswerSchema = DEFAULT_SCHEMA,
 ) -> tuple[Segment, ...]:
     """The segments of an answer in ``fmt``; ``categories=None`` leaves the category free text.
 
     ``title_max_chars`` and ``title_alphabet`` bound the title by the training titles (their
     longest length, their characters): a title cannot run on into digits and commas that no
-    title had, and ends in time for the fields after it.
+    title had, and ends in time for the fields after it. ``extras``: the schema's extra
+    fields after the price, each with what training saw of it (a label among its labels, a
+    text within its characters and length, a number); ``schema`` gives the words and keys.
 
     >>> answer_template("seed", ["BAGS"])[3]
     Lit(options=('BAGS',))
     """
     cats = sorted({c for c in categories or [] if c and c.strip()})
     letters = frozenset(title_alphabet) | {" "} if title_alphabet else None
-    if fmt == "json":
-        title = Free(forbid='"\\', max_chars=title_max_chars, json_escapes=True,
-                     alphabet=letters)
-        category: Segment = (Lit(tuple(json.dumps(c, ensure_ascii=False)[1:-1] for c in cats))
-                             if cats else Free(forbid='"\\', max_chars=60, json_escapes=True))
-        return (Lit(('{"title": "', ' {"title": "')), title, Lit(('", "category": "',)),
-                category, Lit(('", "price": ',)), Number(json=True, reserve=PRICE_RESERVE),
-                Lit(("}",)), End())
-    title = Free(forbid="", max_chars=title_max_chars, alphabet=letters)
-    category = Lit(tuple(cats)) if cats else Free(forbid=",", max_chars=60)
-    # The leading-space variant: a target tokenized on its own starts with "▁Product".
-    return (Lit(("Product: ", " Product: ")), title, Lit((", Category: ",)), category,
-            Lit((", Full Price: ",)), Number(json=False, reserve=PRICE_RESERVE), End())
+    js = fmt == "json"
+    title = (Free(forbid='"\\', max_chars=title_max_chars, json_escapes=True, alphabet=letters)
+             if js else Free(forbid="", max_chars=title_max_chars, alphabet=letters))
+    values: list[tuple[AnswerField, Segment]] = [
+        (schema.field("title"), title),
+        (schema.field("category"), _label(cats, js, max_chars=60)),
+        (schema.field("price"), Number(json=js, reserve=PRICE_RESERVE)),
+        *((f, _extra(f, domain, js)) for f, domain in extras)]
+    segments: list[Segment] = []
+    text = ""  # the literal being written: closing quote, separator, the next name
+    for i, (f, seg) in enumerate(values):
+        quoted = not isinstance(seg, Number)
+        if js:
+            text += ('{' if i == 0 else ', ') + f'"{f.name}": ' + ('"' if quoted else "")
+        else:
+            text += ("" if i == 0 else ", ") + f"{f.words}: "
+        # the leading-space variant: a target tokenized on its own starts with "▁Product"
+        segments += [Lit((text, " " + text) if i == 0 else (text,)), seg]
+        text = '"' if js and quoted else ""
+    if js:
+        segments.append(Lit((text + "}",)))
+    return (*segments, End())
+
+
+def _label(labels: Sequence[str], js: bool, max_chars: int) -> Segment:
+    """One of ``labels`` (as JSON writes them inside quotes), or free text without them."""
+    if labels:
+        return Lit(tuple(json.dumps(c, ensure_ascii=False)[1:-1] for c in labels) if js
+                   else tuple(labels))
+    return (Free(forbid='"\\', max_chars=max_chars, json_escapes=True) if js
+            else Free(forbid=",", max_chars=max_chars))
+
+
+def _extra(f: AnswerField, domain: FieldDomain, js: bool) -> Segment:
+    if f.kind == "number":
+        return Number(json=js)
+    if f.kind == "label":
+        return _label(sorted({c for c in domain.labels if c and c.strip()}), js, max_chars=60)
+    letters = frozenset(domain.alphabet) | {" "} if domain.alphabet else None
+    longest = domain.max_chars or 120
+    return (Free(forbid='"\\', max_chars=longest, json_escapes=True, alphabet=letters) if js
+            else Free(forbid="", max_chars=longest, alphabet=letters))
 
 
 #: the longest token a soft-capped free text may overrun its cap by, in the regex form

@@ -1,6 +1,6 @@
 """Baselines that a photo model has to beat, fitted on the training split only.
 
-Each baseline answers every evaluation row with a :class:`~productvlm.prompts.ParsedAnswer`,
+Each baseline answers every evaluation row with a :class:`~productvlm.answer.ParsedAnswer`,
 so it goes through exactly the same metrics as the model:
 
 * ``constant``: the training median price, the most frequent training category and the
@@ -30,8 +30,8 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from productvlm.answer import ParsedAnswer, ProductFields
 from productvlm.errors import ProductVLMError
-from productvlm.prompts import ParsedAnswer, ProductFields
 
 #: Display names of the baselines, in report order.
 BASELINE_NAMES = {

@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from productvlm.answer import ProductFields
 from productvlm.calibration import Calibration
 from productvlm.errors import ProductVLMError
 from productvlm.inference.batch import Row, answer_rows
 from productvlm.photostats import photo_stats
-from productvlm.prompts import ProductFields
 
 MAX_GRID = 512  # candidate prices scored per photo at most
 

@@ -77,6 +77,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     """
     from rich.console import Console
 
+    from productvlm.answer import ProductFields
     from productvlm.evaluation.baselines import compute_baselines, fields_from_records, median_price
     from productvlm.evaluation.listings import known_errors
     from productvlm.evaluation.metrics import all_metrics
@@ -84,7 +85,6 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     from productvlm.evaluation.report import write_report
     from productvlm.evaluation.rows import PredictionRow
     from productvlm.evaluation.uncertainty import uncertainty_figures
-    from productvlm.prompts import ProductFields
 
     ds = _load_split(cfg)
     split = ds[cfg.split]

@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from productvlm.answer import format_price
 from productvlm.calibration import Calibration, central_band
-from productvlm.prompts import format_price
 
 FLAG_LEVEL = 0.99
 #: typicality under which a verdict says that the photo is unlike the training photos

@@ -1,7 +1,7 @@
 """Evaluation metrics: pure functions ``(targets, predictions) -> dict``.
 
-``targets`` are :class:`~productvlm.prompts.ProductFields` (the truth), ``predictions`` are
-:class:`~productvlm.prompts.ParsedAnswer` (what the model said, parsed), aligned row by row.
+``targets`` are :class:`~productvlm.answer.ProductFields` (the truth), ``predictions`` are
+:class:`~productvlm.answer.ParsedAnswer` (what the model said, parsed), aligned row by row.
 
 How an answer that did not parse counts (the same rules for the model and the baselines):
 
@@ -30,8 +30,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from productvlm.answer import ParsedAnswer, ProductFields
 from productvlm.errors import ProductVLMError
-from productvlm.prompts import ParsedAnswer, ProductFields
 
 Targets = Sequence[ProductFields]
 Predictions = Sequence[ParsedAnswer]
@@ -135,8 +135,8 @@ def _label(x: str | None) -> str | None:
 
 
 def _labels(targets: Targets, predictions: Predictions, field: str):
-    y_true = [_label(getattr(t, field)) for t in targets]
-    y_pred = [_label(getattr(p, field, None)) for p in predictions]
+    y_true = [_label(t.get(field)) for t in targets]
+    y_pred = [_label(p.get(field)) for p in predictions]
     return y_true, y_pred
 
 
@@ -173,8 +173,8 @@ def category_metrics(
 ) -> dict[str, float]:
     """Accuracy and macro-F1 of one category level, keys prefixed with the field name.
 
-    ``field`` is an attribute of both the target and the answer, so a deeper level
-    (``category1``, ``category2``) is scored the same way once the answer carries it.
+    ``field`` is a field of both the target and the answer, so a label field of the answer
+    schema (``colour``, a deeper level ``category1``) is scored the same way.
 
     >>> category_metrics([ProductFields("a", "BAGS", 1.0)], [ParsedAnswer("a", "bags", 1.0)])
     {'category_accuracy': 1.0, 'category_macro_f1': 1.0}
@@ -196,7 +196,7 @@ def confusion_matrix(
     """
     check_aligned(targets, predictions)
     display: dict[str, str] = {}
-    for x in [getattr(t, field) for t in targets] + [getattr(p, field, None) for p in predictions]:
+    for x in [t.get(field) for t in targets] + [p.get(field) for p in predictions]:
         if _label(x) is not None:
             display.setdefault(_label(x), " ".join(x.split()))
     y_true, y_pred = _labels(targets, predictions, field)

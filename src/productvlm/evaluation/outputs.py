@@ -16,7 +16,6 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +23,11 @@ import numpy as np
 from PIL import Image
 from rich.table import Table
 
+from productvlm.answer import format_price
 from productvlm.evaluation.baselines import BASELINE_NAMES
 from productvlm.evaluation.metrics import row_scores
 from productvlm.evaluation.plots import error_histogram, image_or_none, png, price_scatter
 from productvlm.evaluation.rows import PredictionRow
-from productvlm.prompts import format_price
 
 #: Headline metrics in display order: key, label, format, whether higher is better.
 METRICS: list[tuple[str, str, str, bool]] = [
@@ -98,9 +97,9 @@ def write_predictions_jsonl(
             p = r.prediction
             record = {
                 "id": r.id,
-                "truth": asdict(r.truth),
+                "truth": r.truth.values(),
                 "answer": r.answer,
-                "parsed": {"title": p.title, "category": p.category, "price": p.price},
+                "parsed": p.values(),
                 "uncertainty": {"price_low": p.price_low, "price_high": p.price_high,
                                 "interval_level": p.interval_level,
                                 "category_prob": p.category_prob, "confidence": p.confidence},

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from productvlm.answer import format_price
 from productvlm.evaluation.metrics import UNPARSED, confusion_matrix, per_category, row_scores
 from productvlm.evaluation.outputs import (
     baseline_label,
@@ -27,7 +28,6 @@ from productvlm.evaluation.outputs import (
 )
 from productvlm.evaluation.plots import data_uri, error_histogram, png, price_scatter, thumbnail
 from productvlm.evaluation.rows import PredictionRow
-from productvlm.prompts import format_price
 
 
 def _badness(r: PredictionRow, fallback_price: float | None) -> float:

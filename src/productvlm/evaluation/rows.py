@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from productvlm.answer import ProductFields
 from productvlm.inference import Prediction
 from productvlm.inference.batch import Row
-from productvlm.prompts import ProductFields
 
 
 @dataclass

@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from productvlm.answer import TargetFormat
 from productvlm.calibration import Calibration, Signals, Uncertainty
 from productvlm.errors import ProductVLMError
 from productvlm.inference.record import (
@@ -40,7 +41,7 @@ from productvlm.inference.record import (
     Prediction,
 )
 from productvlm.photostats import photo_stats
-from productvlm.prompts import QUESTION, TargetFormat, answer_end, render_prompt, stop_token_ids
+from productvlm.prompts import QUESTION, answer_end, render_prompt, stop_token_ids
 from productvlm.rundir import resolve_model
 
 Progress = bool | Callable[[int, int], None] | None

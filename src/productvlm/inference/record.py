@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from productvlm.answer import CORE, DEFAULT_SCHEMA, AnswerSchema, ParsedAnswer, TargetFormat
 from productvlm.calibration import Signals
-from productvlm.prompts import ParsedAnswer, TargetFormat, parse_answer
 
 #: Prediction defaults, for every command that predicts (evaluate, predict, serve, audit, the
 #: training callback): photos per generation batch, and the longest answer in tokens.
@@ -28,7 +28,8 @@ UNLIKE_TRAINING = 0.5
 class Prediction(ParsedAnswer):
     """The one answer record: what evaluate, predict, serve and audit get for a photo.
 
-    The parsed fields (title, category, price; ``error`` says why one is missing), the raw
+    The parsed fields (title, category, price, and the answer schema's extra fields in
+    ``extra``; ``error`` says why one is missing), the raw
     text, the catalog's currency, and how long its batch took. ``ok`` is False when the
     answer did not parse, or (``raw`` None) when there was no answer at all (an unreadable
     photo: ``error`` says why). With a calibrated model: the price interval at
@@ -55,32 +56,41 @@ class Prediction(ParsedAnswer):
 
     @classmethod
     def from_answer(cls, raw: str, fmt: TargetFormat = "seed", *, currency: str | None = None,
-                    latency_ms: float | None = None) -> Prediction:
-        """Parse a raw answer into the record.
+                    latency_ms: float | None = None,
+                    schema: AnswerSchema = DEFAULT_SCHEMA) -> Prediction:
+        """Parse a raw answer into the record (the fields of ``schema``).
 
         >>> Prediction.from_answer("Product: Lola Bag, Category: BAGS, Full Price: 2,290.00").price
         2290.0
         """
-        parsed = parse_answer(raw, fmt)
-        return cls(parsed.title, parsed.category, parsed.price, parsed.error, currency, raw,
-                   latency_ms)
+        parsed = schema.parse(raw, fmt)
+        return cls(parsed.title, parsed.category, parsed.price, parsed.error, parsed.extra,
+                   currency=currency, raw=raw, latency_ms=latency_ms)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Prediction:
-        """The record back from :meth:`to_dict` (``signals`` are not serialised).
+        """The record back from :meth:`to_dict` (``signals`` are not serialised); keys that
+        are not the record's own are the extra fields.
 
-        >>> p = Prediction("Lola Bag", "BAGS", 2290.0)
+        >>> p = Prediction("Lola Bag", "BAGS", 2290.0, extra={"colour": "Beige"})
         >>> Prediction.from_dict(p.to_dict()) == p
         True
         """
-        names = {f.name for f in fields(cls)} - {"signals"}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        names = {f.name for f in fields(cls)} - {"signals", "extra"}
+        extra = {k: v for k, v in data.items() if k not in names and k != "ok"}
+        return cls(**{k: v for k, v in data.items() if k in names}, extra=extra)
 
     def to_dict(self) -> dict[str, Any]:
-        """The record as JSON: predict --json's rows and the HTTP API's fields."""
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "signals"}
-        error = out.pop("error")
-        return {**out, "ok": self.ok, "error": error}
+        """The record as JSON: predict --json's rows and the HTTP API's fields; the extra
+        fields sit after the price, by name.
+
+        >>> Prediction("Lola Bag", "BAGS", 2290.0, extra={"colour": "Beige"}).to_dict()["colour"]
+        'Beige'
+        """
+        out = {f.name: getattr(self, f.name) for f in fields(self)
+               if f.name not in ("signals", "extra", "error")}
+        head = {name: out.pop(name) for name in CORE}
+        return {**head, **self.extra, **out, "ok": self.ok, "error": self.error}
 
 
 __all__ = ["BATCH_SIZE", "INTERVAL_LEVEL", "LOW_CONFIDENCE", "MAX_NEW_TOKENS", "UNLIKE_TRAINING",

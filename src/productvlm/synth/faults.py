@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from productvlm.answer import format_price
 from productvlm.evaluation.listings import MISPRICING_KINDS
-from productvlm.prompts import format_price
 from productvlm.synth import assortment as A
 
 FAULT_KINDS = ("na_url", "http_404", "not_image", "truncated_jpeg", "price_missing",

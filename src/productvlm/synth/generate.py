@@ -62,9 +62,9 @@ import numpy as np
 import typer
 from pydantic import Field, field_validator
 
+from productvlm.answer import format_price
 from productvlm.config import StageConfig, save_config
 from productvlm.errors import ProductVLMError
-from productvlm.prompts import format_price
 from productvlm.synth import assortment as A
 from productvlm.synth.faults import (
     FAULT_KINDS,

@@ -90,10 +90,10 @@ class GenerationEvalCallback(TrainerCallback):
                     **kwargs: Any) -> None:
         if model is None or len(self.rows) == 0 or not state.is_world_process_zero:
             return
+        from productvlm.answer import ProductFields
         from productvlm.evaluation.metrics import all_metrics
         from productvlm.inference import MAX_NEW_TOKENS, Predictor
         from productvlm.inference.batch import Row, answer_rows
-        from productvlm.prompts import ProductFields
         from productvlm.rundir import RunDir
 
         alphabet, longest = RunDir(self.cfg.out).read_title_shape()  # labels.json, if written

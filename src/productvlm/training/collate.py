@@ -19,15 +19,9 @@ from typing import Any
 
 import torch
 
+from productvlm.answer import ProductFields, TargetFormat, format_answer
 from productvlm.errors import ProductVLMError
-from productvlm.prompts import (
-    QUESTION,
-    ProductFields,
-    TargetFormat,
-    format_answer,
-    render_prompt,
-    render_target,
-)
+from productvlm.prompts import QUESTION, render_prompt, render_target
 
 IGNORE_INDEX = -100
 AUGMENT = "_augment"  # column marking rows whose photos may be augmented (the train split)

@@ -7,8 +7,9 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from productvlm.answer import TargetFormat
 from productvlm.config import HubKernels, StageConfig
-from productvlm.prompts import QUESTION, TargetFormat
+from productvlm.prompts import QUESTION
 
 PHI3V_HUB_ID = "microsoft/Phi-3-vision-128k-instruct"
 

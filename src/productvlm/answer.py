@@ -1,0 +1,415 @@
+"""The answer schema: which fields the model says about a photo, and the one place that
+writes them as a target and reads them back from an answer.
+
+An :class:`AnswerSchema` is a list of :class:`AnswerField` declarations (name, kind, the
+catalog column it comes from, its words in the seed format, its JSON key). Everything that
+handles an answer's fields derives from it: the target text (:meth:`AnswerSchema.format`),
+the parser (:meth:`AnswerSchema.parse`), the constrained grammar
+(:func:`productvlm.constrained.answer_template`), the price scoring, the
+:class:`~productvlm.inference.record.Prediction` record, the API model, predict's table, the
+metrics per field and the report.
+
+The default schema is the Phi-3 cookbook's three fields, in two formats:
+
+* ``seed`` (default): ``Product: Medium Lola Bag, Category: BAGS, Full Price: 2,290.00``
+* ``json``: ``{"title": "Medium Lola Bag", "category": "BAGS", "price": 2290.0}``
+
+A catalog's extra fields (colour, material, ...) come after these three, in the order
+declared: ``..., Full Price: 2,290.00, Colour: Beige, Material: Cotton``.
+
+>>> s = DEFAULT_SCHEMA.with_extras([known_field("colour")])
+>>> s.format(ProductFields("Lola Bag", "BAGS", 2290.0, {"colour": "Beige"}))
+'Product: Lola Bag, Category: BAGS, Full Price: 2,290.00, Colour: Beige'
+>>> s.parse("Product: Lola Bag, Category: BAGS, Full Price: 2,290.00, Colour: Beige").extra
+{'colour': 'Beige'}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from typing import Any, Literal, get_args
+
+from productvlm.errors import ProductVLMError
+
+TargetFormat = Literal["seed", "json"]
+#: free text (token F1), a label from the catalog (accuracy, macro-F1, constrained to the
+#: training labels), a number (MAPE; written as a price is)
+FieldKind = Literal["text", "label", "number"]
+FIELD_KINDS: tuple[str, ...] = get_args(FieldKind)
+CORE = ("title", "category", "price")
+#: every family's end-of-answer and end-of-text tokens, cut from an answer before parsing
+ENDS = ("<|end|>", "<|endoftext|>", "<|im_end|>", "<end_of_utterance>")
+_CURRENCY_RE = re.compile(r"(?i)\b(usd|eur|gbp|us\$)\b|[$€£¥]")
+_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
+
+
+@dataclass(frozen=True)
+class AnswerField:
+    """One field of the answer.
+
+    ``words``: how the seed format names it (``"Full Price"``); ``aliases``: other words the
+    parser also reads (``"Price"``); ``keys``: other JSON keys it also reads (``"full_price"``);
+    the JSON key written is ``name``. ``column``: the prepared dataset's column that holds
+    the truth (``name`` unless said).
+
+    >>> AnswerField("colour", "label", "Colour").column
+    'colour'
+    """
+
+    name: str
+    kind: FieldKind
+    words: str
+    aliases: tuple[str, ...] = ()
+    keys: tuple[str, ...] = ()
+    column: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.column:
+            object.__setattr__(self, "column", self.name)
+
+    @property
+    def short(self) -> str:
+        """The shortest words it is read by, for messages (``Price``)."""
+        return min((self.words, *self.aliases), key=len)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+TITLE = AnswerField("title", "text", "Product", keys=("product",))
+CATEGORY = AnswerField("category", "label", "Category")
+PRICE = AnswerField("price", "number", "Full Price", aliases=("Price",), keys=("full_price",))
+
+#: fields a catalog often has beyond the three: ``--map colour=COLUMN`` declares one
+KNOWN_FIELDS: dict[str, AnswerField] = {f.name: f for f in (
+    AnswerField("colour", "label", "Colour", aliases=("Color",), keys=("color",)),
+    AnswerField("material", "label", "Material"),
+    AnswerField("gender", "label", "Gender"),
+    AnswerField("size", "label", "Size"),
+    AnswerField("brand", "label", "Brand"),
+    AnswerField("collection", "label", "Collection"),
+)}
+
+
+def known_field(name: str) -> AnswerField:
+    """A field from :data:`KNOWN_FIELDS`, or a one-line error naming the choices.
+
+    >>> known_field("colour").kind
+    'label'
+    """
+    if name not in KNOWN_FIELDS:
+        raise ProductVLMError(
+            f"unknown answer field {name!r}; known: {', '.join(KNOWN_FIELDS)}; declare a new "
+            f"one with --field {name}=KIND (KIND one of {', '.join(FIELD_KINDS)})")
+    return KNOWN_FIELDS[name]
+
+
+def declare_field(name: str, kind: str) -> AnswerField:
+    """A field the user declares (``--field fabric=label``): seed words from its name.
+
+    >>> declare_field("fabric_weight", "number").words
+    'Fabric Weight'
+    """
+    if not _NAME_RE.fullmatch(name) or name in CORE:
+        raise ProductVLMError(
+            f"answer field {name!r}: a field name is lower-case letters, digits and _ (at "
+            f"most 32), starts with a letter, and is not one of {', '.join(CORE)}")
+    if kind not in FIELD_KINDS:
+        raise ProductVLMError(f"answer field {name!r}: kind {kind!r} is not one of "
+                              f"{', '.join(FIELD_KINDS)}")
+    if name in KNOWN_FIELDS and KNOWN_FIELDS[name].kind == kind:
+        return KNOWN_FIELDS[name]
+    return AnswerField(name, kind, name.replace("_", " ").title())  # type: ignore[arg-type]
+
+
+@dataclass
+class ProductFields:
+    """What the model is taught to say about a product photo: the truth of one row.
+
+    >>> ProductFields("Lola Bag", "BAGS", 2290.0, {"colour": "Beige"}).get("colour")
+    'Beige'
+    """
+
+    title: str
+    category: str
+    price: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def get(self, name: str) -> Any:
+        """The value of field ``name`` (a core attribute or an extra field)."""
+        return getattr(self, name) if name in CORE else self.extra.get(name)
+
+    def values(self) -> dict[str, Any]:
+        """Every field's value by name: title, category, price, then the extras."""
+        return {"title": self.title, "category": self.category, "price": self.price,
+                **self.extra}
+
+
+@dataclass
+class ParsedAnswer:
+    """A parsed model answer; ``error`` says why a field is missing when ``ok`` is False;
+    ``extra`` holds the schema's extra fields by name."""
+
+    title: str | None = None
+    category: str | None = None
+    price: float | None = None
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def get(self, name: str) -> Any:
+        """The value of field ``name`` (a core attribute or an extra field)."""
+        return getattr(self, name) if name in CORE else self.extra.get(name)
+
+    def values(self) -> dict[str, Any]:
+        """Every field's value by name: title, category, price, then the extras."""
+        return {"title": self.title, "category": self.category, "price": self.price,
+                **self.extra}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class FieldDomain:
+    """What training saw of a field, which bounds it in a constrained answer: a label field's
+    labels, a text field's characters and longest length (a number field: nothing).
+
+    >>> FieldDomain.of(KNOWN_FIELDS["colour"], ["Beige", "Black", "Beige"]).labels
+    ('Beige', 'Black')
+    """
+
+    labels: tuple[str, ...] = ()
+    alphabet: str = ""
+    max_chars: int = 0
+
+    @classmethod
+    def of(cls, f: AnswerField, values: Sequence[Any]) -> FieldDomain:
+        texts = [str(v) for v in values if v is not None and str(v).strip()]
+        if f.kind == "label":
+            return cls(labels=tuple(sorted(set(texts))))
+        if f.kind == "text" and texts:
+            return cls(alphabet="".join(sorted({c for t in texts for c in t})),
+                       max_chars=max(len(t) for t in texts))
+        return cls()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"labels": list(self.labels), "alphabet": self.alphabet,
+                "max_chars": self.max_chars}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FieldDomain:
+        return cls(tuple(data.get("labels") or ()), str(data.get("alphabet") or ""),
+                   int(data.get("max_chars") or 0))
+
+
+def parse_price(value: Any) -> float | None:
+    """Read a price written as a number or as text like "1,290.00", "$2,290", "1290 USD".
+
+    Returns None when there is no usable positive finite number (missing, "N.A.", negative).
+
+    >>> parse_price("1,290.00"), parse_price("$ 32"), parse_price("N.A.")
+    (1290.0, 32.0, None)
+    """
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        x = float(value)
+    else:
+        text = _CURRENCY_RE.sub("", str(value)).strip().replace(" ", "").replace("\u00a0", "")
+        if re.fullmatch(r"\d{1,3}(\.\d{3})+,\d{1,2}", text):  # European "1.290,00"
+            text = text.replace(".", "").replace(",", ".")
+        else:
+            text = text.replace(",", "")
+        text = text.rstrip(".")
+        try:
+            x = float(text)
+        except ValueError:
+            return None
+    if not math.isfinite(x) or x <= 0:
+        return None
+    return x
+
+
+def format_price(price: float) -> str:
+    """Retail style with thousands separators and cents: ``format_price(2290) == '2,290.00'``."""
+    return f"{price:,.2f}"
+
+
+def strip_end(text: str) -> str:
+    """An answer without its end tokens and what follows them."""
+    for stop in ENDS:
+        cut = text.find(stop)
+        if cut != -1:
+            text = text[:cut]
+    return text.strip()
+
+
+@dataclass(frozen=True)
+class AnswerSchema:
+    """The answer's fields in order: title, category, price, then the catalog's extras.
+
+    >>> DEFAULT_SCHEMA.format(ProductFields("Medium Lola Bag", "BAGS", 2290.0))
+    'Product: Medium Lola Bag, Category: BAGS, Full Price: 2,290.00'
+    >>> DEFAULT_SCHEMA.parse("Product: Lola Bag, Category: BAGS, Full Price: $2,290<|end|>").price
+    2290.0
+    """
+
+    fields: tuple[AnswerField, ...] = (TITLE, CATEGORY, PRICE)
+
+    def __post_init__(self) -> None:
+        names = [f.name for f in self.fields]
+        if tuple(names[:3]) != CORE or len(set(names)) != len(names):
+            raise ProductVLMError(f"answer fields {names}: they start with {', '.join(CORE)} "
+                                  "and name each field once")
+
+    @property
+    def extras(self) -> tuple[AnswerField, ...]:
+        """The fields after title, category and price."""
+        return self.fields[3:]
+
+    def field(self, name: str) -> AnswerField:
+        return next(f for f in self.fields if f.name == name)
+
+    def with_extras(self, extras: Sequence[AnswerField]) -> AnswerSchema:
+        """This schema with ``extras`` after its own fields."""
+        return AnswerSchema((*self.fields, *extras))
+
+    # --- saving ---------------------------------------------------------------------------
+    def extras_json(self) -> list[dict[str, Any]]:
+        """The extra fields as JSON (the prepared manifest and labels.json keep them)."""
+        return [f.to_dict() for f in self.extras]
+
+    @classmethod
+    def from_extras_json(cls, data: Sequence[Mapping[str, Any]] | None) -> AnswerSchema:
+        """The schema saved by :meth:`extras_json` (None or [] for the default).
+
+        >>> AnswerSchema.from_extras_json(DEFAULT_SCHEMA.extras_json()) == DEFAULT_SCHEMA
+        True
+        """
+        extras = [AnswerField(**{**d, "aliases": tuple(d.get("aliases") or ()),
+                                 "keys": tuple(d.get("keys") or ())}) for d in data or []]
+        return DEFAULT_SCHEMA.with_extras(extras)
+
+    # --- writing --------------------------------------------------------------------------
+    def format(self, values: ProductFields, fmt: TargetFormat = "seed") -> str:
+        """The assistant's answer text, without end tokens."""
+        if fmt == "json":
+            return json.dumps({f.name: _json_value(f, values.get(f.name)) for f in self.fields},
+                              ensure_ascii=False)
+        return ", ".join(f"{f.words}: {_seed_value(f, values.get(f.name))}"
+                         for f in self.fields)
+
+    # --- reading --------------------------------------------------------------------------
+    def parse(self, text: str, fmt: TargetFormat | None = None) -> ParsedAnswer:
+        """Parse a generated answer in either format; never raises.
+
+        ``fmt=None`` detects the format (JSON when the answer starts with ``{``).
+        """
+        body = strip_end(text)
+        if fmt == "json" or (fmt is None and body.startswith("{")):
+            return self._parse_json(body)
+        m = self._seed_re.search(body)
+        if not m:
+            shape = ", ".join(f"{f.short}: ..." for f in self.fields[:3])
+            return ParsedAnswer(error=f"answer does not match '{shape}'")
+        return self._finish({f.name: m.group(f.name) for f in self.fields})
+
+    @cached_property
+    def _seed_re(self) -> re.Pattern[str]:
+        def words(f: AnswerField) -> str:
+            # "Full Price" (or alias "Price") -> "(?:Full\s+)?Price" when one ends the other
+            if f.aliases == (f.words.split()[-1],) and len(f.words.split()) == 2:
+                return rf"(?:{f.words.split()[0]}\s+)?{f.aliases[0]}"
+            alts = sorted((f.words, *f.aliases), key=len, reverse=True)
+            return "(?:" + "|".join(r"\s+".join(map(re.escape, a.split())) for a in alts) + ")"
+
+        # greedy title (product titles may themselves contain commas), lazy middle fields
+        core = (rf"{words(TITLE)}:\s*(?P<title>.*)\s*,\s*{words(CATEGORY)}:\s*"
+                rf"(?P<category>.*?)\s*,\s*{words(PRICE)}:\s*")
+        if not self.extras:
+            return re.compile(core + r"(?P<price>[^\n]*)", re.IGNORECASE | re.DOTALL)
+        tail = "".join(rf"(?:\s*,\s*{words(f)}:\s*(?P<{f.name}>[^\n]*?))?" for f in self.extras)
+        return re.compile(core + r"(?P<price>[^\n]*?)" + tail + r"\s*(?:\n|$)",
+                          re.IGNORECASE | re.DOTALL)
+
+    def _parse_json(self, body: str) -> ParsedAnswer:
+        try:
+            obj = json.loads(body[: body.rfind("}") + 1] if "}" in body else body)
+        except json.JSONDecodeError as e:
+            return ParsedAnswer(error=f"answer is not valid JSON ({e.msg})")
+        if not isinstance(obj, dict):
+            return ParsedAnswer(error="answer is JSON but not an object")
+        low = {str(k).lower(): v for k, v in obj.items()}
+        raw: dict[str, Any] = {}
+        for f in self.fields:
+            found = [low[k] for k in (f.name, *f.keys) if k in low]
+            # a text's falsy value (0, "") is missing, as before; a number's is read as one
+            raw[f.name] = (found[0] if found and (f.kind == "number" or found[0]) else
+                           next((v for v in found if v), None))
+        return self._finish(raw)
+
+    def _finish(self, raw: Mapping[str, Any]) -> ParsedAnswer:
+        values: dict[str, Any] = {}
+        missing: list[str] = []
+        for f in self.fields:
+            value = raw.get(f.name)
+            if f.kind == "number":
+                got = parse_price(value.strip().rstrip(",") if isinstance(value, str) else value)
+                if got is None:
+                    missing.append(f"{f.name} (got {_raw_repr(value)!r})")
+            else:
+                got = str(value).strip() if value else None
+                got = got or None
+                if got is None:
+                    missing.append(f.name)
+            values[f.name] = got
+        # the core's errors first, in the core's order, as the three-field format said them
+        error = f"missing or unreadable: {', '.join(missing)}" if missing else None
+        return ParsedAnswer(values["title"], values["category"], values["price"], error,
+                            {f.name: values[f.name] for f in self.extras})
+
+
+def _raw_repr(value: Any) -> Any:
+    return value.strip() if isinstance(value, str) else value
+
+
+def _json_value(f: AnswerField, value: Any) -> Any:
+    return round(float(value), 2) if f.kind == "number" else value
+
+
+def _seed_value(f: AnswerField, value: Any) -> str:
+    return format_price(float(value)) if f.kind == "number" else str(value)
+
+
+DEFAULT_SCHEMA = AnswerSchema()
+
+
+def format_answer(fields: ProductFields, fmt: TargetFormat = "seed",
+                  schema: AnswerSchema = DEFAULT_SCHEMA) -> str:
+    """The assistant's answer text, without end tokens.
+
+    >>> format_answer(ProductFields("Medium Lola Bag", "BAGS", 2290.0))
+    'Product: Medium Lola Bag, Category: BAGS, Full Price: 2,290.00'
+    """
+    return schema.format(fields, fmt)
+
+
+def parse_answer(text: str, fmt: TargetFormat | None = None,
+                 schema: AnswerSchema = DEFAULT_SCHEMA) -> ParsedAnswer:
+    """Parse a generated answer in either format; never raises.
+
+    ``fmt=None`` detects the format (JSON when the answer starts with ``{``).
+
+    >>> parse_answer("Product: Lola Bag, Category: BAGS, Full Price: $2,290.00<|end|>").price
+    2290.0
+    """
+    return schema.parse(text, fmt)
