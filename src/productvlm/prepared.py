@@ -3,20 +3,24 @@
 A prepared folder holds::
 
     dataset/        a DatasetDict on disk (Arrow, memory-mapped): train, validation, test
-    manifest.json   counts, splits, column map, config, versions
+    manifest.json   counts, splits, column map, answer fields, config, versions
     failures.csv    row, product_code, reason: every input row that is not in dataset/
     config.yaml     the PrepareConfig that made it
 
 Each split has :data:`PREPARED_COLUMNS` with :func:`prepared_features` (images stored as
-bytes). ``catalog/`` writes it through these names; training, evaluation, the demo and the
-audit read it with :func:`load_prepared`.
+bytes), then a column per extra answer field (colour, material, ...; :func:`load_schema`).
+``catalog/`` writes it through these names; training, evaluation, the demo and the audit
+read it with :func:`load_prepared`.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from productvlm.answer import DEFAULT_SCHEMA, AnswerField, AnswerSchema
 from productvlm.errors import ProductVLMError
 
 SPLITS = ("train", "validation", "test")
@@ -37,8 +41,10 @@ PREPARED_COLUMNS = ("product_code", "title", "category", "category1", "category2
 REQUIRED_COLUMNS = ("title", "category", "price", "image")
 
 
-def prepared_features() -> Any:  # datasets.Features; datasets is imported only when needed
-    """The features of a prepared split: images stored as bytes, sha256, source row."""
+def prepared_features(extras: Sequence[AnswerField] = ()) -> Any:  # datasets.Features
+    """The features of a prepared split: images stored as bytes, sha256, source row, then
+    the answer's extra fields (a number as float64, else text). datasets is imported only
+    when needed."""
     import datasets
 
     return datasets.Features({
@@ -47,7 +53,26 @@ def prepared_features() -> Any:  # datasets.Features; datasets is imported only 
         "category2": datasets.Value("string"), "price": datasets.Value("float64"),
         "currency": datasets.Value("string"), "image": datasets.Image(),
         "image_sha256": datasets.Value("string"), "source_row": datasets.Value("int64"),
+        **{f.column: datasets.Value("float64" if f.kind == "number" else "string")
+           for f in extras},
     })
+
+
+def load_schema(data: Path) -> AnswerSchema:
+    """The answer schema a prepared folder was made with: its manifest's ``answer_fields``
+    (the default schema for a folder without them, or a bare DatasetDict folder).
+
+    >>> load_schema(Path("runs/demo/prepared")).extras  # doctest: +SKIP
+    ()
+    """
+    manifest = Path(data) / MANIFEST
+    if not manifest.is_file():
+        return DEFAULT_SCHEMA
+    try:
+        fields = json.loads(manifest.read_text()).get("answer_fields")
+    except json.JSONDecodeError as e:
+        raise ProductVLMError(f"{manifest}: not valid JSON ({e})") from None
+    return AnswerSchema.from_extras_json(fields)
 
 
 def load_prepared(data: Path, splits: tuple[str, ...] = ("train", "validation")) -> Any:

@@ -3,7 +3,8 @@
 A run directory holds::
 
     config.yaml          the TrainConfig it ran with (target format, question, num_crops, ...)
-    labels.json          {"categories": [...], "currency": "USD"}: what the model was taught
+    labels.json          {"categories": [...], "currency": "USD", ...}: what the model was
+                         taught (title shape; the answer's extra fields and their labels)
     processor/           tokenizer + preprocessor config, as trained
     adapter/             the PEFT adapter (LoRA modes)
     merged/              a Hub-format model (full mode, or LoRA merged into the base)
@@ -26,13 +27,14 @@ from __future__ import annotations
 import json
 import re
 import sys
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from productvlm.answer import TargetFormat
+from productvlm.answer import DEFAULT_SCHEMA, AnswerSchema, FieldDomain, TargetFormat
 from productvlm.config import CONFIG_FILENAME
 from productvlm.errors import ProductVLMError
 from productvlm.prompts import QUESTION, title_words
@@ -112,16 +114,32 @@ class RunDir:
                              set(items.get("title_words", [])))
 
     def write_labels(self, categories: list[str], currency: str,
-                     titles: list[str] | None = None) -> None:
-        """labels.json: the categories the model was taught, the catalog's currency and the
+                     titles: list[str] | None = None, schema: AnswerSchema = DEFAULT_SCHEMA,
+                     extra_values: Mapping[str, Sequence[Any]] | None = None) -> None:
+        """labels.json: the categories the model was taught, the catalog's currency, the
         shape of its titles (their characters and longest length, which bound the title of
-        a constrained answer)."""
+        a constrained answer), and the answer schema's extra fields with what training saw
+        of each (``extra_values``: a field's training values)."""
         self.root.mkdir(parents=True, exist_ok=True)
         labels: dict[str, Any] = {"categories": sorted(categories), "currency": currency}
         if titles:
             labels["title_alphabet"] = "".join(sorted({c for t in titles for c in t}))
             labels["title_max_chars"] = max(len(t) for t in titles)
+        if schema.extras:
+            labels["answer_fields"] = schema.extras_json()
+            labels["field_domains"] = {
+                f.name: FieldDomain.of(f, (extra_values or {}).get(f.name, [])).to_dict()
+                for f in schema.extras}
         self.labels.write_text(json.dumps(labels, indent=1))
+
+    def read_schema(self) -> tuple[AnswerSchema, dict[str, FieldDomain]]:
+        """The answer schema the run was trained with, and what training saw of each extra
+        field (the default schema for a run without extras)."""
+        labels = self._labels()
+        schema = AnswerSchema.from_extras_json(labels.get("answer_fields"))
+        domains = labels.get("field_domains") or {}
+        return schema, {f.name: FieldDomain.from_dict(domains.get(f.name) or {})
+                        for f in schema.extras}
 
     def _labels(self) -> dict[str, Any]:
         """labels.json as a mapping ({} when there is none)."""
@@ -221,6 +239,9 @@ class RunInfo:
     run: RunDir | None = None  # the run directory, when the model is one
     title_alphabet: str | None = None  # the training titles' characters (labels.json)
     title_max_chars: int | None = None  # ... and their longest length
+    schema: AnswerSchema = DEFAULT_SCHEMA  # the answer's fields (labels.json)
+    #: what training saw of each extra field (labels.json)
+    domains: dict[str, FieldDomain] = field(default_factory=dict)
 
 
 def resolve_model(model: str | Path) -> RunInfo:
@@ -243,11 +264,13 @@ def resolve_model(model: str | Path) -> RunInfo:
     cfg = run.read_config()
     categories, currency = run.read_labels()
     alphabet, longest = run.read_title_shape()
+    schema, domains = run.read_schema()
     info = RunInfo(weights=str(path), processor=str(path),
                    target_format=cfg.get("target_format", "seed"),
                    question=cfg.get("question", QUESTION), num_crops=cfg.get("num_crops"),
                    categories=categories, currency=currency, run=run,
-                   title_alphabet=alphabet, title_max_chars=longest)
+                   title_alphabet=alphabet, title_max_chars=longest, schema=schema,
+                   domains=domains)
     if has_model(run.merged):
         info.weights = str(run.merged)
     elif (run.adapter / "adapter_config.json").is_file():

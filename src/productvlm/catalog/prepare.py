@@ -31,7 +31,7 @@ import json
 import platform
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,9 +40,11 @@ from typing import Any
 import typer
 from pydantic import Field, field_validator, model_validator
 
+from productvlm.answer import KNOWN_FIELDS, AnswerField, AnswerSchema, FieldKind
 from productvlm.catalog.fetch import FetchConfig
 from productvlm.catalog.schema import (
     Record,
+    answer_extras,
     code_value,
     reason_key,
     resolve_column_map,
@@ -69,7 +71,11 @@ class PrepareConfig(StageConfig):
     preset: str | None = Field("burberry", description="column preset (burberry, simple); "
                                "None or 'none' maps only what `map` names")
     map: dict[str, str] = Field(default_factory=dict,
-                                description="canonical field -> source column, over the preset")
+                                description="canonical field -> source column, over the preset; "
+                                "an answer field (colour, material, ...) adds it to the answer")
+    fields: dict[str, FieldKind] = Field(default_factory=dict,
+                                   description="new answer fields, name -> kind (text, label, "
+                                   "number), read from the column --map names or their own")
     source_split: str | None = Field(None, description="split of a Hugging Face source "
                                      "(default: train, or the only one)")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="share of rows for validation")
@@ -132,6 +138,7 @@ class RecordStream:
     mapping: dict[str, str]
     failures: list[tuple[int, str, str]]
     currency: str = ""
+    extras: Sequence[AnswerField] = ()  # the answer's extra fields, each a column
     limit: int | None = None
     batch_size: int = 1000
     dedupe: bool = True
@@ -144,7 +151,7 @@ class RecordStream:
             if self.limit is not None and i >= self.limit:
                 break
             self.rows_read += 1
-            got = validate_row(row, self.mapping, self.currency)
+            got = validate_row(row, self.mapping, self.currency, self.extras)
             if isinstance(got, str):
                 has_code = isinstance(row, dict) and "product_code" in self.mapping
                 code = code_value(row.get(self.mapping["product_code"])) if has_code else ""
@@ -152,7 +159,7 @@ class RecordStream:
                 continue
             got.row = i
             key = (got.product_code, got.title, got.category, got.category1, got.category2,
-                   got.price, got.currency, got.image)
+                   got.price, got.currency, got.image, *got.extra.values())
             j = first_of.setdefault(key, i) if self.dedupe else i
             if j != i:
                 self.failures.append((i, got.product_code, f"duplicate of row {j}"))
@@ -165,14 +172,15 @@ class RecordStream:
 
 def read_records(src: CatalogSource, mapping: dict[str, str], *, currency: str = "",
                  limit: int | None = None, batch_size: int = 1000, dedupe: bool = True,
-                 failures: list[tuple[int, str, str]]) -> tuple[list[Record], int]:
+                 failures: list[tuple[int, str, str]],
+                 extras: Sequence[AnswerField] = ()) -> tuple[list[Record], int]:
     """Pass 1: every row becomes a Record or a failure (appended to ``failures``); exact
     duplicate rows are failures too when ``dedupe``. Returns (records, rows read).
 
     >>> records, n = read_records(open_source("c.csv"), mapping, failures=[])  # doctest: +SKIP
     """
     stream = RecordStream(src, mapping, failures, currency=currency, limit=limit,
-                          batch_size=batch_size, dedupe=dedupe)
+                          batch_size=batch_size, dedupe=dedupe, extras=extras)
     return list(stream), stream.rows_read
 
 
@@ -190,17 +198,19 @@ def resolve_prepare_config(
     config_file: Path | None = None,
     map: dict[str, str] | None = None,
     fetch: dict[str, Any] | None = None,
+    fields: dict[str, str] | None = None,
     **flags: Any,
 ) -> PrepareConfig:
     """Defaults < the file's ``prepare:`` section (or the whole file) < flags given.
 
-    ``map`` entries are merged over the file's, key by key, as are ``fetch`` fields.
+    ``map`` and ``fields`` entries are merged over the file's, key by key, as are ``fetch``
+    fields.
     """
     cfg = resolve_config(PrepareConfig, config_file, flags, section="prepare")
     fetch_given = {k: v for k, v in (fetch or {}).items() if v is not None}
-    if map or fetch_given:
-        cfg = _with(cfg, map={**cfg.map, **(map or {})}, fetch={**cfg.fetch.model_dump(),
-                                                                 **fetch_given})
+    if map or fetch_given or fields:
+        cfg = _with(cfg, map={**cfg.map, **(map or {})}, fields={**cfg.fields, **(fields or {})},
+                    fetch={**cfg.fetch.model_dump(), **fetch_given})
     return cfg
 
 
@@ -229,13 +239,16 @@ def prepare(
     local_root: Path | None = None,
     cache_dir: Path | None = None,
     config_file: Path | None = None,
+    fields: dict[str, str] | None = None,
     progress: bool = True,
     verbose: bool = True,
 ) -> PrepareResult:
     """Map, validate, fetch images and split a catalog into ``out/`` (see the module doc).
 
     Arguments left ``None`` come from ``config_file`` or the defaults (preset ``burberry``,
-    0.8/0.1/0.1, seed 0); ``preset="none"`` maps only the ``map`` fields. ``progress`` draws
+    0.8/0.1/0.1, seed 0); ``preset="none"`` maps only the ``map`` fields. A ``map`` name
+    that is an answer field (``colour``; or declared in ``fields``, name -> kind) adds it to
+    the answer the model is taught (see :mod:`productvlm.answer`). ``progress`` draws
     the fetch bar, ``verbose`` prints the counts. Relative image
     paths are read inside the catalog's folder unless ``local_root`` names another.
 
@@ -247,14 +260,16 @@ def prepare(
 
     started = time.time()
     cfg = resolve_prepare_config(
-        config_file, map,
+        config_file, map, fields=fields,
         fetch={"concurrency": concurrency, "timeout_s": timeout_s, "retries": retries,
                "local_root": local_root, "cache_dir": cache_dir},
         preset=preset, source_split=source_split, val_fraction=val_fraction,
         test_fraction=test_fraction, seed=seed, currency=currency, limit=limit,
     )
     src = open_source(source, cfg.source_split)
-    mapping = resolve_column_map(src.columns, cfg.preset, cfg.map, source=src.name)
+    extras = answer_extras(cfg.map, cfg.fields)
+    mapping = resolve_column_map(src.columns, cfg.preset, cfg.map, source=src.name,
+                                 extras=extras)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     fetch_over: dict[str, Any] = {}
@@ -270,15 +285,17 @@ def prepare(
 
     failures: list[tuple[int, str, str]] = []
     items, rows_in = read_records(src, mapping, currency=cfg.currency, limit=cfg.limit,
-                                  batch_size=cfg.read_batch_size, failures=failures)
+                                  batch_size=cfg.read_batch_size, failures=failures,
+                                  extras=extras)
     say(f"{rows_in} rows read, {len(items)} valid; fetching {len(items)} images")
     staging = out / ".staging.arrow"
     try:
-        keys, img_stats = fetch_and_stage(items, cfg.fetch, staging, progress, failures)
+        keys, img_stats = fetch_and_stage(items, cfg.fetch, staging, progress, failures,
+                                          extras)
         del items
         split_of = assign_splits([k[0] for k in keys], [k[1] for k in keys],
                                  [k[2] for k in keys], cfg.fractions, cfg.seed)
-        sizes = write_dataset(staging, split_of, out / DATASET_DIR)
+        sizes = write_dataset(staging, split_of, out / DATASET_DIR, extras)
     finally:
         staging.unlink(missing_ok=True)
 
@@ -299,6 +316,7 @@ def prepare(
         "source_kind": src.kind,
         "source_columns": src.columns,
         "column_map": mapping,
+        "answer_fields": AnswerSchema().with_extras(extras).extras_json(),
         "counts": {"rows_in": rows_in, "prepared": prepared, "failed": len(failures),
                    "failed_by_reason": by_reason},
         "row_numbering": ROW_NUMBERING,
@@ -335,12 +353,16 @@ class _Say:
             print(msg, flush=True)
 
 
-def _split_positionals(source: str, extra: list[str]) -> tuple[str, list[str]]:
-    """``--map a=x b=y`` leaves ``b=y`` as a positional: take FIELD=COLUMN ones as map pairs."""
+def _split_positionals(source: str, extra: list[str],
+                       declared: Sequence[str] = ()) -> tuple[str, list[str]]:
+    """``--map a=x b=y`` leaves ``b=y`` as a positional: take FIELD=COLUMN ones as map pairs
+    (FIELD a canonical field, a known answer field or one declared with --field)."""
     from productvlm.catalog.schema import CANONICAL_FIELDS
 
+    names = {*CANONICAL_FIELDS, *KNOWN_FIELDS, *declared}
+
     def is_pair(tok: str) -> bool:
-        return tok.partition("=")[0].strip() in CANONICAL_FIELDS and not Path(tok).exists()
+        return tok.partition("=")[0].strip() in names and not Path(tok).exists()
 
     tokens = [source, *extra]
     pairs = [t for t in tokens if is_pair(t)]
@@ -368,7 +390,12 @@ def register(app: typer.Typer) -> None:
         preset: str | None = typer.Option(None, help="column preset: burberry (default), "
                                           "simple, or none"),
         map: list[str] | None = typer.Option(None, "--map", help="FIELD=COLUMN over the "
-                                             "preset, e.g. --map title=name price=list_price"),
+                                             "preset, e.g. --map title=name price=list_price; "
+                                             "an answer field (colour, material, gender, size, "
+                                             "brand, collection) adds it to the answer"),
+        field: list[str] | None = typer.Option(None, "--field", help="NAME=KIND: a new "
+                                               "answer field (KIND text, label or number), read "
+                                               "from --map NAME=COLUMN or column NAME"),
         source_split: str | None = typer.Option(None, help="split of a Hugging Face source"),
         val_fraction: float | None = typer.Option(None, help="validation share [0.1]"),
         test_fraction: float | None = typer.Option(None, help="test share [0.1]"),
@@ -392,11 +419,12 @@ def register(app: typer.Typer) -> None:
 
         Rerun to resume: images already fetched come from the cache.
         """
-        src, pairs = _split_positionals(source, list(ctx.args))
+        declared = parse_pairs(field or [], "--field")
+        src, pairs = _split_positionals(source, list(ctx.args), list(declared))
         prepare(
             src, out, preset, parse_pairs([*(map or []), *pairs], "--map") or None,
             source_split=source_split, val_fraction=val_fraction, test_fraction=test_fraction,
             seed=seed, currency=currency, limit=limit, concurrency=concurrency,
             timeout_s=timeout, retries=retries, local_root=local_root, cache_dir=cache_dir,
-            config_file=config, progress=progress,
+            config_file=config, fields=declared or None, progress=progress,
         )

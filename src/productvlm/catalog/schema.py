@@ -12,9 +12,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any
 
-from productvlm.answer import parse_price
+from productvlm.answer import FIELD_KINDS, KNOWN_FIELDS, AnswerField, declare_field, parse_price
 from productvlm.catalog.sources import BadRow, Row
 from productvlm.errors import ProductVLMError
 
@@ -58,16 +59,48 @@ PRESETS: dict[str, dict[str, str]] = {
 }
 
 
+def answer_extras(overrides: Mapping[str, str] | None,
+                  declared: Mapping[str, str] | None = None) -> list[AnswerField]:
+    """The answer's extra fields a prepare run carries: each ``--map`` name that is not a
+    canonical field (a known field such as colour, or one declared with ``--field``), then
+    each declared field not mapped (read from the column of its own name).
+
+    >>> [f.name for f in answer_extras({"colour": "col", "title": "name"})]
+    ['colour']
+    >>> answer_extras({"colr": "c"})
+    Traceback (most recent call last):
+    productvlm.errors.ProductVLMError: --map colr=...: unknown field 'colr'; fields: ...
+    """
+    declared = dict(declared or {})
+    out: list[AnswerField] = []
+    for name in [*(overrides or {}), *declared]:
+        if name in CANONICAL_FIELDS or any(f.name == name for f in out):
+            continue
+        if name in declared:
+            out.append(declare_field(name, declared[name]))
+        elif name in KNOWN_FIELDS:
+            out.append(KNOWN_FIELDS[name])
+        else:
+            raise ProductVLMError(
+                f"--map {name}=...: unknown field {name!r}; fields: "
+                f"{', '.join(CANONICAL_FIELDS)}, or an answer field: {', '.join(KNOWN_FIELDS)}; "
+                f"declare a new one with --field {name}=KIND (KIND: {', '.join(FIELD_KINDS)})")
+    return out
+
+
 def resolve_column_map(
     columns: Sequence[str],
     preset: str | None = "burberry",
     overrides: Mapping[str, str] | None = None,
     source: str = "catalog",
+    extras: Sequence[AnswerField] = (),
 ) -> dict[str, str]:
     """Decide which source column feeds each canonical field, or say clearly why not.
 
     A preset's optional fields (product_code, category1/2, currency) are skipped when the
-    source lacks their column; a column named in ``overrides`` (``--map``) must exist.
+    source lacks their column; a column named in ``overrides`` (``--map``) must exist, as
+    must each answer field of ``extras`` (:func:`answer_extras`; its own name's column unless
+    ``overrides`` maps it).
 
     >>> resolve_column_map(["name", "cat", "cost", "url"], None,
     ...                    {"title": "name", "category": "cat", "price": "cost", "image": "url"})
@@ -78,16 +111,16 @@ def resolve_column_map(
         raise ProductVLMError(
             f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}, or 'none' and --map"
         )
+    extra_names = [f.name for f in extras]
     for field in overrides:
-        if field not in CANONICAL_FIELDS:
-            raise ProductVLMError(
-                f"--map {field}=...: unknown field {field!r}; fields: {', '.join(CANONICAL_FIELDS)}"
-            )
+        if field not in CANONICAL_FIELDS and field not in extra_names:
+            answer_extras({field: ""})  # the one-line error naming the fields
     present = list(columns)
     mapping: dict[str, str] = {}
     for field, column in (PRESETS[preset] if preset else {}).items():
         if column in present or field in REQUIRED_FIELDS:
             mapping[field] = column
+    mapping.update({name: name for name in extra_names})
     mapping.update(overrides)
     shown = ", ".join(present) if present else "(none)"
     for field, column in mapping.items():
@@ -107,7 +140,8 @@ def resolve_column_map(
 
 @dataclass(slots=True)
 class Record:
-    """A validated row, without its image (that is fetched later)."""
+    """A validated row, without its image (that is fetched later); ``extra``: the answer's
+    extra fields (colour, material, ...) by name."""
 
     row: int
     product_code: str
@@ -118,6 +152,7 @@ class Record:
     price: float
     currency: str
     image: str
+    extra: dict[str, Any] = dataclass_field(default_factory=dict)
 
 
 def text_value(v: Any) -> str:
@@ -141,8 +176,12 @@ def _image(v: Any) -> str:
     return text_value(v)
 
 
-def validate_row(row: Row, mapping: dict[str, str], currency: str = "") -> Record | str:
+def validate_row(row: Row, mapping: dict[str, str], currency: str = "",
+                 extras: Sequence[AnswerField] = ()) -> Record | str:
     """The row as a :class:`Record`, or the reason it cannot be used (first problem found).
+
+    An answer field of ``extras`` must have a value too (the model is taught to say one):
+    a number field a positive number.
 
     >>> m = {"title": "t", "category": "c", "price": "p", "image": "i"}
     >>> validate_row({"t": "Lola Bag", "c": "BAGS", "p": "1,290.00", "i": "a.jpg"}, m).price
@@ -169,10 +208,19 @@ def validate_row(row: Row, mapping: dict[str, str], currency: str = "") -> Recor
     image = _image(get["image"])
     if not image:
         return "image: missing"
+    extra: dict[str, Any] = {}
+    for f in extras:
+        value = get.get(f.name)
+        if text_value(value) == "":
+            return f"{f.name}: empty"
+        extra[f.name] = parse_price(value) if f.kind == "number" else text_value(value)
+        if extra[f.name] is None:
+            return f"{f.name}: invalid ({value!r})"
     return Record(row=0, product_code=code_value(get.get("product_code")), title=title,
                   category=category, category1=text_value(get.get("category1")),
                   category2=text_value(get.get("category2")), price=price,
-                  currency=text_value(get.get("currency")) or currency, image=image)
+                  currency=text_value(get.get("currency")) or currency, image=image,
+                  extra=extra)
 
 
 def reason_key(reason: str) -> str:

@@ -13,8 +13,10 @@ import hashlib
 import json
 import shutil
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
+from productvlm.answer import AnswerField
 from productvlm.catalog.fetch import FetchConfig, fetch_images
 from productvlm.catalog.schema import Record
 from productvlm.prepared import PREPARED_COLUMNS, SPLITS, prepared_features
@@ -26,17 +28,19 @@ STAGE_BYTES = 32 << 20
 
 
 def fetch_and_stage(items: list[Record], fetch_cfg: FetchConfig, staging: Path, progress: bool,
-                     failures: list[tuple[int, str, str]]) -> tuple[list[tuple], Counter]:
-    """Pass 2: fetch images in order, append fetched rows to the staging Arrow stream.
+                     failures: list[tuple[int, str, str]],
+                     extras: Sequence[AnswerField] = ()) -> tuple[list[tuple], Counter]:
+    """Pass 2: fetch images in order, append fetched rows to the staging Arrow stream
+    (``extras``: the answer's extra fields, a column each).
 
     Returns (product_code, category, sha256) per staged row and image counts.
     """
     import pyarrow as pa
 
-    schema = prepared_features().arrow_schema
+    schema = prepared_features(extras).arrow_schema
     keys: list[tuple[str, str, str]] = []
     stats: Counter = Counter()
-    buf: dict[str, list] = {c: [] for c in PREPARED_COLUMNS}
+    buf: dict[str, list] = {c: [] for c in (*PREPARED_COLUMNS, *(f.column for f in extras))}
     size = 0
     with pa.OSFile(str(staging), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
         def flush() -> None:
@@ -60,6 +64,8 @@ def fetch_and_stage(items: list[Record], fetch_cfg: FetchConfig, staging: Path, 
             buf["image"].append({"bytes": res.data, "path": None})
             buf["image_sha256"].append(res.sha256)
             buf["source_row"].append(it.row)
+            for f in extras:
+                buf[f.column].append(it.extra[f.name])
             keys.append((it.product_code, it.category, res.sha256))
             size += len(res.data)
             if len(buf["source_row"]) >= STAGE_ROWS or size >= STAGE_BYTES:
@@ -68,7 +74,8 @@ def fetch_and_stage(items: list[Record], fetch_cfg: FetchConfig, staging: Path, 
     return keys, stats
 
 
-def write_dataset(staging: Path, split_of: list[str], dest: Path) -> dict[str, int]:
+def write_dataset(staging: Path, split_of: list[str], dest: Path,
+                  extras: Sequence[AnswerField] = ()) -> dict[str, int]:
     """Pass 4: stream the staging file into ``dest`` in ``DatasetDict.save_to_disk`` layout.
 
     datasets writes the metadata (features, state) of three empty splits; we add the data
@@ -79,7 +86,7 @@ def write_dataset(staging: Path, split_of: list[str], dest: Path) -> dict[str, i
     import numpy as np
     import pyarrow as pa
 
-    features = prepared_features()
+    features = prepared_features(extras)
     tmp = dest.with_name(dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     empty = {c: [] for c in features}

@@ -100,6 +100,8 @@ class SynthConfig(StageConfig):
     jpeg_quality: int = Field(90, ge=30, le=95, description="JPEG quality")
     workers: int = Field(0, ge=0, description="render processes; 0 = one per CPU core")
     overwrite: bool = Field(False, description="replace an earlier synth output in --out")
+    attributes: bool = Field(False, description="add colour and material columns (what the "
+                             "photo shows and the title names), for answer fields")
 
     @field_validator("image_base_url")
     @classmethod
@@ -219,6 +221,8 @@ def sample_products(cfg: SynthConfig) -> Products:
             "full_price": full, "price": price,
             "full_price_eur": round(full * USD_TO_EUR, 2),
             "price_eur": round(price * USD_TO_EUR, 2), "flg_discount": int(discounted),
+            # written with --attributes only: the drawn colour, the finish's material
+            "colour": colour, "material": finish.words or finish.texture.title(),
         })
         specs.append(RenderSpec(item.shape_for(variant), finish.texture, A.COLOURS[colour],
                                 scale, w, h, int(rng.integers(2**63 - 1)), finish.flags))
@@ -274,12 +278,17 @@ def _render_all(tasks: list[tuple], workers: int) -> int:
         return sum(pool.imap_unordered(_write_image, tasks, chunksize=8))
 
 
-def _write_tables(out: Path, rows: list[dict[str, Any]], faults: list[tuple]) -> None:
+def _write_tables(out: Path, rows: list[dict[str, Any]], faults: list[tuple],
+                  attributes: bool = False) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    names = BURBERRY_SCHEMA.names
-    table = pa.Table.from_pydict({c: [r[c] for r in rows] for c in names}, schema=BURBERRY_SCHEMA)
+    schema = BURBERRY_SCHEMA
+    if attributes:
+        schema = schema.append(pa.field("colour", pa.string()))
+        schema = schema.append(pa.field("material", pa.string()))
+    names = schema.names
+    table = pa.Table.from_pydict({c: [r[c] for r in rows] for c in names}, schema=schema)
     pq.write_table(table, out / "catalog.parquet")
     as_string = {row for row, _, kind, _ in faults if kind == "price_string"}
     with open(out / "catalog.csv", "w", newline="", encoding="utf-8") as f:
@@ -314,7 +323,7 @@ def run_synth(cfg: SynthConfig) -> SynthResult:
              if kind_of.get(i, "") not in skip]
     workers = cfg.workers or os.cpu_count() or 1
     _render_all(tasks, workers)
-    _write_tables(out, rows, faults)
+    _write_tables(out, rows, faults, cfg.attributes)
     config_path = save_config(cfg, out)
     counts = {k: 0 for k in FAULT_KINDS + MISPRICING_KINDS}
     for _, _, kind, _ in faults:
@@ -335,6 +344,7 @@ def synth(
     jpeg_quality: int = 90,
     workers: int = 0,
     overwrite: bool = False,
+    attributes: bool = False,
 ) -> SynthResult:
     """Write a sample catalog and its photos into ``out``; the CLI's signature.
 
@@ -348,7 +358,7 @@ def synth(
         cfg = SynthConfig(out=Path(out), n=n, seed=seed, fault_rate=fault_rate,
                           mispricing_rate=mispricing_rate, image_base_url=image_base_url,
                           max_side=max_side, jpeg_quality=jpeg_quality, workers=workers,
-                          overwrite=overwrite)
+                          overwrite=overwrite, attributes=attributes)
     except ValidationError as e:
         first = e.errors()[0]
         raise ProductVLMError(f"synth: {first['loc'][0]}: {first['msg']} "
@@ -376,6 +386,9 @@ def register(app: typer.Typer) -> None:
         jpeg_quality: int = typer.Option(None, help="JPEG quality (default 90)."),
         workers: int = typer.Option(None, help="Render processes; 0 = one per core (default 0)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier output."),
+        attributes: bool = typer.Option(False, "--attributes", help="Add colour and material "
+                                        "columns (prepare --map colour=colour "
+                                        "material=material makes them answer fields)."),
         config: Path = typer.Option(None, "--config", help="YAML config (its synth: section)."),
     ) -> None:
         """Write a sample catalog (Burberry schema, Parquet + CSV) and its product photos."""
@@ -387,7 +400,8 @@ def register(app: typer.Typer) -> None:
         given = dict(out=out, n=n, seed=seed, fault_rate=fault_rate,
                      mispricing_rate=mispricing_rate,
                      image_base_url=image_base_url, max_side=max_side,
-                     jpeg_quality=jpeg_quality, workers=workers, overwrite=overwrite or None)
+                     jpeg_quality=jpeg_quality, workers=workers, overwrite=overwrite or None,
+                     attributes=attributes or None)
         cfg = resolve_config(SynthConfig, config, given, section="synth")
         res = run_synth(cfg)
         console = Console()
