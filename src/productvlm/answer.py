@@ -299,6 +299,20 @@ class AnswerSchema:
                                  "keys": tuple(d.get("keys") or ())}) for d in data or []]
         return DEFAULT_SCHEMA.with_extras(extras)
 
+    def truth(self, row: Mapping[str, Any]) -> ProductFields:
+        """The fields of a prepared dataset row (its columns by name).
+
+        >>> DEFAULT_SCHEMA.truth({"title": "Lola Bag", "category": "BAGS", "price": 2290})
+        ProductFields(title='Lola Bag', category='BAGS', price=2290.0, extra={})
+        """
+        return ProductFields(str(row["title"]), str(row["category"]), float(row["price"]),
+                             {f.name: row[f.column] for f in self.extras})
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The prepared dataset's columns the fields come from."""
+        return tuple(f.column for f in self.fields)
+
     # --- writing --------------------------------------------------------------------------
     def format(self, values: ProductFields, fmt: TargetFormat = "seed") -> str:
         """The assistant's answer text, without end tokens."""

@@ -5,10 +5,13 @@ so it goes through exactly the same metrics as the model:
 
 * ``constant``: the training median price, the most frequent training category and the
   most frequent training title, for every row. A model that has not looked at the photo.
+  An extra answer field (colour, ...) gets its most frequent training value (a number its
+  median): the majority baseline a model must beat on that field.
 * ``category_oracle``: told the true category, it answers with that category, the median
-  training price of the category and the category's most frequent training title. It
-  knows something the model must read from the photo, so a photo-only model should
-  approach it on price and title (its category scores are 1 by construction).
+  training price of the category and the category's most frequent training title (and
+  each extra field's most frequent value in the category). It knows something the model
+  must read from the photo, so a photo-only model should approach it on price and title
+  (its category scores are 1 by construction).
 
 A category absent from training falls back to the global statistic for that row.
 Ties between equally frequent values go to the alphabetically first, so a baseline does
@@ -30,7 +33,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from productvlm.answer import ParsedAnswer, ProductFields
+from productvlm.answer import DEFAULT_SCHEMA, AnswerSchema, ParsedAnswer, ProductFields
 from productvlm.errors import ProductVLMError
 
 #: Display names of the baselines, in report order.
@@ -40,19 +43,21 @@ BASELINE_NAMES = {
 }
 
 
-def fields_from_records(records: Iterable[Mapping[str, Any]]) -> list[ProductFields]:
-    """Prepared-dataset rows (dicts with title, category, price) -> ProductFields.
+def fields_from_records(records: Iterable[Mapping[str, Any]],
+                        schema: AnswerSchema = DEFAULT_SCHEMA) -> list[ProductFields]:
+    """Prepared-dataset rows (dicts with title, category, price and ``schema``'s extra
+    fields) -> ProductFields.
 
     >>> fields_from_records([{"title": "Lola Bag", "category": "BAGS", "price": 2290.0}])
-    [ProductFields(title='Lola Bag', category='BAGS', price=2290.0)]
+    [ProductFields(title='Lola Bag', category='BAGS', price=2290.0, extra={})]
     """
     out = []
     for i, r in enumerate(records):
         try:
-            out.append(ProductFields(str(r["title"]), str(r["category"]), float(r["price"])))
+            out.append(schema.truth(r))
         except (KeyError, TypeError, ValueError) as e:
             raise ProductVLMError(
-                f"row {i}: needs title, category and a numeric price ({e!r}); "
+                f"row {i}: needs {', '.join(schema.columns)} and a numeric price ({e!r}); "
                 "re-run `productvlm prepare`"
             ) from e
     return out
@@ -101,16 +106,29 @@ def most_frequent_titles(train: Sequence[ProductFields]) -> dict[str, str]:
     return {c: _mode(v) for c, v in titles.items()}
 
 
+def _typical(rows: Sequence[ProductFields], names: Iterable[str]) -> dict[str, Any]:
+    """Each extra field's most frequent value in ``rows`` (a number's median)."""
+    out: dict[str, Any] = {}
+    for name in names:
+        values = [t.extra[name] for t in rows if t.extra.get(name) is not None]
+        if values:
+            out[name] = (float(statistics.median(values)) if isinstance(values[0], int | float)
+                         else _mode(map(str, values)))
+    return out
+
+
 def constant_baseline(
     train: Sequence[ProductFields], targets: Sequence[ProductFields]
 ) -> list[ParsedAnswer]:
-    """The same answer for every row: median price, top category, top title."""
+    """The same answer for every row: median price, top category, top title (and each
+    extra field's top value)."""
     answer = dict(
         title=_mode(t.title for t in train),
         category=most_frequent_category(train),
         price=median_price(train),
     )
-    return [ParsedAnswer(**answer) for _ in targets]
+    extra = _typical(train, train[0].extra)
+    return [ParsedAnswer(**answer, extra=dict(extra)) for _ in targets]
 
 
 def category_oracle_baseline(
@@ -119,11 +137,18 @@ def category_oracle_baseline(
     """Given each row's true category: that category's median price and top title."""
     prices, titles = category_median_prices(train), most_frequent_titles(train)
     global_price, global_title = median_price(train), _mode(t.title for t in train)
+    names = list(train[0].extra)
+    by_category: dict[str, list[ProductFields]] = defaultdict(list)
+    for t in train:
+        by_category[t.category].append(t)
+    extras = {c: _typical(rows, names) for c, rows in by_category.items()}
+    overall = _typical(train, names)
     return [
         ParsedAnswer(
             title=titles.get(t.category, global_title),
             category=t.category,
             price=prices.get(t.category, global_price),
+            extra=dict(extras.get(t.category, overall)),
         )
         for t in targets
     ]

@@ -77,7 +77,6 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     """
     from rich.console import Console
 
-    from productvlm.answer import ProductFields
     from productvlm.evaluation.baselines import compute_baselines, fields_from_records, median_price
     from productvlm.evaluation.listings import known_errors
     from productvlm.evaluation.metrics import all_metrics
@@ -94,6 +93,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         raise ProductVLMError(f"{cfg.data}: split '{cfg.split}' is empty; nothing to evaluate")
     out = cfg.out or _default_out(cfg)
     errors = known_errors(cfg.faults) if cfg.faults is not None else None
+    schema = _schema(cfg, split)
     calibration, answered = _answered(cfg, ds, split, out, errors is not None)
 
     rows: list[PredictionRow] = []
@@ -101,17 +101,18 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     with _progress(len(split)) as advance:
         for meta, pred, thumb in answered:
             source_rows.append(meta.get("source_row"))
-            truth = ProductFields(meta["title"], meta["category"], float(meta["price"]))
+            truth = schema.truth(meta)
             row_id = str(meta.get("product_code") or meta.get("source_row") or len(rows))
             rows.append(PredictionRow(row_id, truth, pred, thumb))
             advance(1)
 
-    train = fields_from_records(ds["train"].select_columns(["title", "category", "price"]))
+    train = fields_from_records(ds["train"].select_columns(list(schema.columns)), schema)
     fallback = median_price(train)
     targets = [r.truth for r in rows]
-    metrics = all_metrics(targets, [r.prediction for r in rows], fallback_price=fallback)
+    metrics = all_metrics(targets, [r.prediction for r in rows], fallback_price=fallback,
+                          schema=schema)
     baselines = {
-        name: all_metrics(targets, preds, fallback_price=fallback)
+        name: all_metrics(targets, preds, fallback_price=fallback, schema=schema)
         for name, preds in compute_baselines(train, targets).items()
     }
     uncertainty = uncertainty_figures(rows, calibration, cfg.interval_level)
@@ -120,7 +121,8 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         metrics.update(_audit_figures(rows, source_rows, errors, calibration))
 
     save_config(cfg, out)
-    write_predictions_jsonl(out / "predictions.jsonl", rows, fallback_price=fallback)
+    write_predictions_jsonl(out / "predictions.jsonl", rows, fallback_price=fallback,
+                            schema=schema)
     meta = {
         "model": cfg.model,
         "data": str(cfg.data),
@@ -129,7 +131,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         "constrained": cfg.constrained,
     }
     report = write_report(out, rows, metrics, baselines, fallback_price=fallback, meta=meta,
-                          uncertainty=uncertainty["curves"])
+                          uncertainty=uncertainty["curves"], schema=schema)
     Console().print(console_table(metrics, baselines))
     Console().print(f"report: {report}")
     if cfg.report_to == "wandb":
@@ -204,6 +206,20 @@ def _audit_figures(rows: list[Any], source_rows: list[int | None], errors: dict[
         else:
             flat[f"audit_{kind}"] = values
     return flat
+
+
+def _schema(cfg: EvalConfig, split: Any) -> Any:
+    """The answer schema the model was trained with (its labels.json), checked against the
+    split's columns: an extra field needs its truth there."""
+    from productvlm.rundir import resolve_model
+
+    schema = resolve_model(cfg.model).schema
+    missing = [c for c in schema.columns if c not in split.column_names]
+    if missing:
+        raise ProductVLMError(
+            f"{cfg.data}: split '{cfg.split}' lacks the column(s) {missing} of the model's "
+            f"answer fields; prepare the data with --map {missing[0]}=COLUMN as the model's was")
+    return schema
 
 
 def _load_split(cfg: EvalConfig) -> Any:

@@ -30,7 +30,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from productvlm.answer import ParsedAnswer, ProductFields
+from productvlm.answer import (
+    DEFAULT_SCHEMA,
+    AnswerField,
+    AnswerSchema,
+    ParsedAnswer,
+    ProductFields,
+)
 from productvlm.errors import ProductVLMError
 
 Targets = Sequence[ProductFields]
@@ -294,6 +300,37 @@ def title_metrics(targets: Targets, predictions: Predictions) -> dict[str, float
     }
 
 
+# --------------------------------------------------------------------------- extra fields
+
+
+def field_metrics(targets: Targets, predictions: Predictions,
+                  f: AnswerField) -> dict[str, float]:
+    """The metrics of one extra answer field, keys prefixed with its name: a label's
+    accuracy and macro-F1, a text's token F1 (SQuAD), a number's MAPE and share within 25 %
+    (a number not read counts as a 100 % error).
+
+    >>> field_metrics([ProductFields("a", "B", 1.0, {"colour": "Beige"})],
+    ...               [ParsedAnswer("a", "B", 1.0, extra={"colour": "beige"})],
+    ...               AnswerField("colour", "label", "Colour"))
+    {'colour_accuracy': 1.0, 'colour_macro_f1': 1.0}
+    """
+    check_aligned(targets, predictions)
+    name = f.name
+    if f.kind == "label":
+        return category_metrics(targets, predictions, field=name)
+    if f.kind == "text":
+        return {f"{name}_token_f1": sum(token_f1(p.get(name), t.get(name)) for t, p in
+                                        zip(targets, predictions, strict=True)) / len(targets)}
+    ape = np.array([_ape(p.get(name), t.get(name)) for t, p in
+                    zip(targets, predictions, strict=True)])
+    return {f"{name}_mape": float(ape.mean()),
+            f"{name}_within_25pct": float((ape <= 0.25 + 1e-9).mean())}
+
+
+def _ape(pred: float | None, truth: float) -> float:
+    return abs(pred - truth) / truth if _valid_price(pred) else 1.0
+
+
 # --------------------------------------------------------------------------- together
 
 
@@ -303,8 +340,10 @@ def all_metrics(
     *,
     fallback_price: float | None = None,
     category_fields: Sequence[str] = ("category",),
+    schema: AnswerSchema = DEFAULT_SCHEMA,
 ) -> dict[str, float]:
-    """Every metric above in one flat dict (the shape of metrics.json and the W&B summary).
+    """Every metric above in one flat dict (the shape of metrics.json and the W&B summary),
+    with :func:`field_metrics` for each of ``schema``'s extra fields.
 
     >>> all_metrics(targets, predictions, fallback_price=train_median)["price_mae"]
     """
@@ -313,24 +352,37 @@ def all_metrics(
     for field in category_fields:
         out |= category_metrics(targets, predictions, field=field)
     out |= title_metrics(targets, predictions)
+    for f in schema.extras:
+        out |= field_metrics(targets, predictions, f)
     return out
 
 
 def row_scores(
-    target: ProductFields, prediction: ParsedAnswer, *, fallback_price: float | None = None
+    target: ProductFields, prediction: ParsedAnswer, *, fallback_price: float | None = None,
+    schema: AnswerSchema = DEFAULT_SCHEMA,
 ) -> dict[str, float | bool | None]:
-    """Scores of one row (for predictions.jsonl and for ranking best/worst cases).
+    """Scores of one row (for predictions.jsonl and for ranking best/worst cases), then one
+    per extra field of ``schema`` (``colour_correct``, ``note_token_f1``, ``size_ape``).
 
     ``price_ape`` is None when no price was read and there is no fallback.
     """
     price = prediction.price if _valid_price(prediction.price) else fallback_price
-    return {
+    out: dict[str, float | bool | None] = {
         "price_ape": None if price is None else abs(price - target.price) / target.price,
         "category_correct": _label(prediction.category) == _label(target.category),
         "title_exact": prediction.title is not None
         and normalize_title(prediction.title) == normalize_title(target.title),
         "title_token_f1": token_f1(prediction.title, target.title),
     }
+    for f in schema.extras:
+        got, truth = prediction.get(f.name), target.get(f.name)
+        if f.kind == "label":
+            out[f"{f.name}_correct"] = _label(got) == _label(truth)
+        elif f.kind == "text":
+            out[f"{f.name}_token_f1"] = token_f1(got, truth)
+        else:
+            out[f"{f.name}_ape"] = _ape(got, truth)
+    return out
 
 
 def per_category(

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 from rich.table import Table
 
-from productvlm.answer import format_price
+from productvlm.answer import DEFAULT_SCHEMA, AnswerSchema, format_price
 from productvlm.evaluation.baselines import BASELINE_NAMES
 from productvlm.evaluation.metrics import row_scores
 from productvlm.evaluation.plots import error_histogram, image_or_none, png, price_scatter
@@ -46,15 +46,25 @@ METRICS: list[tuple[str, str, str, bool]] = [
 ]
 
 
-_LEVEL = re.compile(r"(category\d+)_(accuracy|macro_f1)")
+#: the metrics of a label, text or number answer field (metrics.field_metrics): suffix ->
+#: (words, higher is better)
+_FIELD_METRIC = re.compile(r"([a-z][a-z0-9_]*?)_(accuracy|macro_f1|token_f1|mape|within_25pct)")
+_FIELD_WORDS = {"accuracy": ("accuracy", True), "macro_f1": ("macro-F1", True),
+                "token_f1": ("token F1", True), "mape": ("MAPE", False),
+                "within_25pct": ("within 25%", True)}
 
 
 def metric_specs(metrics: Mapping[str, Any]) -> list[tuple[str, str, str, bool]]:
-    """METRICS plus deeper category levels (``category1_accuracy``, ...) found in ``metrics``."""
-    levels = [(k, m[1].capitalize(), m[2]) for k in metrics if (m := _LEVEL.fullmatch(k))]
+    """METRICS plus those of deeper category levels (``category1_accuracy``, ...) and of the
+    answer's extra fields (``colour_accuracy``, ``note_token_f1``, ``size_mape``) found in
+    ``metrics``, in their order."""
+    known = {k for k, *_ in METRICS}
+    extra = [(k, m[1], m[2]) for k in metrics
+             if k not in known and (m := _FIELD_METRIC.fullmatch(k))]
     return METRICS + [
-        (k, f"{level} {'accuracy' if what == 'accuracy' else 'macro-F1'}", "pct", True)
-        for k, level, what in levels
+        (k, f"{name.replace('_', ' ').capitalize()} {_FIELD_WORDS[what][0]}", "pct",
+         _FIELD_WORDS[what][1])
+        for k, name, what in extra
     ]
 
 
@@ -87,9 +97,11 @@ def jsonable(x: Any) -> Any:
 
 
 def write_predictions_jsonl(
-    path: str | Path, rows: Sequence[PredictionRow], *, fallback_price: float | None = None
+    path: str | Path, rows: Sequence[PredictionRow], *, fallback_price: float | None = None,
+    schema: AnswerSchema = DEFAULT_SCHEMA,
 ) -> Path:
-    """One JSON object a row: id, truth, raw answer, parsed fields, parse error, scores."""
+    """One JSON object a row: id, truth, raw answer, parsed fields, parse error, scores (the
+    fields and scores of ``schema``'s extra fields too)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as f:
@@ -105,7 +117,8 @@ def write_predictions_jsonl(
                                 "category_prob": p.category_prob, "confidence": p.confidence},
                 "ok": r.prediction.ok,
                 "error": r.prediction.error,
-                "scores": row_scores(r.truth, r.prediction, fallback_price=fallback_price),
+                "scores": row_scores(r.truth, r.prediction, fallback_price=fallback_price,
+                                     schema=schema),
             }
             f.write(json.dumps(jsonable(record), ensure_ascii=False) + "\n")
     return path
@@ -154,32 +167,17 @@ def log_to_wandb(
             for k, v in jsonable(dict(bm)).items()
             if v is not None
         }
-    table = wandb.Table(
-        columns=[
-            "id",
-            "image",
-            "true_title",
-            "true_category",
-            "true_price",
-            "answer",
-            "title",
-            "category",
-            "price",
-            "error",
-        ]
-    )
+    names = list(rows[0].truth.values()) if rows else ["title", "category", "price"]
+    table = wandb.Table(columns=["id", "image", *(f"true_{n}" for n in names), "answer",
+                                 *names, "error"])
     for r in rows[:max_table_rows]:
         img = image_or_none(r.image)
         table.add_data(
             r.id,
             wandb.Image(img.convert("RGB")) if img is not None else None,
-            r.truth.title,
-            r.truth.category,
-            r.truth.price,
+            *(r.truth.get(n) for n in names),
             r.answer,
-            r.prediction.title,
-            r.prediction.category,
-            r.prediction.price,
+            *(r.prediction.get(n) for n in names),
             r.prediction.error,
         )
     plots = {

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from productvlm.answer import format_price
+from productvlm.answer import DEFAULT_SCHEMA, AnswerField, AnswerSchema, format_price
 from productvlm.evaluation.metrics import UNPARSED, confusion_matrix, per_category, row_scores
 from productvlm.evaluation.outputs import (
     baseline_label,
@@ -67,15 +67,32 @@ def _card(r: PredictionRow) -> str:
         err = f'<div class="err">{escape(p.error)}<br><i>"{escape(raw)}"</i></div>'
     pred = ""
     if p.title or p.category or p.price is not None:
+        said = "".join(  # the extra fields, each marked right or wrong
+            f' · <span class="{"ok" if _same(p.get(n), t.get(n)) else "bad"}">'
+            f"{escape(_shown(p.get(n)))}</span>" for n in t.extra)
         pred = (
             f'<div class="pred">{escape(p.title or "–")}<br><span class="{cat_cls}">'
-            f"{escape(p.category or '–')}</span> · {price}</div>"
+            f"{escape(p.category or '–')}</span> · {price}{said}</div>"
         )
+    truth_extra = "".join(f" · {escape(_shown(v))}" for v in t.extra.values())
     return (
         f'<figure class="card">{img}<figcaption><div class="id">{escape(r.id)}</div>'
         f'<div class="truth"><b>{escape(t.title)}</b><br>{escape(t.category)} · '
-        f"{format_price(t.price)}</div>{pred}{err}</figcaption></figure>"
+        f"{format_price(t.price)}{truth_extra}</div>{pred}{err}</figcaption></figure>"
     )
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "–"
+    return format_price(value) if isinstance(value, float) else str(value)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(b, float):
+        return a is not None and abs(a - b) <= 0.25 * b
+    return a is not None and " ".join(str(a).split()).casefold() == " ".join(
+        str(b).split()).casefold()
 
 
 _CSS = """
@@ -131,6 +148,13 @@ def _headline(metrics: Mapping[str, Any], baselines: Mapping[str, Mapping[str, A
         f'<table class="headline"><thead><tr><th>Metric</th><th>Model</th>{head}</tr>'
         f"</thead><tbody>{''.join(body)}</tbody></table>"
     )
+
+
+def _field_section(rows: Sequence[PredictionRow], f: AnswerField) -> str:
+    """An extra label field's confusion matrix (its metrics are in the headline table)."""
+    words = f.name.replace("_", " ").capitalize()
+    return (f'<h2>{escape(words)} confusion matrix</h2><section style="overflow-x:auto">'
+            f"{_confusion(rows, f.name)}</section>")
 
 
 def _confusion(rows: Sequence[PredictionRow], field: str, top: int = 12) -> str:
@@ -224,8 +248,12 @@ def write_report(
     n_gallery: int = 12,
     title: str = "productvlm evaluation",
     uncertainty: Mapping[str, Any] | None = None,
+    schema: AnswerSchema = DEFAULT_SCHEMA,
 ) -> Path:
     """Write ``metrics.json`` and a self-contained ``report.html`` into ``out_dir``.
+
+    Each extra label field of ``schema`` (colour, ...) gets a confusion matrix of its own;
+    the gallery shows every field.
 
     ``meta`` (model, split, date, ...) is shown in the page header and saved in
     metrics.json; ``uncertainty`` (the curves of evaluation.uncertainty) adds the calibration
@@ -285,6 +313,7 @@ split; the oracle is told the true category. Unparsed answers count as wrong. {f
 <h2>Category confusion matrix</h2><section style="overflow-x:auto">{_confusion(rows, field)}
 </section>
 <h2>Per category</h2><section>{_per_category_table(breakdown)}</section>
+{"".join(_field_section(rows, f) for f in schema.extras if f.kind == "label")}
 <h2>Best cases</h2><section class="gallery">{"".join(_card(r) for r in best)}</section>
 <h2>Worst cases</h2><section class="gallery">{"".join(_card(r) for r in worst)}</section>
 </main></body></html>

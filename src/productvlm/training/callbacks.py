@@ -90,26 +90,27 @@ class GenerationEvalCallback(TrainerCallback):
                     **kwargs: Any) -> None:
         if model is None or len(self.rows) == 0 or not state.is_world_process_zero:
             return
-        from productvlm.answer import ProductFields
         from productvlm.evaluation.metrics import all_metrics
         from productvlm.inference import MAX_NEW_TOKENS, Predictor
         from productvlm.inference.batch import Row, answer_rows
         from productvlm.rundir import RunDir
 
-        alphabet, longest = RunDir(self.cfg.out).read_title_shape()  # labels.json, if written
+        run = RunDir(self.cfg.out)
+        alphabet, longest = run.read_title_shape()  # labels.json, written before training
+        schema, domains = run.read_schema()
         predictor = Predictor(
             model=model, processor=self.processor, target_format=self.cfg.target_format,
             question=self.cfg.question, categories=self.categories,
             batch_size=args.per_device_eval_batch_size, max_new_tokens=MAX_NEW_TOKENS,
-            title_alphabet=alphabet, title_max_chars=longest,
+            title_alphabet=alphabet, title_max_chars=longest, schema=schema, domains=domains,
         )
         was_training = model.training
         model.eval()
         preds = [p for _, p in answer_rows((Row(i, r["image"]) for i, r in
                                             enumerate(self.rows)), predictor)]
         model.train(was_training)
-        truths = [ProductFields(r["title"], r["category"], r["price"]) for r in self.rows]
-        scores = all_metrics(truths, preds)
+        truths = [schema.truth(r) for r in self.rows]
+        scores = all_metrics(truths, preds, schema=schema)
         gen = {f"eval_gen_{k}": v for k, v in scores.items() if isinstance(v, int | float)}
         if metrics is not None:
             metrics.update(gen)
@@ -126,7 +127,9 @@ class GenerationEvalCallback(TrainerCallback):
             return
         table = wandb.Table(columns=["image", "truth", "prediction", "parsed", "step"])
         for row, truth, pred in zip(self.rows, truths, preds, strict=True):
-            table.add_data(wandb.Image(row["image"]), f"{truth.title} | {truth.category} | "
-                           f"{truth.price:,.2f}", pred.raw, pred.ok, state.global_step)
+            said = " | ".join(f"{v:,.2f}" if isinstance(v, float) else str(v)
+                              for v in truth.values().values())
+            table.add_data(wandb.Image(row["image"]), said, pred.raw, pred.ok,
+                           state.global_step)
         wandb.log({"eval/predictions": table, **{f"eval/{k[5:]}": v for k, v in gen.items()},
                    "train/global_step": state.global_step})

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from productvlm.answer import ProductFields, TargetFormat, format_answer
+from productvlm.answer import DEFAULT_SCHEMA, AnswerSchema, TargetFormat
 from productvlm.errors import ProductVLMError
 from productvlm.prompts import QUESTION, render_prompt, render_target
 
@@ -36,22 +36,24 @@ class Example:
 
 
 def row_to_example(
-    row: dict[str, Any], tokenizer: Any, fmt: TargetFormat = "seed", question: str = QUESTION
+    row: dict[str, Any], tokenizer: Any, fmt: TargetFormat = "seed", question: str = QUESTION,
+    schema: AnswerSchema = DEFAULT_SCHEMA,
 ) -> Example:
-    """One prepared row -> the texts and image the model sees.
+    """One prepared row -> the texts and image the model sees (the answer's fields from
+    ``schema``).
 
     >>> ex = row_to_example({"title": "Lola Bag", "category": "BAGS", "price": 2290.0,
     ...                      "image": img}, tok)  # doctest: +SKIP
     >>> ex.target
     'Product: Lola Bag, Category: BAGS, Full Price: 2,290.00<|end|>\\n<|endoftext|>'
     """
-    fields = ProductFields(str(row["title"]), str(row["category"]), float(row["price"]))
+    fields = schema.truth(row)
     image = row["image"]
     if getattr(image, "mode", "RGB") != "RGB":
         image = image.convert("RGB")
     return Example(
         prompt=render_prompt(tokenizer, question),
-        target=render_target(format_answer(fields, fmt), tokenizer),
+        target=render_target(schema.format(fields, fmt), tokenizer),
         image=image,
     )
 
@@ -99,10 +101,12 @@ class VLMCollator:
     max_length: int = 4096
     hflip: float = 0.0  # chance of mirroring a photo of a row marked AUGMENT (training rows)
     shift: float = 0.0  # largest move of such a photo, as a share of its width and height
+    schema: AnswerSchema = DEFAULT_SCHEMA  # the answer's fields
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         tok = self.processor.tokenizer
-        examples = [row_to_example(r, tok, self.target_format, self.question) for r in rows]
+        examples = [row_to_example(r, tok, self.target_format, self.question, self.schema)
+                    for r in rows]
         if self.hflip or self.shift:
             for row, ex in zip(rows, examples, strict=True):
                 if row.get(AUGMENT):

@@ -106,7 +106,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     from productvlm.models.compat import checkpointing_args
     from productvlm.models.loading import load_model, mixed_precision, pick_device
     from productvlm.models.processors import load_processor
-    from productvlm.prepared import load_prepared
+    from productvlm.prepared import load_prepared, load_schema
     from productvlm.tracking import trainer_report_to
     from productvlm.training.callbacks import (
         GenerationEvalCallback,
@@ -127,6 +127,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                                  run.vision_warmup_state.is_file()):
             raise ProductVLMError(f"{ckpt_dir}: no checkpoint to resume from; drop --resume")
     ds = load_prepared(cfg.data)
+    schema = load_schema(cfg.data)  # the answer's fields: the prepared catalog's
     set_seed(cfg.seed)
     has_validation = len(ds["validation"]) > 0
     if not has_validation:
@@ -152,7 +153,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         save_config(cfg, cfg.out)
         train = ds["train"]
         column = lambda c: list(train[c]) if c in train.column_names else []  # noqa: E731
-        run.write_labels(list(set(train["category"])), _currency(train), column("title"))
+        run.write_labels(list(set(train["category"])), _currency(train), column("title"),
+                         schema, {f.name: column(f.column) for f in schema.extras})
         run.write_training_items([str(c) for c in column("product_code")],
                                  column("image_sha256"), column("title"))
     interrupt = InterruptCallback()
@@ -161,7 +163,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             warm_up_vision(model, processor, ds["train"], ds["validation"], cfg,
                            resume=cfg.resume, should_stop=lambda: interrupt.fired)
     collator = VLMCollator(processor, cfg.target_format, cfg.question, cfg.max_length,
-                             hflip=cfg.hflip, shift=cfg.shift)
+                           hflip=cfg.hflip, shift=cfg.shift, schema=schema)
     plan = plan_step(model, collator, ds["train"], cfg, device)
     if is_main_process():
         print_plan(plan)
