@@ -133,7 +133,9 @@ def predict_files(cfg: PredictConfig) -> int:
     else:
         with _bar(len(sources)) as advance:
             answers = list(_answers(cfg, sources, advance))
-        table = Table("image", "title", "category", "price", "range", "confidence", "note")
+        extras = list(dict.fromkeys(k for _, _, a in answers for k in a.extra))
+        table = Table("image", "title", "category", "price", *extras, "range", "confidence",
+                      "note")
         for name, readable, a in answers:
             unread += not readable
             price = (f"{a.price:,.2f} {a.currency or ''}".strip() if a.price is not None else "")
@@ -143,7 +145,8 @@ def predict_files(cfg: PredictConfig) -> int:
             note = (f"[red]{a.error}[/]" if a.error else
                     f"[yellow]low confidence, a guess: {a.doubt}[/]" if a.low_confidence
                     else "")
-            table.add_row(name, a.title or "", a.category or "", price, span, conf, note)
+            said = ["" if a.extra.get(k) is None else f"{a.extra[k]}" for k in extras]
+            table.add_row(name, a.title or "", a.category or "", price, *said, span, conf, note)
         Console(soft_wrap=False).print(table)
     if unread:
         print(f"{unread} of {len(sources)} images could not be read", file=sys.stderr)

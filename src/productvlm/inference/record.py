@@ -24,6 +24,11 @@ LOW_CONFIDENCE = 0.5
 UNLIKE_TRAINING = 0.5
 
 
+def _said(description: str) -> Any:
+    """A record field that defaults to None, with the description the API shows for it."""
+    return field(default=None, metadata={"description": description})
+
+
 @dataclass
 class Prediction(ParsedAnswer):
     """The one answer record: what evaluate, predict, serve and audit get for a photo.
@@ -41,15 +46,20 @@ class Prediction(ParsedAnswer):
     """
 
     currency: str | None = None
-    raw: str | None = None
-    latency_ms: float | None = None  # wall time of the batch this photo was answered in
-    price_low: float | None = None
-    price_high: float | None = None
-    interval_level: float | None = None
-    category_prob: float | None = None
-    confidence: float | None = None
-    low_confidence: bool | None = None
-    doubt: str | None = None  # why low_confidence, in words
+    raw: str | None = _said("the model's answer as it wrote it")
+    latency_ms: float | None = _said("wall time of the batch this photo was answered in")
+    price_low: float | None = _said("low end of the price interval")
+    price_high: float | None = _said("high end of the price interval")
+    interval_level: float | None = _said("the interval holds the true price this often "
+                                         "(calibrated, e.g. 0.8)")
+    category_prob: float | None = _said("probability that the category is right")
+    confidence: float | None = _said("chance that the category is right and the price within "
+                                     "25%; near 0 for a picture unlike the products the model "
+                                     "was trained on")
+    low_confidence: bool | None = _said("confidence under the threshold, a picture unlike the "
+                                        "training photos or a price outside its own interval: "
+                                        "treat the answer as a guess")
+    doubt: str | None = _said("why the answer is low_confidence, in words")
     #: what the calibration read (price distribution, image features): for evaluation and
     #: audit, never serialised
     signals: Signals | None = field(default=None, repr=False, compare=False)

@@ -19,63 +19,17 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from productvlm import __version__
-from productvlm.inference import Prediction
+from productvlm.answer import DEFAULT_SCHEMA
 from productvlm.serving.batcher import MicroBatcher, QueueFullError
 from productvlm.serving.config import STATIC_DIR, ServeConfig
+from productvlm.serving.results import ErrorBody, api_models, refused, result_of
 from productvlm.serving.uploads import ApiError, decode_upload, fetch_url
-
-
-class ErrorBody(BaseModel):
-    error: str
-    limit: str | None = None
-    status: int
-
-
-class ImageResult(BaseModel):
-    """One photo's answer; ``ok`` False means it was refused (``error``, ``limit``,
-    ``status``) or the model's answer did not parse (``parse_error``, with ``raw``). With a
-    calibrated model it also says how far to trust the answer (else those fields are null)."""
-
-    index: int
-    filename: str | None = None
-    ok: bool
-    title: str | None = None
-    category: str | None = None
-    price: float | None = None
-    currency: str | None = None
-    raw: str | None = None
-    parse_error: str | None = None
-    latency_ms: float | None = None
-    price_low: float | None = Field(None, description="low end of the price interval")
-    price_high: float | None = Field(None, description="high end of the price interval")
-    interval_level: float | None = Field(None, description="the interval holds the true "
-                                         "price this often (calibrated, e.g. 0.8)")
-    category_prob: float | None = Field(None, description="probability that the category "
-                                        "is right")
-    confidence: float | None = Field(None, description="chance that the category is right "
-                                     "and the price within 25%; near 0 for a picture unlike "
-                                     "the products the model was trained on")
-    low_confidence: bool | None = Field(None, description="confidence under the server's "
-                                        "threshold, a picture unlike the training photos or "
-                                        "a price outside its own interval: treat the answer "
-                                        "as a guess")
-    doubt: str | None = Field(None, description="why the answer is low_confidence, in words")
-    error: str | None = None
-    limit: str | None = None
-    status: int = 200
-
-
-class PredictResponse(BaseModel):
-    model: str
-    results: list[ImageResult]
-    elapsed_ms: float
-
 
 _ERRORS = {s: {"model": ErrorBody} for s in (401, 408, 413, 415, 422, 503, 504)}
 def _multipart_schema(cfg: ServeConfig) -> dict[str, Any]:
@@ -124,18 +78,6 @@ class BodyLimit:
         await self.app(scope, counting_receive, send)
 
 
-def _result(index: int, name: str | None, pred: Prediction) -> ImageResult:
-    """The Predictor's answer record as the API's JSON (its parse error as ``parse_error``)."""
-    fields = pred.to_dict()
-    fields["parse_error"] = fields.pop("error")
-    return ImageResult(index=index, filename=name, **fields)
-
-
-def _refused(index: int, name: str | None, err: ApiError) -> ImageResult:
-    return ImageResult(index=index, filename=name, ok=False, error=err.message,
-                       limit=err.limit, status=err.status)
-
-
 def model_summary(predictor: Any, cfg: ServeConfig) -> dict[str, Any]:
     """What /v1/model shows: the model, its adapter, how it answers, the server's limits."""
     describe = getattr(predictor, "describe", None)
@@ -163,6 +105,8 @@ def build_app(predictor: Any, cfg: ServeConfig) -> FastAPI:
     batcher = MicroBatcher(predictor.predict, max_batch=cfg.max_batch,
                            max_wait_ms=cfg.max_wait_ms, max_queue=cfg.max_queue)
     summary = model_summary(predictor, cfg)
+    # the answer's JSON: the record's fields and the model's answer fields
+    result, response = api_models(getattr(predictor, "schema", DEFAULT_SCHEMA))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
@@ -223,7 +167,7 @@ def build_app(predictor: Any, cfg: ServeConfig) -> FastAPI:
                                         "mean_batch": round(stats.mean_batch, 2),
                                         "largest_batch": stats.largest_batch}}
 
-    @app.post("/v1/predict", response_model=PredictResponse, openapi_extra=_multipart_schema(cfg),
+    @app.post("/v1/predict", response_model=response, openapi_extra=_multipart_schema(cfg),
               responses=_ERRORS)
     async def predict(request: Request) -> Any:
         """Title, category and price for each photo, in the order they were sent."""
@@ -234,14 +178,14 @@ def build_app(predictor: Any, cfg: ServeConfig) -> FastAPI:
             async with asyncio.timeout(cfg.request_timeout_s):
                 uploads = await _read_form(request, cfg)
                 reading = False
-                results = await _predict_all(uploads, cfg, batcher)
+                results = await _predict_all(uploads, cfg, batcher, result)
         except TimeoutError:
             if reading:
                 raise ApiError(408, f"the upload took longer than {cfg.request_timeout_s:g} s",
                                "request_timeout_s") from None
             raise ApiError(504, f"no answer within {cfg.request_timeout_s:g} s; try fewer "
                            "photos or later", "request_timeout_s") from None
-        body = PredictResponse(model=summary["model"], results=results,
+        body = response(model=summary["model"], results=results,
                                elapsed_ms=round((time.perf_counter() - started) * 1000, 1))
         if all(not r.ok and r.status != 200 for r in results):
             first = results[0]  # nothing was predicted: the request failed as its first photo
@@ -306,7 +250,7 @@ async def _decode(name: str, data: bytes | str, cfg: ServeConfig) -> Any:
 
 
 async def _predict_all(items: list[tuple[str, bytes | str]], cfg: ServeConfig,
-                       batcher: MicroBatcher) -> list[ImageResult]:
+                       batcher: MicroBatcher, result: type[BaseModel]) -> list[Any]:
     decoded = await asyncio.gather(*(_decode(n, d, cfg) for n, d in items),
                                    return_exceptions=True)
     for d in decoded:
@@ -319,5 +263,6 @@ async def _predict_all(items: list[tuple[str, bytes | str]], cfg: ServeConfig,
     except QueueFullError as e:
         raise ApiError(503, f"the server is busy ({e}); retry in a moment", "max_queue") from None
     by_index = dict(zip(good, preds, strict=True))
-    return [_result(i, items[i][0], by_index[i]) if i in by_index
-            else _refused(i, items[i][0], decoded[i]) for i in range(len(items))]
+    return [result_of(result, i, items[i][0], by_index[i]) if i in by_index
+            else refused(result, i, items[i][0], decoded[i].message, decoded[i].limit,
+                         decoded[i].status) for i in range(len(items))]

@@ -9,6 +9,7 @@ const cards = $("#cards");
 const template = $("#card-template");
 const keyForm = $("#key-form");
 let limits = null;
+let answerFields = []; // the model's extra answer fields (colour, material, ...), from /v1/model
 let apiKey = localStorage.getItem("productvlm-api-key") || "";
 
 function headers() {
@@ -26,6 +27,7 @@ async function loadModel() {
     }
     const info = await resp.json();
     limits = info.limits || null;
+    answerFields = info.answer_fields || [];
     el.textContent = info.model || "model";
     el.classList.remove("down");
     if (limits) {
@@ -82,11 +84,26 @@ function showResult(card, r) {
   const priceEl = card.querySelector(".price");
   priceEl.textContent = price || "No price in the answer";
   priceEl.classList.toggle("unknown", !price);
+  showFields(card, r);
   if (!r.ok) card.classList.add("unparsed");
   showTrust(card, r);
   card.querySelector(".raw code").textContent = r.raw || "";
   if (r.latency_ms != null) {
     card.querySelector(".latency").textContent = `${Math.round(r.latency_ms)} ms`;
+  }
+}
+
+// The answer's extra fields, each as "Colour  Beige" (a number as the model wrote it).
+function showFields(card, r) {
+  const list = card.querySelector(".fields");
+  list.replaceChildren();
+  for (const field of answerFields) {
+    const dt = document.createElement("dt");
+    dt.textContent = field.words;
+    const dd = document.createElement("dd");
+    const value = r[field.name];
+    dd.textContent = value === null || value === undefined ? "–" : String(value);
+    list.append(dt, dd);
   }
 }
 
