@@ -39,6 +39,17 @@ def _yes(value: Any) -> str:
     return "" if value is None else ("yes" if value else "no")
 
 
+def field_columns(ok: list[dict[str, Any]]) -> list[str]:
+    """audit.csv's columns for the model's extra answer fields: what the listing says
+    (``listed_colour``, when the catalog has it), what the photo shows (``model_colour``),
+    then ``fields_differ`` (the fields where they disagree); none for the default answer."""
+    names = list(dict.fromkeys(k.removeprefix("model_") for r in ok for k in r
+                               if k.startswith("model_") and k not in COLUMNS))
+    listed = {k.removeprefix("listed_") for r in ok for k in r if k.startswith("listed_")}
+    cols = [c for n in names for c in ((f"listed_{n}",) if n in listed else ()) + (f"model_{n}",)]
+    return [*cols, "fields_differ"] if names else []
+
+
 def _csv_row(rank: int, r: dict[str, Any]) -> list[Any]:
     num = lambda v, d=2: "" if v is None else f"{v:.{d}f}"  # noqa: E731
     return [rank, r["row"], r["product_code"], r["title"], r["category"], num(r["listed"]),
@@ -65,10 +76,12 @@ def merge_and_write(cfg: Any, rows_in: int, failures: list[tuple[int, str, str]]
                               f"catalog of {rows_in}: audit into an empty --out")
     ok.sort(key=lambda r: (-(r["surprise"] if r["surprise"] is not None else -1.0), r["row"]))
     path = cfg.out / "audit.csv"
+    fields = field_columns(ok)
     with path.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(COLUMNS)
-        w.writerows(_csv_row(i + 1, r) for i, r in enumerate(ok))
+        w.writerow([*COLUMNS, *fields])
+        w.writerows([*_csv_row(i + 1, r), *("" if r.get(c) is None else r[c] for c in fields)]
+                     for i, r in enumerate(ok))
     with (cfg.out / "failures.csv").open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(FAILURE_COLUMNS)
@@ -80,6 +93,8 @@ def merge_and_write(cfg: Any, rows_in: int, failures: list[tuple[int, str, str]]
         "interval_level": cfg.interval_level, "flag_level": cfg.flag_level,
         "calibration": calibration.stats,
     }
+    if fields:  # listings whose answer fields (colour, ...) disagree with their photo
+        summary["fields_differ"] = sum(bool(r.get("fields_differ")) for r in ok)
     if cfg.faults is not None and ok:
         errors = known_errors(cfg.faults)
         kinds = [errors.get(r["row"], "clean") for r in ok]
@@ -116,6 +131,9 @@ def write_html(path: Path, ok: list[dict[str, Any]], summary: dict[str, Any]) ->
         img = (f'<img src="data:image/jpeg;base64,{r["thumb"]}" alt="">' if r.get("thumb")
                else "")
         seen = " · in training" if r.get("in_training") else ""
+        differ = "".join(f'<br>{escape(n)}: listed {escape(str(r.get(f"listed_{n}")))}, the '
+                         f'photo {escape(str(r.get(f"model_{n}")))}'
+                         for n in (r.get("fields_differ") or "").split())
         words = (f'<br>the words: {format_price(r["words_low"])}–'
                  f'{format_price(r["words_high"])}' if r.get("words_low") is not None else "")
         cards.append(
@@ -123,7 +141,7 @@ def write_html(path: Path, ok: list[dict[str, Any]], summary: dict[str, Any]) ->
             f'{escape(r["category"])} · row {r["row"]}{seen}<br>'
             f'listed <b class="bad">{format_price(r["listed"])}</b> · expected '
             f'{format_price(r["predicted"])}<br>the photo: {format_price(r["low"])}–'
-            f'{format_price(r["high"])}{words}<br><small>{escape(r["why"])}</small>'
+            f'{format_price(r["high"])}{words}{differ}<br><small>{escape(r["why"])}</small>'
             "</figcaption></figure>")
     known = summary.get("known_errors", {})
     table = "".join(

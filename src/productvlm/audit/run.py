@@ -58,14 +58,18 @@ def audit(cfg: AuditConfig) -> Path:
     rank, world = dist.rank(), dist.world_size()
     info = resolve_model(cfg.model)  # a wrong model fails before any work
     src = open_source(cfg.source, cfg.source_split)
-    mapping = resolve_column_map(src.columns, cfg.preset, cfg.map, source=src.name)
+    # the model's answer fields the catalog also lists (its column of the same name, or
+    # --map NAME=COLUMN): audit.csv sets what the listing says beside what the photo shows
+    listed = [f for f in info.schema.extras if cfg.map.get(f.name, f.name) in src.columns]
+    mapping = resolve_column_map(src.columns, cfg.preset, cfg.map, source=src.name,
+                                 extras=listed)
     fetch = {"cache_dir": cfg.out / "image-cache", **cfg.fetch}
     if "local_root" not in cfg.fetch and src.root is not None:
         fetch["local_root"] = src.root.resolve()
     fetch_cfg = resolve_config(FetchConfig, None, fetch)
     failures: list[tuple[int, str, str]] = []
     stream = RecordStream(src, mapping, failures, currency=cfg.currency, limit=cfg.limit,
-                          dedupe=False)
+                          dedupe=False, extras=listed, require_extras=False)
     cfg.out.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         save_config(cfg, cfg.out)

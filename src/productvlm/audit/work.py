@@ -109,7 +109,8 @@ def _row(record: Any, fetched: Any, trained: TrainingItems | None) -> Row:
     (``data``: the audit row written for it)."""
     row: dict[str, Any] = {"row": record.row, "product_code": record.product_code,
                            "title": record.title, "category": record.category,
-                           "listed": record.price, "currency": record.currency}
+                           "listed": record.price, "currency": record.currency,
+                           **{f"listed_{k}": v for k, v in record.extra.items()}}
     if not fetched.ok:
         reason = f"image: {fetched.error}"
         return Row(record.row, reason, data={**row, "status": "failed", "reason": reason})
@@ -143,7 +144,12 @@ def _judged(row: Row, pred: Prediction, cal: Any, cfg: Any,
              photo_surprise=v.photo_surprise, p_photo=v.p_photo, p_words=v.p_words,
              model_title=pred.title, model_category=pred.category,
              model_price=pred.price, category_prob=pred.category_prob,
-             confidence=pred.confidence)
+             confidence=pred.confidence, **{f"model_{k}": v for k, v in pred.extra.items()})
+    # an answer field the listing says otherwise than the photo (label fields, by name)
+    r["fields_differ"] = " ".join(
+        k for k, v in pred.extra.items() if r.get(f"listed_{k}") is not None and v is not None
+        and " ".join(str(v).split()).casefold()
+        != " ".join(str(r[f"listed_{k}"]).split()).casefold())
     if v.flagged:
         r["thumb"] = thumbnail(row.image)
     return r

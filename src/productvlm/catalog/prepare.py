@@ -139,6 +139,7 @@ class RecordStream:
     failures: list[tuple[int, str, str]]
     currency: str = ""
     extras: Sequence[AnswerField] = ()  # the answer's extra fields, each a column
+    require_extras: bool = True  # a row without one is a failure (else it is None)
     limit: int | None = None
     batch_size: int = 1000
     dedupe: bool = True
@@ -151,7 +152,8 @@ class RecordStream:
             if self.limit is not None and i >= self.limit:
                 break
             self.rows_read += 1
-            got = validate_row(row, self.mapping, self.currency, self.extras)
+            got = validate_row(row, self.mapping, self.currency, self.extras,
+                               self.require_extras)
             if isinstance(got, str):
                 has_code = isinstance(row, dict) and "product_code" in self.mapping
                 code = code_value(row.get(self.mapping["product_code"])) if has_code else ""

@@ -177,11 +177,13 @@ def _image(v: Any) -> str:
 
 
 def validate_row(row: Row, mapping: dict[str, str], currency: str = "",
-                 extras: Sequence[AnswerField] = ()) -> Record | str:
+                 extras: Sequence[AnswerField] = (), require_extras: bool = True,
+                 ) -> Record | str:
     """The row as a :class:`Record`, or the reason it cannot be used (first problem found).
 
     An answer field of ``extras`` must have a value too (the model is taught to say one):
-    a number field a positive number.
+    a number field a positive number; with ``require_extras`` False (an audit, which
+    compares what a listing says where it says it) a missing one is None.
 
     >>> m = {"title": "t", "category": "c", "price": "p", "image": "i"}
     >>> validate_row({"t": "Lola Bag", "c": "BAGS", "p": "1,290.00", "i": "a.jpg"}, m).price
@@ -211,11 +213,11 @@ def validate_row(row: Row, mapping: dict[str, str], currency: str = "",
     extra: dict[str, Any] = {}
     for f in extras:
         value = get.get(f.name)
-        if text_value(value) == "":
-            return f"{f.name}: empty"
-        extra[f.name] = parse_price(value) if f.kind == "number" else text_value(value)
-        if extra[f.name] is None:
-            return f"{f.name}: invalid ({value!r})"
+        extra[f.name] = (None if text_value(value) == "" else
+                         parse_price(value) if f.kind == "number" else text_value(value))
+        if extra[f.name] is None and require_extras:
+            return (f"{f.name}: empty" if text_value(value) == ""
+                    else f"{f.name}: invalid ({value!r})")
     return Record(row=0, product_code=code_value(get.get("product_code")), title=title,
                   category=category, category1=text_value(get.get("category1")),
                   category2=text_value(get.get("category2")), price=price,
