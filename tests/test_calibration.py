@@ -1,4 +1,4 @@
-"""calibration.py on synthetic signals with known answers: conformal coverage holds at every
+"""calibration/ on synthetic signals with known answers: conformal coverage holds at every
 level, the category probability and typicality behave, a saved calibration reads back the same.
 """
 

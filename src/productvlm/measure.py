@@ -1,4 +1,4 @@
-"""What the Predictor measures about each answer besides its text (see calibration.py).
+"""What the Predictor measures about each answer besides its text (see calibration/).
 
 * the price distribution: every candidate price is written into the answer the model gave
   (its title and category, the target format), tokenized on its own as the collator tokenizes

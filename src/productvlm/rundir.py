@@ -11,7 +11,7 @@ A run directory holds::
     checkpoints/         resumable Trainer checkpoints
     train_log.jsonl      the Trainer's log history
     vision_warmup/       the vision warm-up's resumable state; vision_warmup.json its figures
-    calibration/         price intervals, category probability, confidence (calibration.py)
+    calibration/         price intervals, category probability, confidence (calibration/)
     training_items.json  product codes, image sha256 and title words of the training split
 
 Both sides go through :class:`RunDir`; :func:`resolve_model` turns whatever a user passes as

@@ -2,7 +2,9 @@
 
 - :mod:`.record`: :class:`Prediction`, the answer record every command shares, and the
   prediction defaults;
-- :mod:`.predictor`: :class:`Predictor`, batched (constrained) answers for photos;
+- :mod:`.predictor`: :class:`Predictor`, batched (constrained) answers for photos, made of
+  :mod:`.loader` (loading, describing), :mod:`.generation` (the decode path) and
+  :mod:`.measuring` (measuring, the calibrated reading, image features);
 - :mod:`.batch`: rows of any source -> (row, Prediction), in batches, sharded across
   processes, with ordered part files and resume.
 
