@@ -11,10 +11,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from productvlm.answer import TargetFormat
+from productvlm.answer import DEFAULT_SCHEMA, AnswerSchema, FieldDomain, TargetFormat
 from productvlm.calibration import Signals
 from productvlm.errors import ProductVLMError
 from productvlm.prompts import answer_end, render_prompt, stop_token_ids
@@ -42,7 +42,7 @@ class GenerateMixin:
     def answer_format(self) -> tuple[Any, ...]:
         """This predictor's constrained answer (:func:`answer_format`)."""
         return answer_format(self.target_format, self.categories, self.title_alphabet,
-                             self.title_max_chars)
+                             self.title_max_chars, self.schema, self.domains)
 
     def encode(self, images: Sequence[Any]) -> Any:
         """The processor's tensors (on the CPU) of one batch of photos with the prompt: the
@@ -141,10 +141,13 @@ class GenerateMixin:
 
 
 def answer_format(target_format: TargetFormat, categories: Sequence[str] | None,
-                  title_alphabet: str | None, title_max_chars: int | None) -> tuple[Any, ...]:
+                  title_alphabet: str | None, title_max_chars: int | None,
+                  schema: AnswerSchema = DEFAULT_SCHEMA,
+                  domains: Mapping[str, FieldDomain] | None = None) -> tuple[Any, ...]:
     """The constrained answer's segments (:func:`productvlm.constrained.answer_template`):
     the target format, the training categories, the title bounded by the training titles'
-    characters and longest length (with slack).
+    characters and longest length (with slack), then ``schema``'s extra fields bounded by
+    what training saw of each (``domains``: a label among its labels, a text as the title).
 
     >>> answer_format("seed", ["BAGS"], None, None)[3]
     Lit(options=('BAGS',))
@@ -153,8 +156,17 @@ def answer_format(target_format: TargetFormat, categories: Sequence[str] | None,
 
     longest = (math.ceil(title_max_chars * TITLE_SLACK) if title_max_chars
                else TITLE_MAX_CHARS)
+    domains = domains or {}
+    extras = [(f, _slack(domains.get(f.name) or FieldDomain())) for f in schema.extras]
     return answer_template(target_format, sorted(set(categories)) if categories else None,
-                           title_max_chars=longest, title_alphabet=title_alphabet)
+                           title_max_chars=longest, title_alphabet=title_alphabet,
+                           extras=extras, schema=schema)
+
+
+def _slack(domain: FieldDomain) -> FieldDomain:
+    """A text field's longest training length with the title's slack (0: the default cap)."""
+    longest = math.ceil(domain.max_chars * TITLE_SLACK) if domain.max_chars else 0
+    return FieldDomain(domain.labels, domain.alphabet, longest)
 
 
 def _cut(text: str, stops: list[str]) -> str:

@@ -87,13 +87,16 @@ class LoadMixin:
                    constrained=constrained, model_path=str(model),
                    adapter=str(info.adapter) if info.adapter else None, calibration=cal,
                    interval_level=interval_level, low_confidence=low_confidence,
-                   title_alphabet=info.title_alphabet, title_max_chars=info.title_max_chars)
+                   title_alphabet=info.title_alphabet, title_max_chars=info.title_max_chars,
+                   schema=info.schema, domains=info.domains)
 
     def describe(self) -> dict[str, Any]:
         """How this predictor answers (shown by the server's /v1/model)."""
         return {"engine": "hf", "model_path": self.model_path, "adapter": self.adapter,
                 "target_format": self.target_format, "question": self.question,
                 "categories": self.categories, "currency": self.currency,
+                "answer_fields": [{"name": f.name, "kind": f.kind, "words": f.words}
+                                  for f in self.schema.extras],
                 "batch_size": self.batch_size, "max_new_tokens": self.max_new_tokens,
                 "constrained": self.constrained, "calibrated": self.calibration is not None,
                 "interval_level": self.interval_level if self.calibration else None,

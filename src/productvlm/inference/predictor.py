@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from productvlm.answer import TargetFormat
+from productvlm.answer import DEFAULT_SCHEMA, AnswerSchema, FieldDomain, TargetFormat
 from productvlm.calibration import Calibration
 from productvlm.errors import ProductVLMError
 from productvlm.inference.generation import (
@@ -87,6 +87,8 @@ class Predictor(LoadMixin, GenerateMixin, MeasureMixin):
         low_confidence: float = LOW_CONFIDENCE,
         title_alphabet: str | None = None,
         title_max_chars: int | None = None,
+        schema: AnswerSchema = DEFAULT_SCHEMA,
+        domains: Mapping[str, FieldDomain] | None = None,
     ) -> None:
         if batch_size == "auto":  # as many photos as fit the device (inference/sizing.py)
             from productvlm.inference.sizing import answer_batch_size
@@ -116,6 +118,8 @@ class Predictor(LoadMixin, GenerateMixin, MeasureMixin):
         # the training titles' characters and longest length (labels.json), which bound the
         # title of a constrained answer; None: any characters, TITLE_MAX_CHARS
         self.title_alphabet, self.title_max_chars = title_alphabet, title_max_chars
+        # the answer's fields, and what training saw of each extra one (labels.json)
+        self.schema, self.domains = schema, dict(domains or {})
         self._grammar: Any = None
         self._candidates: Any = None  # measure.PriceCandidates for the current grid
         self._cut_rows: set[int] = set()  # rows of the last batch that hit max_new_tokens
@@ -153,7 +157,8 @@ class Predictor(LoadMixin, GenerateMixin, MeasureMixin):
                                                  answer_prices=answer_prices, encoded=encoded)
                 ms = (time.perf_counter() - t0) * 1000
                 for b, (raw, sig) in enumerate(zip(answers, signals, strict=True)):
-                    pred = Prediction.from_answer(raw, self.target_format, currency=self.currency,
+                    pred = Prediction.from_answer(raw, self.target_format, schema=self.schema,
+                                                  currency=self.currency,
                                                   latency_ms=round(ms, 1))
                     if self._cut_rows and b in self._cut_rows:
                         pred.error = (f"the answer was cut at max_new_tokens="

@@ -161,8 +161,8 @@ class VllmPredictor(Predictor):
                    categories=options.get("categories") or info.categories,
                    currency=info.currency, model_path=str(model), adapter=source.adapter,
                    calibration=cal, title_alphabet=info.title_alphabet,
-                   title_max_chars=info.title_max_chars,
-                   **{k: options[k] for k in keep if k in options})
+                   title_max_chars=info.title_max_chars, schema=info.schema,
+                   domains=info.domains, **{k: options[k] for k in keep if k in options})
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "engine": "vllm", "served": self.source.why}
