@@ -52,6 +52,8 @@ class DemoConfig(StageConfig):
                                 description="--catalog's FIELD=COLUMN pairs over the preset")
     model_family: str = Field("phi3v", description="the tiny model's family: "
                               + ", ".join(DEMO_FAMILIES))
+    attributes: bool = Field(False, description="the sample catalog's colour and material "
+                             "columns become answer fields too: the model also says them")
     n: int = Field(1500, ge=50, description="products in the sample catalog (1,500: a test "
                    "split of ~143 photos, where one misread photo no longer decides the MAPE "
                    "check; docs/demo-trials.md)")
@@ -92,25 +94,28 @@ class DemoResult:
     checks: dict[str, bool]
 
 
-def _texts(train_split: Any) -> list[str]:
-    from productvlm.answer import ProductFields, format_answer
+def _texts(train_split: Any, schema: Any) -> list[str]:
+    """The training answers, in the words the tiny tokenizer is trained on."""
+    rows = train_split.select_columns(list(schema.columns)).to_list()
+    return [schema.format(schema.truth(r)) for r in rows]
 
-    rows = train_split.select_columns(["title", "category", "price"]).to_list()
-    return [format_answer(ProductFields(r["title"], r["category"], r["price"])) for r in rows]
 
-
-def tiny_base_model(cfg: DemoConfig, train_split: Any) -> Path:
+def tiny_base_model(cfg: DemoConfig, train_split: Any, schema: Any = None) -> Path:
     """The tiny random model of ``cfg.model_family`` the demo trains, with a tokenizer
-    trained on the catalog's text, in the Hub format under ``cfg.out/base-model``.
+    trained on the catalog's answers (``schema``'s fields), in the Hub format under
+    ``cfg.out/base-model``.
 
     >>> tiny_base_model(DemoConfig(model_family="smolvlm"), ds["train"])  # doctest: +SKIP
     PosixPath('runs/demo/base-model')
     """
+    from productvlm.answer import DEFAULT_SCHEMA
+
     folder = cfg.out / "base-model"
+    texts = _texts(train_split, schema or DEFAULT_SCHEMA)
     if cfg.model_family != "phi3v":
         from productvlm.models.tiny_families import save_tiny_family
 
-        return save_tiny_family(cfg.model_family, folder, _texts(train_split),
+        return save_tiny_family(cfg.model_family, folder, texts,
                                 vocab_size=cfg.vocab_size, seed=cfg.seed,
                                 hidden_size=cfg.hidden_size, layers=cfg.layers,
                                 vision_hidden=cfg.vision_hidden,
@@ -118,7 +123,7 @@ def tiny_base_model(cfg: DemoConfig, train_split: Any) -> Path:
     from productvlm.models.phi3v.tiny import save_tiny_model, tiny_config
     from productvlm.models.tiny_tokenizer import train_tiny_tokenizer
 
-    tok = train_tiny_tokenizer(_texts(train_split), vocab_size=cfg.vocab_size)
+    tok = train_tiny_tokenizer(texts, vocab_size=cfg.vocab_size)
     model_cfg = tiny_config(
         len(tok), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.layers,
         intermediate_size=cfg.hidden_size * 2, bos_token_id=tok.bos_token_id,
@@ -139,7 +144,7 @@ def demo(cfg: DemoConfig) -> DemoResult:
 
     from productvlm.catalog.prepare import prepare
     from productvlm.evaluation.evaluate import EvalConfig, evaluate
-    from productvlm.prepared import load_prepared
+    from productvlm.prepared import load_prepared, load_schema
     from productvlm.synth.generate import synth
     from productvlm.training.config import TrainConfig
     from productvlm.training.trainer import train
@@ -154,9 +159,11 @@ def demo(cfg: DemoConfig) -> DemoResult:
     if cfg.catalog is None:
         console.rule("1/4 synth: a sample catalog with product photos")
         cat = synth(cfg.out / "catalog", n=cfg.n, seed=cfg.seed, fault_rate=cfg.fault_rate,
-                    overwrite=True)
+                    overwrite=True, attributes=cfg.attributes)
         console.rule("2/4 prepare: validate, fetch images, split")
-        prepare(str(cat.parquet), cfg.out / "prepared", preset="burberry", seed=cfg.seed)
+        fields = {"colour": "colour", "material": "material"} if cfg.attributes else None
+        prepare(str(cat.parquet), cfg.out / "prepared", preset="burberry", map=fields,
+                seed=cfg.seed)
     else:  # the user's catalog, read, checked and split by prepare itself (its errors too)
         console.rule(f"1-2/4 prepare your catalog: {cfg.catalog}")
         prepare(cfg.catalog, cfg.out / "prepared", cfg.preset, cfg.map or None, seed=cfg.seed)
@@ -167,7 +174,8 @@ def demo(cfg: DemoConfig) -> DemoResult:
         raise ProductVLMError(f"{cfg.out / 'prepared'}: the test split is empty "
                               f"({len(data['train'])} training rows); the demo needs a few "
                               "hundred products, a dozen or more per category")
-    base = tiny_base_model(cfg, data["train"])
+    schema = load_schema(cfg.out / "prepared")
+    base = tiny_base_model(cfg, data["train"], schema)
     steps_per_epoch = max(1, len(data["train"]) // cfg.batch_size)
     train_cfg = TrainConfig(
         model=str(base), data=cfg.out / "prepared", out=cfg.out / "train", mode="full",
@@ -199,7 +207,8 @@ def demo(cfg: DemoConfig) -> DemoResult:
                                  split="test", out=cfg.out / "eval", report_to=cfg.report_to,
                                  device=cfg.device))
     seconds = time.perf_counter() - started
-    checks = demo_checks(result.metrics, result.baselines)
+    checks = demo_checks(result.metrics, result.baselines, [f.name for f in schema.extras
+                                                            if f.kind == "label"])
     for name, ok in checks.items():
         console.print(f"[{'green' if ok else 'red'}]{'PASS' if ok else 'MISS'}[/] {name}")
         if not ok:
@@ -279,11 +288,12 @@ def miss_reasons(check: str, predictions: Path, top: int = 3) -> list[str]:
         share = 100 * sum(a for a, _ in worst) / len(rows)
         return [f"{len(worst)} of {len(rows)} rows make {share:.1f} points of the MAPE:",
                 *(said(rows[i]) for _, i in worst)]
-    if check.startswith("category accuracy"):
+    if check.split()[1:2] == ["accuracy"]:  # the category's or a label field's (colour, ...)
         from collections import Counter
 
-        wrong = Counter((r["truth"]["category"], r["parsed"]["category"]) for r in rows
-                        if not r["scores"]["category_correct"])
+        field = check.split()[0]  # category, or an answer field (colour, ...)
+        wrong = Counter((r["truth"][field], r["parsed"].get(field)) for r in rows
+                        if not r["scores"][f"{field}_correct"])
         return ["most often mistaken: " + "; ".join(
             f"{t} read as {p} ({n}x)" for (t, p), n in wrong.most_common(top))] if wrong else []
     if check.startswith("title"):
@@ -296,9 +306,16 @@ def miss_reasons(check: str, predictions: Path, top: int = 3) -> list[str]:
     return []
 
 
-def demo_checks(metrics: dict[str, Any], baselines: dict[str, dict[str, Any]]) -> dict[str, bool]:
-    """The demo's targets, each against the baselines computed on the same split."""
+def demo_checks(metrics: dict[str, Any], baselines: dict[str, dict[str, Any]],
+                labels: list[str] | tuple[str, ...] = ()) -> dict[str, bool]:
+    """The demo's targets, each against the baselines computed on the same split; each
+    extra label field of ``labels`` (colour, ...) must beat its majority baseline."""
     const, oracle = baselines["constant"], baselines["category_oracle"]
+    fields = {
+        f"{name} accuracy {metrics[f'{name}_accuracy']:.3f} > the training majority's "
+        f"({const[f'{name}_accuracy']:.3f})":
+            metrics[f"{name}_accuracy"] > const[f"{name}_accuracy"]
+        for name in labels}
     return {
         f"category accuracy {metrics['category_accuracy']:.3f} >= 0.9":
             metrics["category_accuracy"] >= 0.9,
@@ -309,6 +326,7 @@ def demo_checks(metrics: dict[str, Any], baselines: dict[str, dict[str, Any]]) -
         f"title token F1 {metrics['title_token_f1']:.3f} >= 0.8":
             metrics["title_token_f1"] >= 0.8,
         f"parse rate {metrics['parse_rate']:.3f} >= 0.99": metrics["parse_rate"] >= 0.99,
+        **fields,
     }
 
 
@@ -324,6 +342,9 @@ def register(app: typer.Typer) -> None:
         report_to: str | None = typer.Option(None, help="wandb | none"),
         model_family: str | None = typer.Option(
             None, "--model-family", help="phi3v (default), qwen2_5_vl, smolvlm or phi4mm"),
+        attributes: bool = typer.Option(
+            False, "--attributes", help="the sample catalog's colour and material become "
+            "answer fields: the model also says them"),
         catalog: str | None = typer.Option(
             None, "--catalog", help="your own catalog instead of the sample one: .csv, "
             ".jsonl, .parquet, a dataset folder or a Hugging Face dataset id"),
@@ -343,8 +364,11 @@ def register(app: typer.Typer) -> None:
         cfg = resolve_config(DemoConfig, config, dict(
             out=out, n=n, epochs=epochs, report_to=report_to, model_family=model_family,
             catalog=catalog, preset=preset, map=parse_pairs(pairs, "--map") or None,
-            device=device),
+            device=device, attributes=attributes or None),
             section="demo")
         if (cfg.map or cfg.preset) and cfg.catalog is None:
             raise ProductVLMError("--map and --preset apply to --catalog: name your catalog")
+        if cfg.attributes and cfg.catalog is not None:
+            raise ProductVLMError("--attributes adds the sample catalog's colour and material; "
+                                  "with --catalog, map your own: --map colour=COLUMN")
         demo(cfg)
