@@ -63,3 +63,22 @@ def test_small_demo_learns_with_each_family(family: str, tmp_path: Path) -> None
     assert result.metrics["parse_rate"] == 1.0
     learned = _learned(result.metrics, result.baselines["constant"])
     assert all(learned.values()), (family, result.metrics, result.baselines["constant"])
+
+
+def test_small_demo_with_colour_and_material_learns_them(tmp_path: Path) -> None:
+    """--attributes: the model also says each photo's colour and material, past the
+    majority baseline of each, and the default fields still learn."""
+    out = tmp_path / "demo"
+    result = demo(DemoConfig(out=out, n=500, epochs=8, vision_warmup_epochs=30,
+                             report_to="none", attributes=True))
+    m, constant = result.metrics, result.baselines["constant"]
+    assert m["parse_rate"] == 1.0
+    assert all(_learned(m, constant).values()), (m, constant)
+    for name in ("colour", "material"):
+        assert m[f"{name}_accuracy"] >= constant[f"{name}_accuracy"] + 0.2, (name, m, constant)
+    labels = json.loads((out / "train/labels.json").read_text())
+    assert [f["name"] for f in labels["answer_fields"]] == ["colour", "material"]
+    row = json.loads((out / "eval/predictions.jsonl").read_text().splitlines()[0])
+    assert set(row["parsed"]) == {"title", "category", "price", "colour", "material"}
+    assert "colour_correct" in row["scores"]
+    assert "Colour confusion matrix" in (out / "eval/report.html").read_text()
