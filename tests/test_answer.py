@@ -3,7 +3,6 @@ scored and served from one declaration, and the errors of declaring them."""
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 import subprocess
@@ -11,6 +10,7 @@ import sys
 from pathlib import Path
 
 import datasets
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -197,10 +197,7 @@ def _catalog(root: Path) -> Path:
     rows[3]["shade"] = ""
     rows[4]["width"] = "wide"
     path = root / "catalog.csv"
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    pd.DataFrame(rows).to_csv(path, index=False)
     return path
 
 

@@ -25,7 +25,6 @@ from productvlm.prompts import QUESTION, render_prompt, render_target
 
 IGNORE_INDEX = -100
 AUGMENT = "_augment"  # column marking rows whose photos may be augmented (the train split)
-ROW_FIELDS = ("title", "category", "price", "image")
 
 
 @dataclass
