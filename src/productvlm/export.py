@@ -77,7 +77,7 @@ def request_plan(info: Any, source: Source) -> dict[str, Any]:
 
     processor = load_processor(info.processor, num_crops=info.num_crops)
     answer = answer_format(info.target_format, info.categories, info.title_alphabet,
-                           info.title_max_chars)
+                           info.title_max_chars, info.schema, info.domains)
     args = engine_args(source, dtype="auto", num_crops=image_kwargs(source, info.num_crops))
     serve = ["vllm", "serve", args.pop("model")]
     flags = {"enable_lora": "--enable-lora", "max_lora_rank": "--max-lora-rank",
