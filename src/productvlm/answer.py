@@ -78,7 +78,8 @@ class AnswerField:
         return min((self.words, *self.aliases), key=len)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The field as JSON (lists where it holds tuples)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 TITLE = AnswerField("title", "text", "Product", keys=("product",))
