@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import operator
 import types
 import typing
 from collections.abc import Callable, Iterator
@@ -45,8 +46,7 @@ from productvlm.config import StageConfig, parse_pairs, resolve_config
 #: what a command function may ask for by name, besides its own options
 INJECTED = ("cfg", "given", "config_file")
 
-#: command name -> (its config class, its expanded sub-models): for the help-drift test
-REGISTERED: dict[str, tuple[type[StageConfig], tuple[str, ...]]] = {}
+
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,11 @@ class FieldOption:
     param: str
     decls: tuple[str, ...]
     convert: Callable[[Any], Any] = field(repr=False)
+
+
+#: command name -> its config class and the options made from it (a test holds every one's
+#: help to its field's description)
+REGISTERED: dict[str, tuple[type[StageConfig], list[FieldOption]]] = {}
 
 
 def field_options(cls: type[BaseModel], expand: tuple[str, ...] = (),
@@ -152,7 +157,7 @@ def config_command(app: typer.Typer, name: str, cls: type[StageConfig], *, secti
         command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
         command.__annotations__ = {p.name: p.annotation for p in params}
         command.__name__, command.__doc__ = fn.__name__, fn.__doc__
-        REGISTERED[name] = (cls, expand)
+        REGISTERED[name] = (cls, generated)
         app.command(name, **command_kwargs)(command)
         return fn
 
@@ -213,7 +218,7 @@ def _unwrap(ann: Any) -> Any:
         ann = typing.get_args(ann)[0]
     if typing.get_origin(ann) in (typing.Union, types.UnionType):
         members = [a for a in typing.get_args(ann) if a is not type(None)]
-        return _unwrap(members[0]) if len(members) == 1 else typing.Union[tuple(members)]
+        return _unwrap(members[0]) if len(members) == 1 else functools.reduce(operator.or_, members)
     return ann
 
 

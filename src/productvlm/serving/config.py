@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+
 from pydantic import Field
 
 from productvlm.errors import ProductVLMError
