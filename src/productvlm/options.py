@@ -94,8 +94,9 @@ def field_options(cls: type[BaseModel], expand: tuple[str, ...] = (),
     [('--concurrency',), ('--per-host',)]
     """
     flags = flags or {}
-    declared = vars(cls).get("__annotations__", {})  # the class's own fields first, then the
-    ordered = sorted(cls.model_fields.items(), key=lambda kv: kv[0] not in declared)  # shared
+    # the class's own fields first, then those it shares by deriving from another config
+    declared = vars(cls).get("__annotations__", {})
+    ordered = sorted(cls.model_fields.items(), key=lambda kv: kv[0] not in declared)
     for name, info in ordered:
         if name in skip:
             continue
