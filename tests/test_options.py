@@ -23,7 +23,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 def _help(command: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """``command --help`` with the table's borders and the wrapping taken out."""
-    monkeypatch.setenv("TERMINAL_WIDTH", "240")
+    monkeypatch.setenv("COLUMNS", "240")  # rich's console width: no word is cut short
     result = CliRunner().invoke(app, [command, "--help"])
     assert result.exit_code == 0, result.output
     return " ".join(re.sub(r"[│╭╮╰╯─]", " ", result.output).split())
