@@ -33,16 +33,6 @@ HUB_KERNELS_HELP = ("load kernels from the Hugging Face Hub (transformers' use_k
 HubKernels = Annotated[bool, Field(description=HUB_KERNELS_HELP)]
 
 
-def hub_kernels_option() -> Any:
-    """The ``--hub-kernels/--no-hub-kernels`` flag of every command that loads a model.
-
-    >>> def train(hub_kernels: bool | None = hub_kernels_option()) -> None: ...
-    """
-    import typer
-
-    return typer.Option(None, "--hub-kernels/--no-hub-kernels", help=HUB_KERNELS_HELP + " [off]")
-
-
 class StageConfig(BaseModel):
     """Base of every stage config: unknown keys are errors, values are validated on assignment."""
 
@@ -91,7 +81,7 @@ def resolve_config(
     ``overrides`` holds only the flags the user typed (``None`` values are dropped, so an
     untouched flag never hides a value from the file). ``section`` picks a sub-mapping of the
     file (``train:`` in a file that configures several stages); a file without that key is
-    used whole.
+    used whole. A mapping given (``map``, ``fetch``) is merged over the file's key by key.
 
     >>> from productvlm.catalog.prepare import PrepareConfig  # doctest: +SKIP
     >>> resolve_config(PrepareConfig, "prepare.yaml", {"seed": 3}, section="prepare")
@@ -106,7 +96,7 @@ def resolve_config(
         source = str(config_file)
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     try:
-        return cls.model_validate({**data, **given})
+        return cls.model_validate(_merge(data, given))
     except ValidationError as e:
         loc = e.errors()[0]["loc"]
         if loc and loc[0] in given:
@@ -114,6 +104,17 @@ def resolve_config(
         elif loc and loc[0] not in data and config_file is None:
             source = "command line"  # e.g. a required value nobody gave
         raise ProductVLMError(_describe(e, source)) from None
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on ``base``, mappings key by key (a flag's ``--map`` or ``--concurrency``
+    changes one key of the file's ``map:`` or ``fetch:``, not the whole mapping)."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            value = _merge(out[key], value)
+        out[key] = value
+    return out
 
 
 def parse_pairs(pairs: list[str] | None, flag: str) -> dict[str, str]:

@@ -29,6 +29,7 @@ from pydantic import Field
 
 from productvlm.config import StageConfig, parse_pairs, resolve_config, save_config
 from productvlm.errors import ProductVLMError
+from productvlm.options import config_command
 
 #: the families the demo builds tiny models of (models/families.py's names)
 DEMO_FAMILIES = ("phi3v", "qwen2_5_vl", "smolvlm", "phi4mm")
@@ -43,13 +44,14 @@ class DemoConfig(StageConfig):
     and docs/demo-trials.md records those trials and their figures.
     """
 
-    out: Path = Path("runs/demo")
+    out: Path = Field(Path("runs/demo"), description="output folder of every stage")
     catalog: str | None = Field(None, description="your own catalog instead of synth's: any "
                                 "source `productvlm prepare` reads")
     preset: str | None = Field(None, description="--catalog's column preset (prepare's: "
                                "burberry by default, simple, none)")
     map: dict[str, str] = Field(default_factory=dict,
-                                description="--catalog's FIELD=COLUMN pairs over the preset")
+                                description="--catalog's FIELD=COLUMN pairs over the preset, "
+                                "e.g. --map title=name price=list_price")
     model_family: str = Field("phi3v", description="the tiny model's family: "
                               + ", ".join(DEMO_FAMILIES))
     attributes: bool = Field(False, description="the sample catalog's colour and material "
@@ -57,7 +59,7 @@ class DemoConfig(StageConfig):
     n: int = Field(1500, ge=50, description="products in the sample catalog (1,500: a test "
                    "split of ~143 photos, where one misread photo no longer decides the MAPE "
                    "check; docs/demo-trials.md)")
-    seed: int = 0
+    seed: int = Field(0, description="seed of the catalog, the split and the training")
     fault_rate: float = Field(0.03, ge=0, le=0.5, description="broken rows, as real catalogs")
     vocab_size: int = Field(768, ge=300, description="tiny tokenizer vocabulary")
     hidden_size: int = Field(128, description="decoder width")
@@ -66,15 +68,15 @@ class DemoConfig(StageConfig):
     vision_hidden: int = Field(128, description="CLIP tower width")
     vision_layers: int = Field(4, description="CLIP tower layers")
     crop_size: int = Field(112, description="crop side in pixels (multiple of 28)")
-    epochs: float = Field(12.0, gt=0)
-    learning_rate: float = Field(7e-4, gt=0)
+    epochs: float = Field(12.0, gt=0, description="training epochs")
+    learning_rate: float = Field(7e-4, gt=0, description="learning rate of the decoder")
     vision_lr: float = Field(1e-4, gt=0, description="learning rate of the image side")
     vision_init: Literal["clip", "torch"] = Field(
         "torch", description="initialisation of the tiny CLIP tower (see tiny_model)")
     vision_warmup_epochs: float = Field(
         54.0, ge=0, description="epochs of training the image side alone first (0: off)")
     vision_warmup_lr: float = Field(2e-3, gt=0, description="learning rate of the warm-up")
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, description="photos a training step")
     hflip: float = Field(0.5, ge=0, le=1, description="chance of mirroring a training photo")
     threads: int = Field(1, ge=1, description="torch compute threads while training")
     num_workers: int = Field(1, ge=0, description="data loader processes (image work)")
@@ -82,7 +84,8 @@ class DemoConfig(StageConfig):
         "cpu", description="where the tiny model trains and answers; cpu even on a GPU "
         "machine: a model this small is bound by the time of each of its many small steps, "
         "which a GPU does not shorten (docs/gpu.md)")
-    report_to: str = "wandb"
+    report_to: str = Field("wandb", description="where training and evaluation are logged: "
+                           "wandb (offline unless you are logged in) or none")
 
 
 @dataclass
@@ -331,41 +334,17 @@ def demo_checks(metrics: dict[str, Any], baselines: dict[str, dict[str, Any]],
 
 
 def register(app: typer.Typer) -> None:
-    """Add the `demo` command."""
+    """Add the `demo` command (its options: :class:`DemoConfig`)."""
 
-    @app.command("demo", context_settings={"allow_extra_args": True})
-    def demo_command(
-        ctx: typer.Context,
-        out: Path | None = typer.Option(None, help="output folder [default: runs/demo]"),
-        n: int | None = typer.Option(None, help="products in the sample catalog"),
-        epochs: float | None = typer.Option(None, help="training epochs"),
-        report_to: str | None = typer.Option(None, help="wandb | none"),
-        model_family: str | None = typer.Option(
-            None, "--model-family", help="phi3v (default), qwen2_5_vl, smolvlm or phi4mm"),
-        attributes: bool = typer.Option(
-            False, "--attributes", help="the sample catalog's colour and material become "
-            "answer fields: the model also says them"),
-        catalog: str | None = typer.Option(
-            None, "--catalog", help="your own catalog instead of the sample one: .csv, "
-            ".jsonl, .parquet, a dataset folder or a Hugging Face dataset id"),
-        preset: str | None = typer.Option(
-            None, help="--catalog's column preset: burberry (default), simple, or none"),
-        map: list[str] | None = typer.Option(
-            None, "--map", help="--catalog's FIELD=COLUMN over the preset, e.g. "
-            "--map title=name price=list_price"),
-        device: str | None = typer.Option(None, help="cpu (default: the tiny model is "
-                                          "latency-bound, a GPU does not speed it up), auto "
-                                          "or cuda"),
-        config: Path | None = typer.Option(None, "--config", "-c", help="YAML demo config"),
-    ) -> None:
+    @config_command(app, "demo", DemoConfig, section="demo",
+                    context_settings={"allow_extra_args": True})
+    def demo_command(ctx: typer.Context, given: dict[str, Any],
+                     config_file: Path | None) -> None:
         """Run the whole pipeline on CPU in minutes: a tiny model trained from scratch on a
         sample catalog (or on yours: --catalog), then evaluated."""
-        pairs = [*(map or []), *ctx.args]  # --map a=x b=y: b=y arrives as an extra argument
-        cfg = resolve_config(DemoConfig, config, dict(
-            out=out, n=n, epochs=epochs, report_to=report_to, model_family=model_family,
-            catalog=catalog, preset=preset, map=parse_pairs(pairs, "--map") or None,
-            device=device, attributes=attributes or None),
-            section="demo")
+        if ctx.args:  # --map a=x b=y: b=y arrives as an extra argument
+            given["map"] = {**given.get("map", {}), **parse_pairs(ctx.args, "--map")}
+        cfg = resolve_config(DemoConfig, config_file, given, section="demo")
         if (cfg.map or cfg.preset) and cfg.catalog is None:
             raise ProductVLMError("--map and --preset apply to --catalog: name your catalog")
         if cfg.attributes and cfg.catalog is not None:

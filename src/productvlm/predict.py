@@ -19,39 +19,33 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import typer
 from pydantic import Field
 
-from productvlm.config import HubKernels, StageConfig, hub_kernels_option, resolve_config
-from productvlm.inference import INTERVAL_LEVEL, MAX_NEW_TOKENS, Prediction, Predictor
+from productvlm.inference import Prediction, Predictor
 from productvlm.inference.batch import Row, answer_rows
-from productvlm.inference.sizing import BATCH_HELP, BatchSize, plan_rows
-from productvlm.inference.vllm_engine import ENGINE_HELP, Engine, load_engine
+from productvlm.inference.options import BatchPredictionOptions
+from productvlm.inference.sizing import plan_rows
+from productvlm.inference.vllm_engine import load_engine
+from productvlm.options import Flag, config_command
 
 
-class PredictConfig(StageConfig):
-    """What `productvlm predict` runs with (flags, or a YAML file's ``predict:`` section)."""
+class PredictConfig(BatchPredictionOptions):
+    """What `productvlm predict` runs with (flags, or a YAML file's ``predict:`` section);
+    device, precision, engine, batch size, answer length and interval level are the
+    prediction options every answering command shares (inference/options.py)."""
 
     model: str = Field(..., description="run directory, model folder or Hub id")
     images: list[str] = Field(..., min_length=1, description="image paths, globs or URLs")
     json_lines: bool = Field(False, description="one JSON object per line instead of a table")
-    batch_size: BatchSize = Field("auto", description=BATCH_HELP)
-    engine: Engine = Field("hf", description=ENGINE_HELP)
-    max_new_tokens: int = Field(MAX_NEW_TOKENS, ge=1, description="longest answer, in tokens")
     constrained: bool = Field(True, description="force answers into the target format")
     num_crops: int | None = Field(None, ge=1, description="override the run's num_crops")
     local_root: Path | None = Field(
         None, description="read local files only inside this folder (default: any file named)")
-    device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
-        "auto", description="auto: bf16 on a CUDA GPU that has it, else fp32")
-    hub_kernels: HubKernels = False
-    interval_level: float = Field(INTERVAL_LEVEL, ge=0.5, le=0.99,
-                                  description="level of the price intervals")
     ray: str | None = Field(None, description="answer on Ray Data: 'local', 'auto' or a "
-                            "cluster address; None: this process")
+                            "cluster address (ray://HOST:10001); unset: this process")
     ray_actors: int | None = Field(None, ge=1, description="model actors in the Ray pool "
                                    "(default: one per GPU of the cluster, else per CPU)")
 
@@ -233,40 +227,13 @@ def _bar(total: int) -> Iterator[Callable[[int], None]]:
 
 
 def register(app: typer.Typer) -> None:
-    """Add the `predict` command to the typer app."""
+    """Add the `predict` command to the typer app (its options: :class:`PredictConfig`)."""
 
-    @app.command("predict")
+    @config_command(app, "predict", PredictConfig, section="predict",
+                    flags={"model": Flag("--model", "-m"), "json_lines": Flag("--json")})
     def predict_command(
-        images: list[str] = typer.Argument(..., help="image paths, globs or URLs"),
-        model: str | None = typer.Option(None, "--model", "-m",
-                                         help="run directory, model folder or Hub id"),
-        config: Path | None = typer.Option(None, "--config", "-c",
-                                           help="YAML config (its predict: section)"),
-        json_lines: bool = typer.Option(False, "--json", help="one JSON object per line"),
-        batch_size: str | None = typer.Option(None, help=f"{BATCH_HELP} [auto]"),
-        engine: str | None = typer.Option(None, help=f"{ENGINE_HELP} [hf]"),
-        constrained: bool | None = typer.Option(None, "--constrained/--no-constrained",
-                                                help="force answers into the target format"),
-        local_root: Path | None = typer.Option(
-            None, help="read local files only inside this folder (default: any file named)"),
-        max_new_tokens: int | None = typer.Option(
-            None, min=1, help=f"longest answer, in tokens [{MAX_NEW_TOKENS}]"),
-        num_crops: int | None = typer.Option(None, min=1, help="override the run's num_crops"),
-        device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:1, ..."),
-        precision: str | None = typer.Option(None, help="auto, bf16, fp16 or fp32"),
-        hub_kernels: bool | None = hub_kernels_option(),
-        interval_level: float | None = typer.Option(None, help="price interval level [0.8]"),
-        ray: str | None = typer.Option(None, "--ray", help="answer on Ray Data: local, auto or "
-                                       "a cluster address (ray://HOST:10001)"),
-        ray_actors: int | None = typer.Option(None, help="model actors in the Ray pool "
-                                              "[one per GPU, else per CPU]"),
+        cfg: PredictConfig,
+        images: list[str] = typer.Argument(...),
     ) -> None:
         """Title, category and price for each product photo. Exit 1 if an image was unreadable."""
-        cfg = resolve_config(PredictConfig, config, dict(
-            model=model, images=images, json_lines=json_lines or None, batch_size=batch_size,
-            engine=engine,
-            constrained=constrained, local_root=local_root, max_new_tokens=max_new_tokens,
-            num_crops=num_crops, device=device, precision=precision, hub_kernels=hub_kernels,
-            interval_level=interval_level, ray=ray, ray_actors=ray_actors),
-            section="predict")
         raise typer.Exit(predict_files(cfg))

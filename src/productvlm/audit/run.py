@@ -33,10 +33,9 @@ import typer
 
 from productvlm import dist
 from productvlm.audit.config import AuditConfig
-from productvlm.config import hub_kernels_option, parse_pairs, resolve_config, save_config
+from productvlm.config import resolve_config, save_config
 from productvlm.errors import ProductVLMError
-from productvlm.inference.sizing import BATCH_HELP
-from productvlm.inference.vllm_engine import ENGINE_HELP
+from productvlm.options import Flag, config_command
 
 
 def audit(cfg: AuditConfig) -> Path:
@@ -138,48 +137,25 @@ def _audit_on_ray(cfg: AuditConfig, batches: Iterable[list[Any]], fetch_cfg: Any
 
 
 def register(app: typer.Typer) -> None:
-    """Add the `audit` command."""
+    """Add the `audit` command (its options: :class:`AuditConfig`)."""
 
-    @app.command("audit")
+    @config_command(app, "audit", AuditConfig, section="audit",
+                    flags={"model": Flag("--model", "-m"), "out": Flag("--out", "-o")})
     def audit_command(
-        source: str = typer.Argument(..., help="catalog: .csv, .jsonl, .parquet, a dataset "
-                                     "folder or a Hugging Face dataset id"),
-        model: str = typer.Option(..., "--model", "-m", help="run directory"),
-        calibration: Path | None = typer.Option(None, help="calibration folder other than "
-                                                "the run's calibration/"),
-        out: Path | None = typer.Option(None, "--out", "-o", help="output folder [runs/audit]"),
-        preset: str | None = typer.Option(None, help="column preset: burberry, simple, none"),
-        map: list[str] | None = typer.Option(None, "--map", help="FIELD=COLUMN over the preset"),
-        source_split: str | None = typer.Option(None, help="split of a Hugging Face source"),
-        limit: int | None = typer.Option(None, help="audit only the first N rows"),
-        batch_size: str | None = typer.Option(None, help=f"{BATCH_HELP} [auto]"),
-        engine: str | None = typer.Option(None, help=f"{ENGINE_HELP} [hf]"),
-        interval_level: float | None = typer.Option(None, help="interval level [0.8]"),
-        flag_level: float | None = typer.Option(None, help="flag outside this interval [0.99]"),
-        faults: Path | None = typer.Option(None, help="known errors (faults.csv) to score"),
+        given: dict[str, Any],
+        config_file: Path | None,
+        source: str = typer.Argument(...),
         local_root: Path | None = typer.Option(None, help="folder local image paths must be "
-                                               "inside [the catalog's folder]"),
-        cache_dir: Path | None = typer.Option(None, help="image cache [OUT/image-cache]"),
-        device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:1 [auto]"),
-        precision: str | None = typer.Option(None, help="auto, bf16, fp16, fp32 [auto]"),
-        hub_kernels: bool | None = hub_kernels_option(),
-        ray: str | None = typer.Option(None, "--ray", help="run on Ray Data: local, auto or "
-                                       "a cluster address (ray://HOST:10001)"),
-        ray_actors: int | None = typer.Option(None, help="model actors in the Ray pool "
-                                              "[one per GPU, else per CPU]"),
-        config: Path | None = typer.Option(None, "--config", "-c", help="YAML (audit: section)"),
+                                               "inside (default: the catalog's folder)"),
+        cache_dir: Path | None = typer.Option(None, help="image cache (default: "
+                                              "OUT/image-cache)"),
     ) -> None:
         """Check a catalog's listed prices against the model: audit.csv, audit.html."""
         fetch = {k: str(v) for k, v in (("local_root", local_root), ("cache_dir", cache_dir))
                  if v is not None}
-        cfg = resolve_config(AuditConfig, config, dict(
-            model=model, calibration=calibration, source=source, out=out, preset=preset,
-            map=parse_pairs(map, "--map") or None, source_split=source_split, limit=limit,
-            batch_size=batch_size, engine=engine, interval_level=interval_level,
-            flag_level=flag_level,
-            faults=faults, device=device, precision=precision, hub_kernels=hub_kernels,
-            fetch=fetch or None, ray=ray, ray_actors=ray_actors),
-            section="audit")
+        if fetch:  # fetch: settings by their own flags
+            given["fetch"] = {**given.get("fetch", {}), **fetch}
+        cfg = resolve_config(AuditConfig, config_file, given, section="audit")
         path = audit(cfg)
         if dist.is_main_process():
             summary = json.loads((cfg.out / "audit.json").read_text())

@@ -68,6 +68,7 @@ def load_audit_model(cfg: Any) -> tuple[Any, TrainingItems | None]:
 
     predictor = load_engine(cfg.engine, cfg.model, device=cfg.device, precision=cfg.precision,
                             hub_kernels=cfg.hub_kernels, batch_size=cfg.batch_size,
+                            max_new_tokens=cfg.max_new_tokens,
                             interval_level=cfg.interval_level, calibration=cfg.calibration)
     info = resolve_model(cfg.model)
     return predictor, info.run.read_training_items() if info.run else None

@@ -30,11 +30,11 @@ class FetchConfig(StageConfig):
     max_bytes: int = Field(20_000_000, ge=1, description="larger images fail; reading stops there")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="decompression-bomb guard (w*h)")
     local_root: Path | None = Field(
-        None, description="local paths and file:// URLs are read only inside it; None: refused"
-    )
+        None, description="local paths and file:// URLs are read only inside it (prepare and "
+        "audit: the catalog's folder unless set; elsewhere unset: refused)")
     cache_dir: Path | None = Field(
-        None, description="content cache, so reruns and resumed runs download nothing twice"
-    )
+        None, description="content cache, so reruns and resumed runs download nothing twice "
+        "(prepare and audit: OUT/image-cache unless set)")
     window: int = Field(
         0, ge=0, description="sources admitted but not yet yielded; 0 = max(4*concurrency, 256)"
     )

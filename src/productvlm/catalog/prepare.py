@@ -55,6 +55,7 @@ from productvlm.catalog.split import assign_splits, group_rows
 from productvlm.catalog.staging import fetch_and_stage, write_dataset
 from productvlm.config import StageConfig, parse_pairs, resolve_config, save_config
 from productvlm.errors import ProductVLMError
+from productvlm.options import Flag, config_command
 from productvlm.prepared import (
     DATASET_DIR,
     FAILURE_COLUMNS,
@@ -68,14 +69,16 @@ from productvlm.prepared import (
 class PrepareConfig(StageConfig):
     """How ``productvlm prepare`` reads, validates, fetches and splits a catalog."""
 
-    preset: str | None = Field("burberry", description="column preset (burberry, simple); "
-                               "None or 'none' maps only what `map` names")
+    preset: str | None = Field("burberry", description="column preset: burberry, simple, or "
+                               "none (only what --map names)")
     map: dict[str, str] = Field(default_factory=dict,
-                                description="canonical field -> source column, over the preset; "
-                                "an answer field (colour, material, ...) adds it to the answer")
+                                description="FIELD=COLUMN over the preset, e.g. --map "
+                                "title=name price=list_price; an answer field (colour, "
+                                "material, gender, size, brand, collection) adds it to the answer")
     fields: dict[str, FieldKind] = Field(default_factory=dict,
-                                   description="new answer fields, name -> kind (text, label, "
-                                   "number), read from the column --map names or their own")
+                                         description="NAME=KIND: a new answer field (KIND text, "
+                                         "label or number), read from --map NAME=COLUMN or "
+                                         "column NAME")
     source_split: str | None = Field(None, description="split of a Hugging Face source "
                                      "(default: train, or the only one)")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="share of rows for validation")
@@ -244,15 +247,17 @@ def prepare(
     fields: dict[str, str] | None = None,
     progress: bool = True,
     verbose: bool = True,
+    settings: dict[str, Any] | None = None,
 ) -> PrepareResult:
     """Map, validate, fetch images and split a catalog into ``out/`` (see the module doc).
 
     Arguments left ``None`` come from ``config_file`` or the defaults (preset ``burberry``,
     0.8/0.1/0.1, seed 0); ``preset="none"`` maps only the ``map`` fields. A ``map`` name
     that is an answer field (``colour``; or declared in ``fields``, name -> kind) adds it to
-    the answer the model is taught (see :mod:`productvlm.answer`). ``progress`` draws
-    the fetch bar, ``verbose`` prints the counts. Relative image
-    paths are read inside the catalog's folder unless ``local_root`` names another.
+    the answer the model is taught (see :mod:`productvlm.answer`). ``progress`` draws the
+    fetch bar, ``verbose`` prints the counts. ``settings`` holds any other
+    :class:`PrepareConfig` values given (the command line's flags; ``fetch`` a dict). Relative
+    image paths are read inside the catalog's folder unless ``local_root`` names another.
 
     >>> r = prepare("catalog.csv", Path("data/prepared"), preset="simple")  # doctest: +SKIP
     >>> r.rows_in == r.prepared + r.failed  # doctest: +SKIP
@@ -261,12 +266,15 @@ def prepare(
     import datasets  # noqa: F401  (fail early, before any work, if the install is broken)
 
     started = time.time()
+    given = dict(settings or {})
     cfg = resolve_prepare_config(
-        config_file, map, fields=fields,
+        config_file, {**given.pop("map", {}), **(map or {})} or None,
+        fields={**given.pop("fields", {}), **(fields or {})} or None,
         fetch={"concurrency": concurrency, "timeout_s": timeout_s, "retries": retries,
-               "local_root": local_root, "cache_dir": cache_dir},
-        preset=preset, source_split=source_split, val_fraction=val_fraction,
-        test_fraction=test_fraction, seed=seed, currency=currency, limit=limit,
+               "local_root": local_root, "cache_dir": cache_dir, **given.pop("fetch", {})},
+        **{"preset": preset, "source_split": source_split, "val_fraction": val_fraction,
+           "test_fraction": test_fraction, "seed": seed, "currency": currency,
+           "limit": limit, **given},
     )
     src = open_source(source, cfg.source_split)
     extras = answer_extras(cfg.map, cfg.fields)
@@ -378,40 +386,20 @@ def _split_positionals(source: str, extra: list[str],
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``productvlm prepare`` to the CLI."""
+    """Add ``productvlm prepare`` to the CLI (its options: :class:`PrepareConfig`, the fetch
+    settings flat: ``--concurrency``, ``--timeout``, ...)."""
 
-    @app.command(
-        "prepare",
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": False},
-    )
+    @config_command(app, "prepare", PrepareConfig, section="prepare", expand=("fetch",),
+                    flags={"fetch.timeout_s": Flag("--timeout", "--timeout-s"),
+                           "fields": Flag("--field")},
+                    context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
     def prepare_command(
         ctx: typer.Context,
+        given: dict[str, Any],
+        config_file: Path | None,
         source: str = typer.Argument(..., help="catalog: .csv, .jsonl, .json, .parquet, a "
                                      "dataset folder, or a Hugging Face dataset id"),
         out: Path = typer.Option(..., "--out", "-o", help="output folder"),
-        preset: str | None = typer.Option(None, help="column preset: burberry (default), "
-                                          "simple, or none"),
-        map: list[str] | None = typer.Option(None, "--map", help="FIELD=COLUMN over the "
-                                             "preset, e.g. --map title=name price=list_price; "
-                                             "an answer field (colour, material, gender, size, "
-                                             "brand, collection) adds it to the answer"),
-        field: list[str] | None = typer.Option(None, "--field", help="NAME=KIND: a new "
-                                               "answer field (KIND text, label or number), read "
-                                               "from --map NAME=COLUMN or column NAME"),
-        source_split: str | None = typer.Option(None, help="split of a Hugging Face source"),
-        val_fraction: float | None = typer.Option(None, help="validation share [0.1]"),
-        test_fraction: float | None = typer.Option(None, help="test share [0.1]"),
-        seed: int | None = typer.Option(None, help="split seed [0]"),
-        currency: str | None = typer.Option(None, help="currency when the catalog has none"),
-        limit: int | None = typer.Option(None, help="read only the first N rows"),
-        concurrency: int | None = typer.Option(None, help="image downloads at once"),
-        timeout: float | None = typer.Option(None, help="seconds per image request"),
-        retries: int | None = typer.Option(None, help="retries on timeouts, 429 and 5xx"),
-        local_root: Path | None = typer.Option(None, help="folder local image paths must be "
-                                               "inside [the catalog's folder]"),
-        cache_dir: Path | None = typer.Option(None, help="image cache [OUT/image-cache]"),
-        config: Path | None = typer.Option(None, "--config", help="YAML config (its "
-                                           "prepare: section, or the whole file)"),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar"),
     ) -> None:
         """Map columns, validate rows, fetch images and split a catalog into a dataset.
@@ -421,12 +409,8 @@ def register(app: typer.Typer) -> None:
 
         Rerun to resume: images already fetched come from the cache.
         """
-        declared = parse_pairs(field or [], "--field")
-        src, pairs = _split_positionals(source, list(ctx.args), list(declared))
-        prepare(
-            src, out, preset, parse_pairs([*(map or []), *pairs], "--map") or None,
-            source_split=source_split, val_fraction=val_fraction, test_fraction=test_fraction,
-            seed=seed, currency=currency, limit=limit, concurrency=concurrency,
-            timeout_s=timeout, retries=retries, local_root=local_root, cache_dir=cache_dir,
-            config_file=config, fields=declared or None, progress=progress,
-        )
+        src, pairs = _split_positionals(source, list(ctx.args),
+                                        list(given.get("fields", {})))
+        if pairs:  # --map a=x b=y: b=y arrives as an extra argument
+            given["map"] = {**given.get("map", {}), **parse_pairs(pairs, "--map")}
+        prepare(src, out, config_file=config_file, progress=progress, settings=given)

@@ -19,46 +19,34 @@ from typing import Any, Literal
 import typer
 from pydantic import Field
 
-from productvlm.config import (
-    HubKernels,
-    StageConfig,
-    hub_kernels_option,
-    resolve_config,
-    save_config,
-)
+from productvlm.config import save_config
 from productvlm.errors import ProductVLMError
-from productvlm.inference import INTERVAL_LEVEL, MAX_NEW_TOKENS
-from productvlm.inference.sizing import BATCH_HELP, BatchSize
-from productvlm.inference.vllm_engine import ENGINE_HELP, Engine, load_engine
+from productvlm.inference.options import BatchPredictionOptions
+from productvlm.inference.vllm_engine import load_engine
+from productvlm.options import config_command
 
 
-class EvalConfig(StageConfig):
-    """What `productvlm evaluate` ran with; saved as config.yaml beside the report."""
+class EvalConfig(BatchPredictionOptions):
+    """What `productvlm evaluate` ran with; saved as config.yaml beside the report. Device,
+    precision, engine, batch size, answer length and interval level are the prediction
+    options every answering command shares (inference/options.py)."""
 
     model: str = Field(..., description="run directory, Hub-format folder or Hub id")
     data: Path = Field(..., description="output folder of `productvlm prepare`")
-    split: str = "test"
-    out: Path | None = Field(None, description="default: <model>/eval-<split>")
-    batch_size: BatchSize = Field("auto", description=BATCH_HELP)
-    engine: Engine = Field("hf", description=ENGINE_HELP)
-    max_new_tokens: int = Field(MAX_NEW_TOKENS, ge=1)
+    split: str = Field("test", description="the split to answer and score")
+    out: Path | None = Field(None, description="report folder (default: <model>/eval-<split>)")
     constrained: bool = Field(True, description="force answers into the target format")
     limit: int | None = Field(None, ge=1, description="evaluate the first N rows only")
-    interval_level: float = Field(INTERVAL_LEVEL, ge=0.5, le=0.99,
-                                  description="level of the price intervals")
     calibrate: bool = Field(True, description="answers with intervals and confidence (a "
-                            "model without a calibration is calibrated first); false: plain")
+                            "model without a calibration is calibrated first); off: plain")
     faults: Path | None = Field(None, description="known wrong listed prices (synth's "
                                 "faults.csv): adds the audit's figures on this split")
-    device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
-        "auto", description="auto: bf16 on a CUDA GPU that has it, else fp32")
-    hub_kernels: HubKernels = False
-    report_to: Literal["wandb", "none"] = "wandb"
-    wandb_project: str = "productvlm"
+    report_to: Literal["wandb", "none"] = Field("wandb", description="where the metrics, "
+                                                "the report and the answers are logged")
+    wandb_project: str = Field("productvlm", description="W&B project of the run")
     ray: str | None = Field(None, description="answer on Ray Data: 'local' (a Ray instance on "
                             "this machine), 'auto' (the cluster this machine is in) or an "
-                            "address (ray://HOST:10001); None: in this process")
+                            "address (ray://HOST:10001); unset: in this process")
     ray_actors: int | None = Field(None, ge=1, description="model actors in the Ray pool "
                                    "(default: one per GPU of the cluster, else per CPU)")
 
@@ -280,57 +268,9 @@ def _log_wandb(
 
 
 def register(app: typer.Typer) -> None:
-    """Add the `evaluate` command."""
+    """Add the `evaluate` command (its options: :class:`EvalConfig`)."""
 
-    @app.command("evaluate")
-    def evaluate_command(
-        model: str = typer.Option(..., help="run directory, model folder or Hub id"),
-        data: Path = typer.Option(..., help="prepared dataset folder"),
-        split: str = typer.Option("test", help="split to evaluate"),
-        out: Path | None = typer.Option(None, help="report folder"),
-        config: Path | None = typer.Option(None, "--config", "-c", help="YAML config"),
-        batch_size: str | None = typer.Option(None, help=f"{BATCH_HELP} [auto]"),
-        engine: str | None = typer.Option(None, help=f"{ENGINE_HELP} [hf]"),
-        max_new_tokens: int | None = typer.Option(None),
-        constrained: bool | None = typer.Option(None, "--constrained/--no-constrained"),
-        limit: int | None = typer.Option(None, help="first N rows only"),
-        interval_level: float | None = typer.Option(None, help="price interval level [0.8]"),
-        faults: Path | None = typer.Option(None, help="known wrong prices (faults.csv)"),
-        calibrate: bool | None = typer.Option(None, "--calibrate/--no-calibrate",
-                                              help="intervals and confidence [on]"),
-        report_to: str | None = typer.Option(None, help="wandb | none"),
-        device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:1 [auto]"),
-        precision: str | None = typer.Option(None, help="auto, bf16, fp16, fp32 [auto]"),
-        hub_kernels: bool | None = hub_kernels_option(),
-        ray: str | None = typer.Option(None, "--ray", help="answer on Ray Data: local, auto or "
-                                       "a cluster address (ray://HOST:10001)"),
-        ray_actors: int | None = typer.Option(None, help="model actors in the Ray pool "
-                                              "[one per GPU, else per CPU]"),
-    ) -> None:
+    @config_command(app, "evaluate", EvalConfig, section="evaluate")
+    def evaluate_command(cfg: EvalConfig) -> None:
         """Answer the split's photos, score them beside baselines, write report.html."""
-        cfg = resolve_config(
-            EvalConfig,
-            config,
-            dict(
-                model=model,
-                data=data,
-                split=split,
-                out=out,
-                batch_size=batch_size,
-                engine=engine,
-                max_new_tokens=max_new_tokens,
-                constrained=constrained,
-                limit=limit,
-                interval_level=interval_level,
-                faults=faults,
-                calibrate=calibrate,
-                report_to=report_to,
-                device=device,
-                precision=precision,
-                hub_kernels=hub_kernels,
-                ray=ray,
-                ray_actors=ray_actors,
-            ),
-            section="evaluate",
-        )
         evaluate(cfg)

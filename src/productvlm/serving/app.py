@@ -16,14 +16,12 @@ FastAPI and uvicorn are the ``[serve]`` extra: they are imported inside function
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import typer
 
-from productvlm.config import hub_kernels_option, resolve_config
 from productvlm.errors import ProductVLMError
-from productvlm.inference.vllm_engine import ENGINE_HELP
+from productvlm.options import Flag, config_command
 from productvlm.serving.config import ServeConfig, check_exposure, is_loopback
 
 
@@ -79,43 +77,11 @@ def serve(cfg: ServeConfig) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    """Add the `serve` command."""
+    """Add the `serve` command (its options: :class:`ServeConfig`)."""
 
-    @app.command("serve")
-    def serve_command(
-        model: str | None = typer.Option(None, "--model", "-m", help="run directory or model"),
-        config: Path | None = typer.Option(None, "--config", "-c", help="YAML (section serve:)"),
-        host: str | None = typer.Option(None, help="address to bind [127.0.0.1]"),
-        port: int | None = typer.Option(None, help="port [8000]"),
-        api_key: str | None = typer.Option(None, envvar="PRODUCTVLM_API_KEY",
-                                           help="clients must send it as X-API-Key"),
-        max_batch: int | None = typer.Option(None, help="photos per batch; 1 = no batching [8]"),
-        engine: str | None = typer.Option(None, help=f"{ENGINE_HELP} [hf]"),
-        max_wait_ms: float | None = typer.Option(None, help="batch gathering window [10]"),
-        max_queue: int | None = typer.Option(None, help="waiting photos before 503 [64]"),
-        max_images: int | None = typer.Option(None, help="photos per request [8]"),
-        max_upload_mb: float | None = typer.Option(None, help="size limit per photo [10]"),
-        max_pixels: int | None = typer.Option(None, help="pixel limit per photo [40e6]"),
-        request_timeout_s: float | None = typer.Option(None, help="request time limit [120]"),
-        allow_urls: bool = typer.Option(False, "--allow-urls",
-                                        help="accept public image URLs in field 'urls'"),
-        max_new_tokens: int | None = typer.Option(None, help="override the run's setting"),
-        device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:1 [auto]"),
-        precision: str | None = typer.Option(None, help="auto, bf16, fp16, fp32 [auto]"),
-        hub_kernels: bool | None = hub_kernels_option(),
-        interval_level: float | None = typer.Option(None, help="price interval level [0.8]"),
-        low_confidence: float | None = typer.Option(None, help="mark answers under this "
-                                                    "confidence [0.5]"),
-    ) -> None:
+    @config_command(app, "serve", ServeConfig, section="serve",
+                    flags={"model": Flag("--model", "-m"),
+                           "api_key": Flag("--api-key", envvar="PRODUCTVLM_API_KEY")})
+    def serve_command(cfg: ServeConfig) -> None:
         """Serve the model: HTTP API (POST /v1/predict) and a web page at /."""
-        flags = dict(
-            model=model, host=host, port=port, api_key=api_key, max_batch=max_batch,
-            engine=engine,
-            max_wait_ms=max_wait_ms, max_queue=max_queue, max_images=max_images,
-            max_upload_mb=max_upload_mb, max_pixels=max_pixels,
-            request_timeout_s=request_timeout_s, allow_urls=allow_urls or None,
-            max_new_tokens=max_new_tokens, device=device, precision=precision,
-            hub_kernels=hub_kernels, interval_level=interval_level,
-            low_confidence=low_confidence,
-        )
-        serve(resolve_config(ServeConfig, config, flags, section="serve"))
+        serve(cfg)

@@ -9,25 +9,25 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field
 
-from productvlm.config import HubKernels, StageConfig
 from productvlm.errors import ProductVLMError
-from productvlm.inference.vllm_engine import ENGINE_HELP, Engine
+from productvlm.inference.options import PredictionOptions
 
 STATIC_DIR = Path(__file__).parent / "static"
 LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
 
 
-class ServeConfig(StageConfig):
-    """Settings of `productvlm serve`; every limit names itself in the errors it causes."""
+class ServeConfig(PredictionOptions):
+    """Settings of `productvlm serve`; every limit names itself in the errors it causes.
+    Device, precision, engine, answer length and interval level are the prediction options
+    every answering command shares (inference/options.py); its batch is ``max_batch``."""
 
     model: str = Field("", description="run directory or model folder to serve")
     host: str = Field("127.0.0.1", description="address to bind")
-    port: int = Field(8000, ge=0, le=65535)
-    api_key: str | None = Field(None, description="required in X-API-Key when set; "
+    port: int = Field(8000, ge=0, le=65535, description="port to listen on")
+    api_key: str | None = Field(None, description="clients must send it as X-API-Key; "
                                 "mandatory when binding a non-loopback address")
     max_batch: int = Field(8, ge=1, le=256, description="photos per batched generation; "
                            "1 turns micro-batching off")
@@ -41,17 +41,9 @@ class ServeConfig(StageConfig):
     request_timeout_s: float = Field(120.0, gt=0, description="whole-request time limit")
     allow_urls: bool = Field(False, description="accept image URLs in field 'urls'; never "
                              "fetched from loopback, private or link-local addresses")
-    url_timeout_s: float = Field(10.0, gt=0)
-    max_new_tokens: int | None = Field(None, ge=1, description="override the run's setting")
-    engine: Engine = Field("hf", description=ENGINE_HELP)
-    interval_level: float = Field(0.8, ge=0.5, le=0.99, description="level of the price "
-                                  "intervals (calibrated models)")
+    url_timeout_s: float = Field(10.0, gt=0, description="time limit of fetching one URL")
     low_confidence: float = Field(0.5, ge=0, le=1, description="answers under this "
                                   "confidence are marked as low confidence")
-    device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
-        "auto", description="auto: bf16 on a CUDA GPU that has it, else fp32")
-    hub_kernels: HubKernels = False
 
     @property
     def max_upload_bytes(self) -> int:

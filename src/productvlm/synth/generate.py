@@ -65,6 +65,7 @@ from pydantic import Field, field_validator
 from productvlm.answer import format_price
 from productvlm.config import StageConfig, save_config
 from productvlm.errors import ProductVLMError
+from productvlm.options import Flag, config_command
 from productvlm.synth import assortment as A
 from productvlm.synth.faults import (
     FAULT_KINDS,
@@ -367,42 +368,15 @@ def synth(
 
 
 def register(app: typer.Typer) -> None:
-    """Add the ``synth`` command to the productvlm CLI."""
+    """Add the ``synth`` command to the productvlm CLI (its options: :class:`SynthConfig`)."""
 
-    @app.command("synth")
-    def synth_command(
-        out: Path = typer.Option(None, "--out", "-o", help="Output folder (default data/synth)."),
-        n: int = typer.Option(None, "-n", "--n", help="Number of catalog rows (default 1000)."),
-        seed: int = typer.Option(None, help="Random seed; same seed, same bytes (default 0)."),
-        fault_rate: float = typer.Option(
-            None, help="Share of rows with a fault, 0..0.5 (default 0)."),
-        mispricing_rate: float = typer.Option(
-            None, help="Share of rows with a wrong listed price, recorded in faults.csv: "
-            "decimal slips, swaps across categories, x0.6 / x1.5 (default 0)."),
-        image_base_url: str = typer.Option(
-            None, help="imageurl = URL + file name, for a server of images/ "
-            "(default: absolute file paths)."),
-        max_side: int = typer.Option(None, help="Longest image side in px (default 960)."),
-        jpeg_quality: int = typer.Option(None, help="JPEG quality (default 90)."),
-        workers: int = typer.Option(None, help="Render processes; 0 = one per core (default 0)."),
-        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier output."),
-        attributes: bool = typer.Option(False, "--attributes", help="Add colour and material "
-                                        "columns (prepare --map colour=colour "
-                                        "material=material makes them answer fields)."),
-        config: Path = typer.Option(None, "--config", help="YAML config (its synth: section)."),
-    ) -> None:
+    @config_command(app, "synth", SynthConfig, section="synth",
+                    flags={"out": Flag("--out", "-o"), "n": Flag("-n", "--n")})
+    def synth_command(cfg: SynthConfig) -> None:
         """Write a sample catalog (Burberry schema, Parquet + CSV) and its product photos."""
         from rich.console import Console
         from rich.table import Table
 
-        from productvlm.config import resolve_config
-
-        given = dict(out=out, n=n, seed=seed, fault_rate=fault_rate,
-                     mispricing_rate=mispricing_rate,
-                     image_base_url=image_base_url, max_side=max_side,
-                     jpeg_quality=jpeg_quality, workers=workers, overwrite=overwrite or None,
-                     attributes=attributes or None)
-        cfg = resolve_config(SynthConfig, config, given, section="synth")
         res = run_synth(cfg)
         console = Console()
         console.print(f"wrote {res.n_rows} products and {res.n_images} image files to "

@@ -82,40 +82,43 @@ class TrainConfig(StageConfig):
         "auto", description="where to train: auto (a CUDA GPU where there is one), cpu, cuda "
         "(several GPUs: accelerate launch)")
 
-    learning_rate: float = Field(2e-4, gt=0)
+    learning_rate: float = Field(2e-4, gt=0, description="peak learning rate of the optimizer")
     vision_lr: float | None = Field(
         None, gt=0, description="learning rate of the vision tower and projection; None: the same"
     )
-    epochs: float = Field(3.0, gt=0)
+    epochs: float = Field(3.0, gt=0, description="passes over the training split")
     vision_warmup_epochs: float = Field(
         0.0, ge=0, description="first train the image side alone on category + title words "
         "(for a tower that starts from random weights); 0: off"
     )
     vision_warmup_lr: float = Field(1e-3, gt=0, description="learning rate of that warm-up")
     max_steps: int = Field(-1, description="stop after this many optimizer steps (-1: epochs)")
-    batch_size: int = Field(4, ge=1, description="per device")
+    batch_size: int = Field(4, ge=1, description="photos a step, per device")
     grad_accum: int = Field(1, ge=1, description="gradient accumulation steps")
     micro_batch: int | Literal["auto"] = Field(
         "auto", description="photos a forward pass takes; batch_size x grad_accum (the photos "
         "of an optimizer step, per device) is kept and re-split; auto: on a GPU the most of "
         "its divisors that fit the device, printed at start (training/memory.py); on the CPU "
         "batch_size")
-    warmup_ratio: float = Field(0.03, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="share of the steps the learning "
+                                "rate warms up over")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     lr_scheduler: str = Field("cosine", description="any transformers scheduler name")
-    max_grad_norm: float = Field(1.0, gt=0)
-    seed: int = 42
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
+    seed: int = Field(42, description="seed of the weights' init, the data order and dropout")
 
-    logging_steps: int = Field(10, ge=1)
+    logging_steps: int = Field(10, ge=1, description="log the loss every N steps")
     eval_steps: int = Field(100, ge=1, description="validation loss + generation sample")
     save_steps: int = Field(100, ge=1, description="checkpoint every N steps")
     save_total_limit: int = Field(3, ge=1, description="checkpoints kept (the best is kept too)")
     eval_samples: int = Field(32, ge=0, description="validation rows answered at each eval")
     num_workers: int = Field(0, ge=0, description="dataloader worker processes")
 
-    report_to: Literal["wandb", "tensorboard", "mlflow", "none"] = "wandb"
-    wandb_project: str = "productvlm"
-    run_name: str | None = None
+    report_to: Literal["wandb", "tensorboard", "mlflow", "none"] = Field(
+        "wandb", description="where the run is logged")
+    wandb_project: str = Field("productvlm", description="W&B project of the run")
+    run_name: str | None = Field(None, description="the tracker's run name (default: the "
+                                 "tracker's)")
     log_model: bool = Field(False, description="upload the final adapter/model as a W&B artifact")
     merge: bool = Field(True, description="also save a merged Hub-format model (LoRA modes)")
     calibrate: bool = Field(True, description="fit price intervals, category probability and "

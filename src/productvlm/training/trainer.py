@@ -19,7 +19,6 @@ from typing import Any
 import typer
 
 from productvlm.config import (
-    hub_kernels_option,
     load_saved_config,
     parse_pairs,
     resolve_config,
@@ -27,6 +26,7 @@ from productvlm.config import (
 )
 from productvlm.dist import is_main_process
 from productvlm.errors import ProductVLMError
+from productvlm.options import Flag, config_command
 from productvlm.rundir import RunDir, last_complete_checkpoint
 from productvlm.training.config import RESUMABLE_CHANGES, TrainConfig
 
@@ -295,32 +295,17 @@ def _write_outputs(trainer: Any, processor: Any, cfg: TrainConfig) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    """Add the `train` command."""
+    """Add the `train` command (its options: :class:`TrainConfig`)."""
 
-    @app.command("train")
+    @config_command(app, "train", TrainConfig, section="train",
+                    flags={"learning_rate": Flag("--learning-rate", "--lr")})
     def train_command(
-        config: Path | None = typer.Option(None, "--config", "-c", help="YAML run config"),
-        model: str | None = typer.Option(None, help="Hub id or model folder"),
-        data: Path | None = typer.Option(None, help="prepared dataset folder"),
-        out: Path | None = typer.Option(None, help="run directory"),
-        mode: str | None = typer.Option(None, help="lora | qlora | full"),
-        num_crops: int | None = typer.Option(None, help="max crops per image"),
-        epochs: float | None = typer.Option(None),
-        max_steps: int | None = typer.Option(None),
-        batch_size: int | None = typer.Option(None, help="per device"),
-        learning_rate: float | None = typer.Option(None, "--lr"),
-        report_to: str | None = typer.Option(None, help="wandb | tensorboard | mlflow | none"),
-        hub_kernels: bool | None = hub_kernels_option(),
-        resume: bool = typer.Option(False, "--resume", help="continue from the last checkpoint"),
-        set_: list[str] | None = typer.Option(None, "--set", help="any other field: KEY=VALUE"),
+        given: dict[str, Any],
+        config_file: Path | None,
+        set_: list[str] | None = typer.Option(None, "--set", help="any field: KEY=VALUE"),
     ) -> None:
         """Fine-tune on a prepared catalog; writes checkpoints, adapter and merged model."""
-        flags: dict[str, Any] = dict(
-            model=model, data=data, out=out, mode=mode, num_crops=num_crops, epochs=epochs,
-            max_steps=max_steps, batch_size=batch_size, learning_rate=learning_rate,
-            report_to=report_to, resume=resume or None, hub_kernels=hub_kernels,
-        )
-        flags.update(parse_pairs(set_, "--set"))
-        cfg = resolve_config(TrainConfig, config, flags, section="train")
+        given.update(parse_pairs(set_, "--set"))
+        cfg = resolve_config(TrainConfig, config_file, given, section="train")
         result = train(cfg)
         typer.echo(f"trained {result.global_step} steps; run directory: {result.out}")
