@@ -10,12 +10,13 @@ from PIL import Image, ImageOps
 
 from productvlm.errors import ProductVLMError
 from productvlm.models.loading import load_model
+from productvlm.models.phi3v.family import mirror_pixels
 from productvlm.models.phi3v.image_processing import Phi3VImageProcessor
 from productvlm.models.processors import load_processor
 from productvlm.prepared import load_prepared
 from productvlm.prompts import title_words
 from productvlm.training.config import TrainConfig
-from productvlm.training.vision_warmup import mirror_pixels, warm_up_vision
+from productvlm.training.vision_warmup import warm_up_vision
 
 
 def _cfg(base, data, out, **kw) -> TrainConfig:

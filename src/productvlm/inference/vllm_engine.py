@@ -309,7 +309,7 @@ def image_kwargs(source: Source, num_crops: int | None) -> int | None:
     every run's config has one, and other families' processors take no such argument."""
     from productvlm.models.loading import model_family
 
-    return num_crops if num_crops and model_family(source.model).native else None
+    return model_family(source.model).vllm_processor_kwargs(num_crops).get("num_crops")
 
 
 def lora_rank(rank: int) -> int:
