@@ -126,6 +126,8 @@ class ModelFamily:
     mirrors_views: bool = False
     # processor tensors padded with ones when photos are batched (masks of empty crops)
     padded_with_ones: tuple[str, ...] = field(default=())
+    # vLLM (0.32) serves LoRA adapters of it (language-model LoRA) on its base model
+    vllm_lora: bool = True
     # the names save_tiny_family takes for it (a family's checkpoint formats)
     tiny_variants: tuple[str, ...] = field(default=())
 

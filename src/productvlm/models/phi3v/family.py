@@ -135,6 +135,7 @@ PHI3V = Phi3VFamily(
     liger=(("phi3_v", "phi3"),),  # the decoder is transformers' Phi-3
     fused_loss=False,  # its forward places the image features and computes the loss
     mirrors_views=True,
+    vllm_lora=False,  # vLLM has no LoRA for its model class
 )
 
 __all__ = ["PHI3V", "VISION_PARAMS", "Phi3VFamily", "mirror_pixels"]
