@@ -23,13 +23,8 @@ from __future__ import annotations
 from typing import Any
 
 from productvlm.errors import ProductVLMError
-from productvlm.models.family import (
-    ModelFamily,
-    image_only_processor,
-    kv_width,
-    torchvision_available,
-    unwrap,
-)
+from productvlm.models.family import ModelFamily, kv_width, unwrap
+from productvlm.models.image_only import image_only_processor, torchvision_available
 from productvlm.models.phi3v import PHI3V
 from productvlm.models.phi4mm import PHI4MM
 from productvlm.models.qwen_vl import QWEN_VL

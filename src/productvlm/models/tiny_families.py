@@ -9,7 +9,7 @@ takes are its ``tiny_variants``). A folder it writes loads with
 ``AutoModelForImageTextToText`` (Phi-4: ``AutoModelForCausalLM``) and ``AutoProcessor`` like
 a Hub checkpoint (given torchvision, which the processors' video half and Phi-4's image
 processor need; productvlm loads them without it, see
-:func:`productvlm.models.family.image_only_processor` and
+:func:`productvlm.models.image_only.image_only_processor` and
 :func:`productvlm.models.phi4mm.images.processor_class`).
 
 >>> folder = save_tiny_family("qwen2_5_vl", "runs/tiny-qwen", ["Medium Lola Bag"])  # doctest: +SKIP

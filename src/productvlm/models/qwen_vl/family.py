@@ -21,7 +21,7 @@ from productvlm.models.family import ImageOptions, ModelFamily, TinySizes
 #: The video processor its processor loads beside its image processor, by config.json's
 #: model_type. Photos never use it, but transformers 5.19 and vLLM refuse a Qwen folder
 #: without one, and a processor saved where torchvision is missing (the CPU install,
-#: :func:`productvlm.models.family.image_only_processor`) has none.
+#: :func:`productvlm.models.image_only.image_only_processor`) has none.
 VIDEO_PROCESSORS = {"qwen2_5_vl": "Qwen2VLVideoProcessor", "qwen2_vl": "Qwen2VLVideoProcessor",
                     "qwen3_vl": "Qwen3VLVideoProcessor"}
 #: the image processor's settings its video processor shares (the rest are its defaults)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from productvlm.models.family import TinySizes, image_only_processor
+from productvlm.models.family import TinySizes
+from productvlm.models.image_only import image_only_processor
 from productvlm.models.tiny_tokenizer import TokenizerSpec
 
 QWEN_TEMPLATE = (
