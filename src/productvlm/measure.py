@@ -26,7 +26,7 @@ import torch
 from productvlm.answer import ProductFields, TargetFormat, format_answer, parse_answer
 from productvlm.calibration import Signals
 from productvlm.models.compat import output_cache
-from productvlm.models.families import family_of, image_token_id, text_model, unwrap
+from productvlm.models.families import family_of, image_token_id, unwrap
 from productvlm.models.scoring import score_continuations
 from productvlm.prompts import answer_end, chat_parts
 
@@ -54,16 +54,11 @@ class ImageFeatures:
 
     def __init__(self, model: Any, input_ids: torch.Tensor | None = None) -> None:
         self.model = unwrap(model)
-        self.native = family_of(self.model).native
-        if self.native:
-            self.module = self.model.get_submodule("model.vision_embed_tokens")
-        else:
+        self.family = family_of(self.model)
+        self.module, self.tap = self.family.feature_tap(self.model)
+        if self.tap != "images":
             if input_ids is None:
                 raise ValueError("ImageFeatures needs the batch's input_ids for this family")
-            fam = family_of(self.model)
-            self.embeds_out = bool(fam.embeds_module)
-            self.module = (self.model.get_submodule(fam.embeds_module) if self.embeds_out
-                           else text_model(self.model))
             self.image_mask = input_ids == image_token_id(self.model.config)
         self.pooled: np.ndarray | None = None
         self._handle: Any = None
@@ -86,16 +81,14 @@ class ImageFeatures:
         self.pooled = pooled.cpu().numpy()
 
     def run(self, batch: dict[str, Any]) -> None:
-        """The image side alone (Phi-3), or one forward of the prompt (the others)."""
-        if self.native:
-            self.module(batch["pixel_values"], batch["image_sizes"])
-        else:
-            self.model.model(**batch)
+        """The least forward that reaches the features (Phi-3: the image side alone; the
+        others: one forward of the prompt)."""
+        self.family.run_image_side(self.model, batch)
 
     def __enter__(self) -> ImageFeatures:
-        if self.native:
+        if self.tap == "images":
             self._handle = self.module.register_forward_hook(self._hook)
-        elif self.embeds_out:
+        elif self.tap == "output":
             self._handle = self.module.register_forward_hook(self._embeds_hook)
         else:
             self._handle = self.module.register_forward_pre_hook(self._pre_hook,

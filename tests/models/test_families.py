@@ -265,9 +265,8 @@ def test_image_features_are_the_photo_own_and_batch_independent(folder: Path) ->
 
 
 def test_the_warm_up_joins_photos_as_the_processor_batches_them(folder: Path) -> None:
-    from productvlm.training.vision_warmup import _join
-
     name = _family(folder)
+    fam = family_of(load_model(folder).config)
     options = ImageOptions(image_splitting=True) if name == "smolvlm" else ImageOptions()
     images = load_processor(folder, options=options).image_processor
     photos = [Image.new("RGB", (300, 120), "tan"), Image.new("RGB", (90, 90), "navy"),
@@ -276,4 +275,5 @@ def test_the_warm_up_joins_photos_as_the_processor_batches_them(folder: Path) ->
     apart = [images([[p]], return_tensors="pt") for p in photos]
     for key, value in together.items():
         if isinstance(value, torch.Tensor):
-            torch.testing.assert_close(_join([a[key] for a in apart], key), value)
+            joined = fam.join_photos([{key: a[key]} for a in apart])[key]
+            torch.testing.assert_close(joined, value)

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
-from PIL import Image
+from PIL import Image, ImageOps
 from safetensors.torch import load_file
 
+from productvlm.models.phi3v.family import mirror_pixels
 from productvlm.models.phi3v.image_processing import Phi3VImageProcessor, image_token_count
 from productvlm.models.phi3v.processing import IGNORE_INDEX, Phi3VProcessor
 from productvlm.models.tiny_tokenizer import train_tiny_tokenizer
@@ -297,3 +298,23 @@ def test_numpy_images_and_single_prompt_form(tiny):
     b = tiny(text=[PROMPT], images=[[np.asarray(im)]])
     assert torch.equal(a["input_ids"], b["input_ids"])
     assert torch.equal(a["pixel_values"], b["pixel_values"])
+
+
+@pytest.mark.parametrize(
+    ("size", "num_crops"), [((300, 200), 1), ((200, 300), 1), ((330, 250), 4), ((180, 400), 6)]
+)
+def test_mirroring_processed_views_is_processing_the_mirrored_photo(size, num_crops) -> None:
+    # smooth and lopsided: an odd padding may move the mirrored photo by a pixel
+    y, x = torch.meshgrid(torch.arange(size[1]), torch.arange(size[0]), indexing="ij")
+    pixels = torch.stack(
+        [x / size[0], (y / 17).sin() / 2 + 0.5, (x / 23 + y / 31).cos() / 2 + 0.5], -1
+    )
+    photo = Image.fromarray((pixels * 255).byte().numpy())
+    processor = Phi3VImageProcessor(num_crops=num_crops, crop_size=56, num_img_tokens=4)
+    out = processor([photo])
+    mirrored = processor([ImageOps.mirror(photo)])["pixel_values"][0]
+    ours = mirror_pixels(out["pixel_values"][0], out["image_sizes"][0])
+    assert out["image_sizes"][0].tolist()[1] > 56 or num_crops == 1
+    # equal up to PIL's 8-bit rounding and that pixel; not mirroring is far off
+    error = min((ours.roll(k, -1) - mirrored).abs().mean() for k in (-1, 0, 1))
+    assert error < 0.1 * (out["pixel_values"][0] - mirrored).abs().mean()

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from productvlm.models.loading import load_model
-from productvlm.models.phi4mm_images import Phi4MultimodalImageProcessorPil, crop_grid
+from productvlm.models.phi4mm.images import Phi4MultimodalImageProcessorPil, crop_grid
 from productvlm.models.processors import load_processor
 from productvlm.models.tiny_families import save_tiny_family
 from productvlm.prompts import render_prompt

@@ -53,8 +53,6 @@ ENGINE_HELP = ("hf (transformers, this process) or vllm (an in-process vLLM: `ma
                "on a CPU, `pip install vllm` on CUDA)")
 #: photos handed to vLLM at a time with ``--batch-size auto``: vLLM schedules them itself
 VLLM_BATCH = 256
-#: the families vLLM 0.32 serves LoRA adapters for (language-model LoRA)
-LORA_FAMILIES = ("qwen2_5_vl", "smolvlm", "phi4mm")
 
 
 @dataclass(frozen=True)
@@ -89,7 +87,7 @@ def plan_source(info: RunInfo) -> Source:
         base = config["model"]  # a relative path saved from another directory (resolve_model)
     fam = model_family(base)
     reason = None
-    if fam.name not in LORA_FAMILIES:
+    if not fam.vllm_lora:
         reason = f"{fam.title} has no LoRA in vLLM"
     elif config.get("lora_vision"):
         reason = "the adapter holds image-side LoRA, which vLLM does not apply"
@@ -309,7 +307,7 @@ def image_kwargs(source: Source, num_crops: int | None) -> int | None:
     every run's config has one, and other families' processors take no such argument."""
     from productvlm.models.loading import model_family
 
-    return num_crops if num_crops and model_family(source.model).native else None
+    return model_family(source.model).vllm_processor_kwargs(num_crops).get("num_crops")
 
 
 def lora_rank(rank: int) -> int:
@@ -320,5 +318,5 @@ def lora_rank(rank: int) -> int:
     raise ProductVLMError(f"LoRA rank {rank}: vLLM serves ranks up to 512; merge the adapter")
 
 
-__all__ = ["ENGINE_HELP", "LORA_FAMILIES", "VLLM_BATCH", "Engine", "Source", "VllmPredictor",
+__all__ = ["ENGINE_HELP", "VLLM_BATCH", "Engine", "Source", "VllmPredictor",
            "engine_args", "image_kwargs", "load_engine", "lora_rank", "plan_source", "start_llm"]

@@ -57,7 +57,7 @@ def apply_liger(model: Any, device: torch.device) -> str:
     apply = MODEL_TYPE_TO_APPLY_LIGER_FN[kind]
     base = unwrap(model)
     wanted = {k: True for k in KERNELS}
-    if family_of(base).native:  # our forward computes the loss itself (see above)
+    if not family_of(base).fused_loss:  # its forward computes the loss itself (see above)
         wanted["fused_linear_cross_entropy"] = False
     params = inspect.signature(apply).parameters
     kwargs = {k: v for k, v in wanted.items() if k in params}

@@ -8,8 +8,8 @@ merged, unless training goes on).
 A folder is either a full model (config.json whose model_type is one of a family's in
 :mod:`productvlm.models.families`: ``phi3_v``, ``qwen2_5_vl``, ``qwen3_vl``, ``idefics3``,
 ``smolvlm``, ...) or a PEFT adapter (adapter_config.json naming its base model); both load
-the same way. Phi-3-vision loads with our native classes, the others with transformers' own
-(``AutoModelForImageTextToText``, the family's processor):
+the same way, each with its family's classes (``ModelFamily.load``: Phi-3-vision our own, the
+others transformers' own):
 
 >>> model = load_model("microsoft/Phi-3-vision-128k-instruct", dtype="bf16",
 ...     lora=LoraSpec(r=64, alpha=128), gradient_checkpointing=True)  # doctest: +SKIP
@@ -29,14 +29,10 @@ from typing import Any
 import torch
 
 from productvlm.errors import ProductVLMError
-from productvlm.models.families import FAMILIES, Family, family_for, family_of, vision_param
-from productvlm.models.phi3v import Phi3VForCausalLM
+from productvlm.models.families import FAMILIES, Family, family_for, family_of
 from productvlm.rundir import is_hub_id
 
 DECODER_TARGETS = FAMILIES["phi3v"].decoder_targets
-#: Parameter-name prefix of Phi-3-vision's image side (CLIP tower, separators, projection):
-#: what its vision warm-up trains. Other families: ``families.vision_param``.
-VISION_PARAMS = "vision_embed_tokens."
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
            "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -108,18 +104,8 @@ def lora_target_regex(config: Any, spec: LoraSpec) -> str:
             f"choose from {', '.join(fam.decoder_targets)}"
         )
     parts = [rf"{fam.decoder}\.({'|'.join(targets)})"]
-    if spec.vision and not fam.native:
-        parts.append(fam.vision_lora)
-    elif spec.vision:
-        # only the CLIP layers that feed the features (up to feature_layer) ever get gradients
-        depth, layer = config.vision_config.num_hidden_layers, config.feature_layer
-        used = layer if layer >= 0 else depth + 1 + layer
-        layers = "|".join(str(i) for i in range(used))
-        parts.append(
-            rf"model\.vision_embed_tokens\.img_processor\.vision_model\.encoder\.layers\.({layers})"
-            r"\.(self_attn\.(q_proj|k_proj|v_proj|out_proj)|mlp\.(fc1|fc2))"
-        )
-        parts.append(r"model\.vision_embed_tokens\.img_projection\.(0|2)")
+    if spec.vision:
+        parts.extend(fam.vision_lora_parts(config))
     return "|".join(f"(?:{p})" for p in parts)
 
 
@@ -248,12 +234,7 @@ def load_model(
     if load_in_4bit:
         kwargs.update(_quantization(kwargs["dtype"], fam))
     try:
-        if fam.native:
-            model = Phi3VForCausalLM.from_pretrained(base, **kwargs)
-        else:
-            import transformers
-
-            model = getattr(transformers, fam.auto_class).from_pretrained(base, **kwargs)
+        model = fam.load(base, **kwargs)
     except ImportError as err:  # e.g. flash_attention_2 requested but not installed
         raise ProductVLMError(f"cannot load {base} with {attn_implementation}: {err}") from err
     except ValueError as err:  # an attention kernel the architecture does not take
@@ -276,7 +257,7 @@ def load_model(
         if lora is None:
             return merge_adapter(model).eval()
     for name, param in model.named_parameters():
-        if (freeze_vision and vision_param(fam, name, tower=True)) or any(
+        if (freeze_vision and fam.vision_param(name, tower=True)) or any(
                 name.startswith(f"{m}.") for m in fam.frozen):
             param.requires_grad_(False)
     if gradient_checkpointing:
@@ -363,6 +344,6 @@ def _quantization(compute_dtype: torch.dtype, fam: Family) -> dict[str, Any]:
     return {"quantization_config": quant, "device_map": {"": int(os.environ.get("LOCAL_RANK", 0))}}
 
 
-__all__ = ["DECODER_TARGETS", "PRECISIONS", "VISION_PARAMS", "LoraSpec", "check_source",
+__all__ = ["DECODER_TARGETS", "PRECISIONS", "LoraSpec", "check_source",
            "hub_config", "load_model", "lora_target_regex", "merge_adapter", "mixed_precision",
            "model_family", "pick_device", "pick_dtype"]

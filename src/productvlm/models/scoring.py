@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from productvlm.models.compat import cache_arg
-from productvlm.models.families import text_model
+from productvlm.models.families import family_of, text_model, unwrap
 
 Group = tuple[Sequence[int], Sequence[Sequence[int]]]  # (lead, candidates)
 
@@ -89,12 +89,12 @@ class _Passes:
         self.rows, self.cached = keep.shape
         # the cache must not also hold the root: drop each row's last kept position
         last = torch.where(keep, torch.arange(self.cached, device=self.device), -1).amax(-1)
-        # the root's position: left padding counts from the first real token; Qwen's
-        # multimodal rope adds the row's rope delta to a text token's (the image's tokens
-        # take fewer positions than places)
+        # the root's position: left padding counts from the first real token; a family's
+        # rope offsets are added (Qwen's multimodal rope: the image's tokens take fewer
+        # positions than places)
         self.root_pos = keep.long().sum(-1).cpu() - 1
-        deltas = getattr(getattr(model, "model", None), "rope_deltas", None)
-        if isinstance(deltas, torch.Tensor):
+        deltas = family_of(unwrap(model)).rope_offsets(model)
+        if deltas is not None:
             self.root_pos += deltas.reshape(-1).cpu().long()
         self.prefix = keep.clone()
         self.prefix[torch.arange(self.rows, device=self.device), last.clamp(min=0)] = False

@@ -37,8 +37,7 @@ from torch import nn
 
 from productvlm.dist import is_main_process
 from productvlm.errors import ProductVLMError
-from productvlm.models.families import family_of, image_token_id, unwrap
-from productvlm.models.loading import VISION_PARAMS
+from productvlm.models.families import Family, family_of, unwrap
 from productvlm.prompts import title_words
 from productvlm.rundir import RunDir
 from productvlm.training.collate import augment
@@ -49,15 +48,10 @@ SAVE_SECONDS = 60.0  # least time between two saves of the warm-up's state at ep
 
 
 def _image_side(model: Any) -> nn.Module:
-    """The image side: Phi-3's ``vision_embed_tokens``; for a transformers family its
-    modules (Qwen's ``visual``; SmolVLM's ``vision_model`` and ``connector``) in a list."""
+    """The image side (its family's: Phi-3's ``vision_embed_tokens``; Qwen's ``visual``;
+    SmolVLM's ``vision_model`` and ``connector`` in a list)."""
     model = unwrap(model)
-    if not family_of(model).native:
-        return nn.ModuleList([model.get_submodule(m) for m in family_of(model).vision_modules])
-    for name, module in model.named_modules():
-        if f"{name}.".endswith(VISION_PARAMS):
-            return module
-    raise ProductVLMError("vision warm-up: the model has no image side (vision_embed_tokens)")
+    return family_of(model).image_side(model)
 
 
 class _Heads(nn.Module):
@@ -75,64 +69,51 @@ class _Heads(nn.Module):
 CACHE_BYTES = 1 << 30  # processed photos kept per loader process (float16)
 
 
-def mirror_pixels(pixel_values: torch.Tensor, image_size: torch.Tensor) -> torch.Tensor:
-    """The processed views of the mirror image of a photo, from the processed photo's views.
-
-    ``pixel_values`` (num_crops+1, 3, c, c): the global view, then the crops row-major. The
-    global view mirrors in place; the crops swap columns and each mirrors, so the result is
-    what the processor makes of the mirrored photo (the resizes are symmetric).
-
-    >>> views = mirror_pixels(out["pixel_values"][0], out["image_sizes"][0])  # doctest: +SKIP
-    """
-    c = pixel_values.shape[-1]
-    rows, cols = int(image_size[0]) // c, int(image_size[1]) // c
-    n = rows * cols
-    mirrored = pixel_values.clone()
-    mirrored[0] = pixel_values[0].flip(-1)
-    crops = pixel_values[1:1 + n].view(rows, cols, *pixel_values.shape[1:])
-    mirrored[1:1 + n] = crops.flip(1).flip(-1).reshape(n, *pixel_values.shape[1:])
-    return mirrored
-
-
 class _Photos(torch.utils.data.Dataset):
     """Rows -> (pixel tensors, labels); augmentation runs here, in the loader's workers.
 
     Decoding a JPEG and resizing it costs more than the tiny tower's step, and the warm-up
     sees each photo for many epochs: so each processed photo is kept (float16, up to
-    :data:`CACHE_BYTES`) and mirrored as a tensor. Moves (``shift``) change the pixels the
-    processor sees, so with ``shift`` every photo is processed afresh (and mirrored after).
+    :data:`CACHE_BYTES`). Where the family's processed views mirror as tensors
+    (``mirrors_views``: Phi-3) a photo is processed once and mirrored as a tensor; moves
+    (``shift``) change the pixels the processor sees, so with ``shift`` every photo is
+    processed afresh (and mirrored after).
 
-    The transformers families' processors lay out their tensors in their own ways (Qwen's
-    flattened patches), so there the photo and its mirror image are each processed once and
-    kept, and :meth:`collate` joins the photos' tensors as the processor batches them.
+    Other processors lay out their tensors in their own ways (Qwen's flattened patches), so
+    there the photo and its mirror image are each processed once and kept. :meth:`collate`
+    joins the photos' tensors as the family's processor batches them.
     """
 
     def __init__(self, rows: Any, image_processor: Any, cats: dict[str, int],
-                 words: dict[str, int], hflip: float, shift: float, keep: bool = True,
-                 native: bool = True) -> None:
-        self.native = native  # Phi-3: processed views mirrored as tensors; else _processed
+                 words: dict[str, int], hflip: float, shift: float, family: Family,
+                 keep: bool = True) -> None:
+        self.family = family
         self.images = rows.select_columns(["image"])
         self.titles, self.categories = rows["title"], rows["category"]
         self.image_processor, self.cats, self.words = image_processor, cats, words
         self.hflip, self.shift = hflip, shift
-        self.cache: dict[int, Any] = {}  # Phi-3: (views, size); others: their tensors
+        self.cache: dict[int, dict[str, torch.Tensor]] = {}  # photo's (or 2 x + mirrored)
         self.room = CACHE_BYTES if keep and not shift else 0
 
     def __len__(self) -> int:
         return len(self.titles)
 
-    def _views(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _views(self, i: int) -> dict[str, torch.Tensor]:
         if i in self.cache:
             return self.cache[i]
         image = self.images[i]["image"].convert("RGB")
         if self.shift:  # moved here, mirrored in __getitem__: the same draws as augment()
             image = augment(image, 0.0, self.shift)
-        out = self.image_processor([image])
-        pixels, size = out["pixel_values"][0], out["image_sizes"][0]
-        if pixels.numel() * 2 <= self.room:
-            self.cache[i] = (pixels.half(), size)
-            self.room -= pixels.numel() * 2
-        return pixels, size
+        tensors = self.family.warmup_photo(self.image_processor, image)
+        self._keep(i, tensors)
+        return tensors
+
+    def _keep(self, key: int, tensors: dict[str, torch.Tensor]) -> None:
+        size = sum(v.numel() * 2 for v in tensors.values())
+        if size <= self.room:
+            self.cache[key] = {k: v.half() if v.is_floating_point() else v
+                               for k, v in tensors.items()}
+            self.room -= size
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         tags = torch.zeros(len(self.words))
@@ -140,13 +121,14 @@ class _Photos(torch.utils.data.Dataset):
             if w in self.words:
                 tags[self.words[w]] = 1.0
         labels = {"category": self.cats.get(self.categories[i], -100), "tags": tags}
-        if not self.native:  # the family's processor's own tensors, joined by collate
+        if not self.family.mirrors_views:  # each photo processed as it is and mirrored
             flip = bool(self.hflip) and torch.rand(()).item() < self.hflip
             return {**self._processed(i, flip), **labels}
-        pixels, size = self._views(i)
+        tensors = self._views(i)
         if self.hflip and torch.rand(()).item() < self.hflip:
-            pixels = mirror_pixels(pixels, size)
-        return {"pixel_values": pixels.float(), "image_sizes": size, **labels}
+            tensors = self.family.mirror_photo(tensors)
+        return {**{k: v.float() if v.is_floating_point() else v for k, v in tensors.items()},
+                **labels}
 
     def _processed(self, i: int, flip: bool) -> dict[str, torch.Tensor]:
         """A transformers family's tensors for photo ``i`` (mirrored with ``flip``)."""
@@ -155,69 +137,21 @@ class _Photos(torch.utils.data.Dataset):
             return {k: v.float() if v.is_floating_point() else v
                     for k, v in self.cache[key].items()}
         image = augment(self.images[i]["image"].convert("RGB"), float(flip), self.shift)
-        out = self.image_processor([[image]], return_tensors="pt")
-        tensors = {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
-        size = sum(v.numel() * 2 for v in tensors.values())
-        if size <= self.room:
-            self.cache[key] = {k: v.half() if v.is_floating_point() else v
-                               for k, v in tensors.items()}
-            self.room -= size
+        tensors = self.family.warmup_photo(self.image_processor, image)
+        self._keep(key, tensors)
         return tensors
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        if self.native:
-            return {k: torch.stack([torch.as_tensor(x[k]) for x in items]) for k in items[0]}
-        batch = {k: torch.stack([torch.as_tensor(x[k]) for x in items])
-                 for k in ("category", "tags")}
-        for key in items[0]:
-            if key not in batch:
-                batch[key] = _join([x[key] for x in items], key)
-        return batch
-
-
-#: tensors a processor pads with ones: Phi-4-multimodal's masks of empty crops (an all-zero
-#: mask would leave its patches nothing to attend to)
-_PADDED_WITH_ONES = frozenset({"image_attention_mask"})
-
-
-def _join(parts: list[torch.Tensor], key: str = "") -> torch.Tensor:
-    """Photos' tensors ``key`` one after another along dim 0, as a processor batches them:
-    Qwen's patches and grids concatenate; SmolVLM's tiles and Phi-4's crops are padded to the
-    most tiles (zeros; Phi-4's crop masks ones), which the models skip."""
-    fill = 1.0 if key in _PADDED_WITH_ONES else 0.0
-    shape = [max(p.shape[d] for p in parts) for d in range(1, parts[0].dim())]
-    padded = []
-    for p in parts:
-        pad = [x for d in reversed(range(1, p.dim())) for x in (0, shape[d - 1] - p.shape[d])]
-        padded.append(nn.functional.pad(p, pad, value=fill) if any(pad) else p)
-    return torch.cat(padded)
+        labels = ("category", "tags")
+        batch = {k: torch.stack([torch.as_tensor(x[k]) for x in items]) for k in labels}
+        photos = [{k: v for k, v in x.items() if k not in labels} for x in items]
+        return {**self.family.join_photos(photos), **batch}
 
 
 def _pooled(model: Any, side: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Per photo, the mean of the image tokens the decoder would read."""
-    dtype = next(side.parameters()).dtype
-    if family_of(unwrap(model)).native:
-        tokens = side(batch["pixel_values"].to(dtype), batch["image_sizes"])
-        return torch.stack([t.mean(0) for t in tokens]).float()
-    fam = family_of(unwrap(model))
-    if fam.embeds_module:  # Phi-4: the image embedding writes each photo's tokens in place
-        counts = batch["num_img_tokens"].tolist()
-        embed = unwrap(model).get_submodule(fam.vision_modules[0])
-        ids = torch.full((1, sum(counts)), image_token_id(unwrap(model).config))
-        room = torch.zeros(1, sum(counts), unwrap(model).config.hidden_size, dtype=dtype,
-                           device=next(side.parameters()).device)
-        tokens = embed(ids.to(room.device), room, image_pixel_values=batch[fam.pixels],
-                       image_sizes=batch["image_sizes"],
-                       image_attention_mask=batch["image_attention_mask"])[0]
-        return torch.stack([t.mean(0) for t in tokens.split(counts)]).float()
-    inputs = {k: batch[k] for k in ("pixel_values", "image_grid_thw", "pixel_attention_mask")
-              if k in batch}
-    feats = unwrap(model).model.get_image_features(**inputs).pooler_output
-    if isinstance(feats, tuple | list):  # Qwen: one tensor per photo
-        return torch.stack([t.mean(0) for t in feats]).float()
-    # SmolVLM: (sub-images, tokens, hidden) of the real (not padding) sub-images, in order
-    real = (batch["pixel_values"] != 0).flatten(2).any(-1).sum(1).tolist()
-    return torch.stack([t.flatten(0, 1).mean(0) for t in torch.split(feats, real)]).float()
+    """Per photo, the mean of the image tokens the decoder would read (the family's)."""
+    base = unwrap(model)
+    return family_of(base).image_features(base, side, batch)
 
 
 def warm_up_vision(model: Any, processor: Any, train_rows: Any, val_rows: Any | None,
@@ -242,12 +176,11 @@ def warm_up_vision(model: Any, processor: Any, train_rows: Any, val_rows: Any | 
     cats = {c: i for i, c in enumerate(categories)}
     words = {w: i for i, w in enumerate(vocab)}
     width = unwrap(model).config.get_text_config().hidden_size
-    native = family_of(unwrap(model)).native
     heads = _Heads(width, len(cats), len(words)).to(next(side.parameters()).device)
     mean_tags = max(1.0, sum(len(title_words(t)) for t in train_rows["title"]) / len(train_rows))
 
     photos = _Photos(train_rows, processor.image_processor, cats, words, cfg.hflip, cfg.shift,
-                     native=native)
+                     family_of(unwrap(model)))
     generator = torch.Generator().manual_seed(cfg.seed)
     loader = torch.utils.data.DataLoader(
         photos, batch_size=cfg.batch_size, shuffle=True, generator=generator,
@@ -345,8 +278,8 @@ def warm_up_vision(model: Any, processor: Any, train_rows: Any, val_rows: Any | 
 def _accuracy(model: Any, side: nn.Module, heads: _Heads, photos: _Photos, rows: Any,
               cats: dict[str, int]) -> float:
     """Category accuracy of the warm-up head on ``rows`` (unseen categories count as wrong)."""
-    plain = _Photos(rows, photos.image_processor, cats, photos.words, 0.0, 0.0, keep=False,
-                    native=photos.native)
+    plain = _Photos(rows, photos.image_processor, cats, photos.words, 0.0, 0.0, photos.family,
+                    keep=False)
     side.eval()
     device = next(side.parameters()).device
     right = 0

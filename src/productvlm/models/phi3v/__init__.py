@@ -37,4 +37,6 @@ if find_spec(f"{__name__}.processing") is not None:
 
     AutoProcessor.register(Phi3VConfig, Phi3VProcessor, exist_ok=True)
 
-__all__ = ["Phi3VConfig", "Phi3VForCausalLM", "Phi3VImageProcessor", "Phi3VProcessor"]
+from .family import PHI3V  # noqa: E402  (the family object: productvlm.models.families)
+
+__all__ = ["PHI3V", "Phi3VConfig", "Phi3VForCausalLM", "Phi3VImageProcessor", "Phi3VProcessor"]
