@@ -158,3 +158,39 @@ def test_the_page_answers_with_each_model_family(page: Any, family_server: str,
     assert card.locator(".title").inner_text().strip()
     assert any(ch.isdigit() for ch in card.locator(".price").inner_text())
     assert "80% range:" in card.locator(".interval").inner_text()
+
+
+@pytest.fixture(scope="module")
+def fields_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A tiny model whose labels.json gives its answer a colour field."""
+    import json
+
+    from productvlm.answer import DEFAULT_SCHEMA, FieldDomain, known_field
+    from productvlm.inference import Predictor
+    from productvlm.models.phi3v.tiny import save_tiny_model
+    from productvlm.models.tiny_tokenizer import train_tiny_tokenizer
+    from productvlm.serving.config import ServeConfig
+
+    schema = DEFAULT_SCHEMA.with_extras([known_field("colour")])
+    texts = [f"Product: Check {b}, Category: {c}, Full Price: 1,290.00, Colour: {k}"
+             for b in ("Lola Bag", "Scarf") for c in ("BAGS", "SCARVES") for k in ("Beige", "Navy")]
+    folder = save_tiny_model(tmp_path_factory.mktemp("fields") / "tiny-colour",
+                             tokenizer=train_tiny_tokenizer(texts * 10, vocab_size=320),
+                             num_crops=1)
+    (folder / "labels.json").write_text(json.dumps({
+        "categories": ["BAGS", "SCARVES"], "currency": "USD",
+        "answer_fields": schema.extras_json(),
+        "field_domains": {"colour": FieldDomain(("Beige", "Navy")).to_dict()}}))
+    predictor = Predictor.load(folder, batch_size=4, max_new_tokens=40)
+    yield from _serve(predictor, ServeConfig(model="tiny-colour", max_wait_ms=20))
+
+
+def test_the_card_shows_the_models_answer_fields(page: Any, fields_server: str,
+                                                 sample_photo: Path) -> None:
+    page.goto(fields_server + "/")
+    page.wait_for_function("document.querySelector('#model').textContent === 'tiny-colour'")
+    page.set_input_files("#files", str(sample_photo))
+    card = page.locator(".card").first
+    card.locator(".price").wait_for(state="visible")
+    assert card.locator(".fields dt").all_inner_texts() == ["Colour"]
+    assert card.locator(".fields dd").inner_text() in ("Beige", "Navy")
