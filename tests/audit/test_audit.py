@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 from productvlm.audit.outputs import COLUMNS
@@ -251,3 +252,41 @@ def test_ray_is_a_clear_error_where_it_is_missing(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(ProductVLMError, match=r"pip install 'productvlm\[ray\]'"):
         import_ray()
+
+
+def test_the_models_answer_fields_beside_what_the_listing_says(
+        calibrated_run: dict[str, Path], tmp_path: Path) -> None:
+    """A model that also says a colour: audit.csv sets the listing's colour (the catalog's
+    column of that name) beside the photo's and names the rows where they differ; a catalog
+    without the column is still audited, with the model's colour alone."""
+    from productvlm.answer import DEFAULT_SCHEMA, FieldDomain, known_field
+    from productvlm.synth.assortment import COLOURS
+    from productvlm.synth.generate import synth
+
+    run = tmp_path / "run"
+    shutil.copytree(calibrated_run["run"], run)
+    labels = json.loads((run / "labels.json").read_text())
+    labels["answer_fields"] = DEFAULT_SCHEMA.with_extras([known_field("colour")]).extras_json()
+    labels["field_domains"] = {"colour": FieldDomain(tuple(COLOURS)).to_dict()}
+    (run / "labels.json").write_text(json.dumps(labels))
+    cat = synth(tmp_path / "cat", n=12, seed=5, max_side=160, workers=1, attributes=True).out
+    out = tmp_path / "audit"
+    audit(AuditConfig(model=str(run), source=str(cat / "catalog.parquet"), out=out,
+                      batch_size=6))
+    rows = _csv(out / "audit.csv")
+    assert len(rows) == 12 and list(rows[0])[-3:] == ["listed_colour", "model_colour",
+                                                      "fields_differ"]
+    listed = {r["row"]: r["listed_colour"] for r in rows}
+    truth = pd.read_parquet(cat / "catalog.parquet")["colour"]
+    assert all(listed[str(i)] == c for i, c in enumerate(truth))
+    assert all(r["model_colour"] in COLOURS for r in rows)
+    assert [r["fields_differ"] == "colour" for r in rows] == \
+        [r["listed_colour"] != r["model_colour"] for r in rows]
+    summary = json.loads((out / "audit.json").read_text())
+    assert summary["fields_differ"] == sum(r["fields_differ"] == "colour" for r in rows)
+    # the same catalog without its colour column: every row audited, the photo's colour alone
+    bare = tmp_path / "bare.parquet"
+    pd.read_parquet(cat / "catalog.parquet").drop(columns=["colour"]).to_parquet(bare)
+    audit(AuditConfig(model=str(run), source=str(bare), out=tmp_path / "bare", batch_size=6))
+    rows = _csv(tmp_path / "bare" / "audit.csv")
+    assert len(rows) == 12 and list(rows[0])[-2:] == ["model_colour", "fields_differ"]
