@@ -86,13 +86,21 @@ def page(live_server: str) -> Iterator[Any]:
             browser.close()
 
 
-def test_upload_a_photo_and_read_its_product_card(page: Any, live_server: str,
-                                                  sample_photo: Path) -> None:
-    page.goto(live_server + "/")
-    page.wait_for_function("document.querySelector('#model').textContent === 'tiny-phi3v'")
-    page.set_input_files("#files", str(sample_photo))
+def _answered_card(page: Any, server: str, photo: Path, model: str | None = None) -> Any:
+    """Open the page (once it names ``model``, when given), choose ``photo`` and return its
+    card once the answer is on it."""
+    page.goto(server + "/")
+    if model is not None:
+        page.wait_for_function(f"document.querySelector('#model').textContent === '{model}'")
+    page.set_input_files("#files", str(photo))
     card = page.locator(".card").first
     card.locator(".price").wait_for(state="visible")
+    return card
+
+
+def test_upload_a_photo_and_read_its_product_card(page: Any, live_server: str,
+                                                  sample_photo: Path) -> None:
+    card = _answered_card(page, live_server, sample_photo, model="tiny-phi3v")
     assert "done" in card.get_attribute("class")
     title = card.locator(".title").inner_text()
     category = card.locator(".category").inner_text()
@@ -127,10 +135,7 @@ def test_several_photos_and_an_error_in_plain_words(page: Any, live_server: str,
 
 def test_the_card_shows_the_price_range_and_marks_a_guess(page: Any, calibrated_server: str,
                                                           sample_photo: Path) -> None:
-    page.goto(calibrated_server + "/")
-    page.set_input_files("#files", str(sample_photo))
-    card = page.locator(".card").first
-    card.locator(".price").wait_for(state="visible")
+    card = _answered_card(page, calibrated_server, sample_photo)
     assert "80% range:" in card.locator(".interval").inner_text()
     assert "low" in card.get_attribute("class")
     assert "Low confidence" in card.locator(".trust-label").inner_text()
@@ -150,10 +155,7 @@ def test_the_page_answers_with_each_model_family(page: Any, family_server: str,
                                                  family_run: dict[str, Path],
                                                  sample_photo: Path) -> None:
     family = family_run["family"].name
-    page.goto(family_server + "/")
-    page.set_input_files("#files", str(sample_photo))
-    card = page.locator(".card").first
-    card.locator(".price").wait_for(state="visible")
+    card = _answered_card(page, family_server, sample_photo)
     assert "done" in card.get_attribute("class"), family
     assert card.locator(".title").inner_text().strip()
     assert any(ch.isdigit() for ch in card.locator(".price").inner_text())
@@ -187,10 +189,6 @@ def fields_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def test_the_card_shows_the_models_answer_fields(page: Any, fields_server: str,
                                                  sample_photo: Path) -> None:
-    page.goto(fields_server + "/")
-    page.wait_for_function("document.querySelector('#model').textContent === 'tiny-colour'")
-    page.set_input_files("#files", str(sample_photo))
-    card = page.locator(".card").first
-    card.locator(".price").wait_for(state="visible")
+    card = _answered_card(page, fields_server, sample_photo, model="tiny-colour")
     assert card.locator(".fields dt").all_inner_texts() == ["Colour"]
     assert card.locator(".fields dd").inner_text() in ("Beige", "Navy")
