@@ -209,10 +209,7 @@ class AnswerSchema:
 
     @cached_property
     def _seed_re(self) -> re.Pattern[str]:
-        def words(f: AnswerField) -> str:
-            # "Full Price" (or alias "Price") -> "(?:Full\s+)?Price" when one ends the other
-            if f.aliases == (f.words.split()[-1],) and len(f.words.split()) == 2:
-                return rf"(?:{f.words.split()[0]}\s+)?{f.aliases[0]}"
+        def words(f: AnswerField) -> str:  # "Full Price" or "Price", any spaces between words
             alts = sorted((f.words, *f.aliases), key=len, reverse=True)
             return "(?:" + "|".join(r"\s+".join(map(re.escape, a.split())) for a in alts) + ")"
 
