@@ -30,18 +30,13 @@ ENDS = ("<|end|>", "<|endoftext|>", "<|im_end|>", "<end_of_utterance>")
 _CURRENCY_RE = re.compile(r"(?i)\b(usd|eur|gbp|us\$)\b|[$€£¥]")
 
 
-@dataclass
-class ProductFields:
-    """What the model is taught to say about a product photo: the truth of one row.
+class _Fields:
+    """Reading the answer's fields by name, for the truth and for a parsed answer alike."""
 
-    >>> ProductFields("Lola Bag", "BAGS", 2290.0, {"colour": "Beige"}).get("colour")
-    'Beige'
-    """
-
-    title: str
-    category: str
-    price: float
-    extra: dict[str, Any] = field(default_factory=dict)
+    title: Any
+    category: Any
+    price: Any
+    extra: dict[str, Any]
 
     def get(self, name: str) -> Any:
         """The value of field ``name`` (a core attribute or an extra field)."""
@@ -54,7 +49,21 @@ class ProductFields:
 
 
 @dataclass
-class ParsedAnswer:
+class ProductFields(_Fields):
+    """What the model is taught to say about a product photo: the truth of one row.
+
+    >>> ProductFields("Lola Bag", "BAGS", 2290.0, {"colour": "Beige"}).get("colour")
+    'Beige'
+    """
+
+    title: str
+    category: str
+    price: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ParsedAnswer(_Fields):
     """A parsed model answer; ``error`` says why a field is missing when ``ok`` is False;
     ``extra`` holds the schema's extra fields by name."""
 
@@ -67,15 +76,6 @@ class ParsedAnswer:
     @property
     def ok(self) -> bool:
         return self.error is None
-
-    def get(self, name: str) -> Any:
-        """The value of field ``name`` (a core attribute or an extra field)."""
-        return getattr(self, name) if name in CORE else self.extra.get(name)
-
-    def values(self) -> dict[str, Any]:
-        """Every field's value by name: title, category, price, then the extras."""
-        return {"title": self.title, "category": self.category, "price": self.price,
-                **self.extra}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -248,8 +248,7 @@ class AnswerSchema:
                 if got is None:
                     missing.append(f"{f.name} (got {_raw_repr(value)!r})")
             else:
-                got = str(value).strip() if value else None
-                got = got or None
+                got = (str(value).strip() if value else "") or None
                 if got is None:
                     missing.append(f.name)
             values[f.name] = got
