@@ -212,12 +212,12 @@ def validate_row(row: Row, mapping: dict[str, str], currency: str = "",
         return "image: missing"
     extra: dict[str, Any] = {}
     for f in extras:
-        value = get.get(f.name)
-        extra[f.name] = (None if text_value(value) == "" else
-                         parse_price(value) if f.kind == "number" else text_value(value))
-        if extra[f.name] is None and require_extras:
-            return (f"{f.name}: empty" if text_value(value) == ""
-                    else f"{f.name}: invalid ({value!r})")
+        raw = get.get(f.name)
+        value = (None if text_value(raw) == "" else
+                 parse_price(raw) if f.kind == "number" else text_value(raw))
+        if value is None and require_extras:
+            return f"{f.name}: empty" if text_value(raw) == "" else f"{f.name}: invalid ({raw!r})"
+        extra[f.name] = value
     return Record(row=0, product_code=code_value(get.get("product_code")), title=title,
                   category=category, category1=text_value(get.get("category1")),
                   category2=text_value(get.get("category2")), price=price,
