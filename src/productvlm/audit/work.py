@@ -15,6 +15,7 @@ from typing import Any
 
 from productvlm.catalog.fetch import fetch_images
 from productvlm.evaluation.listings import judge
+from productvlm.evaluation.metrics import same_label
 from productvlm.images import ImageRejected, decode_image
 from productvlm.inference import Prediction
 from productvlm.inference.batch import Row, answer_batches, chunks
@@ -149,8 +150,7 @@ def _judged(row: Row, pred: Prediction, cal: Any, cfg: Any,
     # an answer field the listing says otherwise than the photo (label fields, by name)
     r["fields_differ"] = " ".join(
         k for k, v in pred.extra.items() if r.get(f"listed_{k}") is not None and v is not None
-        and " ".join(str(v).split()).casefold()
-        != " ".join(str(r[f"listed_{k}"]).split()).casefold())
+        and not same_label(v, r[f"listed_{k}"]))
     if v.flagged:
         r["thumb"] = thumbnail(row.image)
     return r

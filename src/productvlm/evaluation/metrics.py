@@ -140,6 +140,16 @@ def _label(x: str | None) -> str | None:
     return " ".join(x.split()).casefold() if x and x.strip() else None
 
 
+def same_label(a: object, b: object) -> bool:
+    """Whether two values read the same as labels (case and spaces aside; None is no label).
+
+    >>> same_label(" Dark  navy", "dark navy"), same_label(None, "Navy")
+    (True, False)
+    """
+    la, lb = _label(None if a is None else str(a)), _label(None if b is None else str(b))
+    return la is not None and la == lb
+
+
 def _labels(targets: Targets, predictions: Predictions, field: str):
     y_true = [_label(t.get(field)) for t in targets]
     y_pred = [_label(p.get(field)) for p in predictions]

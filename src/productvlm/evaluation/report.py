@@ -19,7 +19,13 @@ from typing import Any
 import numpy as np
 
 from productvlm.answer import DEFAULT_SCHEMA, AnswerField, AnswerSchema, format_price
-from productvlm.evaluation.metrics import UNPARSED, confusion_matrix, per_category, row_scores
+from productvlm.evaluation.metrics import (
+    UNPARSED,
+    confusion_matrix,
+    per_category,
+    row_scores,
+    same_label,
+)
 from productvlm.evaluation.outputs import (
     baseline_label,
     format_metric,
@@ -91,8 +97,7 @@ def _shown(value: Any) -> str:
 def _same(a: Any, b: Any) -> bool:
     if isinstance(b, float):
         return a is not None and abs(a - b) <= 0.25 * b
-    return a is not None and " ".join(str(a).split()).casefold() == " ".join(
-        str(b).split()).casefold()
+    return same_label(a, b)
 
 
 _CSS = """
