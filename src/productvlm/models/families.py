@@ -40,8 +40,6 @@ REGISTRY: tuple[ModelFamily, ...] = (
 FAMILIES: dict[str, ModelFamily] = {f.name: f for f in REGISTRY}
 #: the names `--model-family` takes
 FAMILY_NAMES = tuple(FAMILIES)
-#: the old name of the family type
-Family = ModelFamily
 #: model types of a family's remote-code checkpoints (productvlm runs no remote code), and
 #: what to load instead
 REMOTE_CODE_FORMATS = {t: why for f in REGISTRY for t, why in f.remote_formats}
@@ -113,6 +111,6 @@ def vision_param(fam: ModelFamily, name: str, tower: bool = False) -> bool:
     return fam.vision_param(name, tower)
 
 
-__all__ = ["FAMILIES", "FAMILY_NAMES", "REGISTRY", "Family", "ModelFamily", "family_for",
+__all__ = ["FAMILIES", "FAMILY_NAMES", "REGISTRY", "ModelFamily", "family_for",
            "family_named", "family_of", "image_only_processor", "image_token_id", "kv_width",
            "text_model", "torchvision_available", "unwrap", "vision_param"]

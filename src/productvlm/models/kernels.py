@@ -4,7 +4,7 @@ logits of a whole batch (the largest single tensor of a step at Phi-3's 32k voca
 
 They are Triton kernels: a CUDA GPU and the ``liger-kernel`` package, never required (the
 plain path is the default). Which of Liger's model types a family's decoder is comes from the
-family table (:attr:`~productvlm.models.families.Family.liger`); Phi-3-vision's decoder is
+family table (:attr:`~productvlm.models.family.ModelFamily.liger`); Phi-3-vision's decoder is
 transformers' Phi-3, patched in place, but its forward is ours (it places the image
 features), so it keeps transformers' loss instead of Liger's fused one. bench/gpu_check.py
 compares the loss with and without them on the device.

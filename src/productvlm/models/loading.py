@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from productvlm.errors import ProductVLMError
-from productvlm.models.families import FAMILIES, Family, family_for, family_of
+from productvlm.models.families import FAMILIES, ModelFamily, family_for, family_of
 from productvlm.rundir import is_hub_id
 
 DECODER_TARGETS = FAMILIES["phi3v"].decoder_targets
@@ -151,7 +151,7 @@ def hub_config(name: str) -> Any:
     return config
 
 
-def model_family(name_or_path: str | os.PathLike) -> Family:
+def model_family(name_or_path: str | os.PathLike) -> ModelFamily:
     """The family of a model folder, an adapter folder (its base's) or a Hub id.
 
     >>> model_family("HuggingFaceTB/SmolVLM-256M-Instruct").name  # doctest: +SKIP
@@ -321,7 +321,7 @@ def merge_adapter(model: Any) -> torch.nn.Module:
     return model.merge_and_unload()
 
 
-def _quantization(compute_dtype: torch.dtype, fam: Family) -> dict[str, Any]:
+def _quantization(compute_dtype: torch.dtype, fam: ModelFamily) -> dict[str, Any]:
     """from_pretrained kwargs for QLoRA (4-bit NF4), or a clear error where it cannot run."""
     if not torch.cuda.is_available():
         raise ProductVLMError("QLoRA (load_in_4bit / mode qlora) needs a CUDA GPU; use mode lora")

@@ -10,7 +10,7 @@ only those blocks are computed; with SDPA or eager attention the mask is dense o
 whole packed row, which is correct (the tests run it) but costs more attention than the
 padding saves, so ``packing: auto`` packs only with the kernels that skip the empty blocks.
 
-What differs by family is only the positions (:class:`~productvlm.models.families.Family`):
+What differs by family is only the positions (:class:`~productvlm.models.family.ModelFamily`):
 
 * Qwen2.5-VL / Qwen3-VL use 3-D rope positions (time, height, width) for image tokens. They
   are computed per sample by the model's own ``get_rope_index`` on the padded batch, then

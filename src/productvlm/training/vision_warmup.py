@@ -37,7 +37,7 @@ from torch import nn
 
 from productvlm.dist import is_main_process
 from productvlm.errors import ProductVLMError
-from productvlm.models.families import Family, family_of, unwrap
+from productvlm.models.families import ModelFamily, family_of, unwrap
 from productvlm.prompts import title_words
 from productvlm.rundir import RunDir
 from productvlm.training.collate import augment
@@ -85,7 +85,7 @@ class _Photos(torch.utils.data.Dataset):
     """
 
     def __init__(self, rows: Any, image_processor: Any, cats: dict[str, int],
-                 words: dict[str, int], hflip: float, shift: float, family: Family,
+                 words: dict[str, int], hflip: float, shift: float, family: ModelFamily,
                  keep: bool = True) -> None:
         self.family = family
         self.images = rows.select_columns(["image"])
